@@ -1,0 +1,1 @@
+"""The MD engine: config, system state, decomposition, halo exchange, run loop, I/O."""

@@ -1,0 +1,100 @@
+"""The dynamical state of the atoms a rank owns.
+
+Units are ASE's: Å, eV, amu, and velocities in Å per ASE time unit
+(``ase.units.fs`` ≈ 0.0982 of it per fs), so states convert to and from
+``ase.Atoms`` without factors. Arrays are float64 torch tensors on the run's device.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .comm import SerialComm
+
+
+@dataclass
+class MDState:
+    positions: Tensor  # (n, 3) float64, owned atoms
+    velocities: Tensor  # (n, 3) float64, Å / ASE time unit
+    masses: Tensor  # (n,) float64, amu
+    numbers: Tensor  # (n,) int64 atomic numbers
+    ids: Tensor  # (n,) int64 global atom ids, preserved through reordering and migration
+    cell: Tensor  # (3, 3) float64, rows are cell vectors
+    pbc: tuple  # (bool, bool, bool)
+    n_atoms_global: int
+    forces: Optional[Tensor] = None  # (n, 3) float64
+    energies: Optional[np.ndarray] = None  # (n,) per-atom potential energies
+    energy: float = 0.0  # global potential energy, eV
+    virial: Optional[Tensor] = None  # (3, 3) global, dE/d(strain) (ASE stress * volume)
+    step: int = 0
+    comm: object = field(default_factory=SerialComm)
+    fixed: Optional[Tensor] = None  # (n,) bool, atoms held fixed (None: none)
+
+    @property
+    def n_local(self) -> int:
+        return int(self.positions.shape[0])
+
+    @property
+    def volume(self) -> float:
+        return float(abs(torch.linalg.det(self.cell)))
+
+    def kinetic_energy(self) -> float:
+        """Global kinetic energy in eV."""
+        ke = 0.5 * float((self.masses[:, None] * self.velocities**2).sum())
+        return float(self.comm.allreduce_sum(ke))
+
+    def kinetic_tensor(self) -> Tensor:
+        """Global sum m v (x) v, (3, 3), eV."""
+        t = (self.masses[:, None, None] * self.velocities[:, :, None] * self.velocities[:, None, :]).sum(0)
+        return self.comm.allreduce_sum(t)
+
+    def degrees_of_freedom(self, remove_com: bool = True) -> int:
+        n_free = self.n_atoms_global
+        if self.fixed is not None:
+            n_free -= int(self.comm.allreduce_sum(int(self.fixed.sum())))
+        dof = 3 * n_free
+        if remove_com and self.fixed is None:
+            dof -= 3
+        return max(dof, 1)
+
+    def temperature(self, remove_com: bool = True) -> float:
+        from ase.units import kB
+
+        return 2.0 * self.kinetic_energy() / (self.degrees_of_freedom(remove_com) * kB)
+
+    def pressure(self) -> float:
+        """Instantaneous pressure in eV/Å^3: (2 KE - tr(virial)) / (3 V) (ASE sign of virial)."""
+        vir = 0.0 if self.virial is None else float(torch.trace(self.virial))
+        return (2.0 * self.kinetic_energy() - vir) / (3.0 * self.volume)
+
+    @classmethod
+    def from_atoms(cls, atoms, device="cpu", comm=None) -> "MDState":
+        n = len(atoms)
+        t = lambda a, dt=torch.float64: torch.as_tensor(np.asarray(a), dtype=dt, device=device)  # noqa: E731
+        ids = atoms.arrays.get("ids", np.arange(n))
+        return cls(
+            positions=t(atoms.get_positions()).clone(),
+            velocities=t(atoms.get_velocities()).clone(),
+            masses=t(atoms.get_masses()).clone(),
+            numbers=t(atoms.get_atomic_numbers(), torch.int64).clone(),
+            ids=t(ids, torch.int64).clone(),
+            cell=t(atoms.cell.array).clone(),
+            pbc=tuple(bool(p) for p in atoms.pbc),
+            n_atoms_global=n,
+            comm=comm or SerialComm(),
+        )
+
+    def to_atoms(self):
+        """This rank's atoms as ase.Atoms (ids in arrays['ids'])."""
+        from ase import Atoms
+
+        atoms = Atoms(numbers=self.numbers.cpu().numpy(), positions=self.positions.cpu().numpy(),
+                      cell=self.cell.cpu().numpy(), pbc=self.pbc)
+        atoms.set_velocities(self.velocities.cpu().numpy())
+        atoms.set_masses(self.masses.cpu().numpy())
+        atoms.arrays["ids"] = self.ids.cpu().numpy().copy()
+        return atoms

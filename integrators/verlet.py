@@ -1,0 +1,27 @@
+"""Velocity Verlet (NVE)."""
+from __future__ import annotations
+
+from .base import Integrator, register_integrator
+
+
+def half_kick(state, dt: float) -> None:
+    """v += dt/2 F/m (fixed atoms keep v = 0)."""
+    state.velocities += (0.5 * dt) * state.forces / state.masses[:, None]
+    if state.fixed is not None:
+        state.velocities[state.fixed] = 0.0
+
+
+def drift(state, dt: float) -> None:
+    state.positions += dt * state.velocities
+
+
+@register_integrator("nve")
+class VelocityVerlet(Integrator):
+    name = "nve"
+
+    def initial_integrate(self, state) -> None:
+        half_kick(state, self.dt)
+        drift(state, self.dt)
+
+    def final_integrate(self, state) -> None:
+        half_kick(state, self.dt)

@@ -1,0 +1,1 @@
+"""Compute kernels: neighbor lists, graph construction, message-passing ops."""

@@ -1,0 +1,131 @@
+"""The Potential plugin interface and the one shared place forces and stress come from.
+
+A potential only maps (atomic numbers, graph) -> per-atom energies. Forces
+(-dE/dx) and the virial come from autograd with respect to the edge vectors,
+here, once for every model: dE/dr_e is exactly what the MPI engine and
+LAMMPS's ML-IAP interface (update_pair_forces) need.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from atomsim.kernels.graph import Graph, csr_row_ptr
+
+
+class Potential(torch.nn.Module):
+    """Base class of every atomsim potential (built-in or plugin).
+
+    Subclasses set ``cutoff`` (Å), ``receptive_field`` (message-passing layers;
+    1 for pair potentials) and ``species`` (atomic numbers they know, or None for
+    any) and implement :meth:`per_atom_energy`.
+    """
+
+    cutoff: float = 0.0
+    receptive_field: int = 1
+    species: Optional[Sequence[int]] = None
+
+    def per_atom_energy(self, numbers: Tensor, graph: Graph) -> Tensor:
+        """Energies (n_nodes,) in eV; only the first ``graph.n_local`` are summed."""
+        raise NotImplementedError
+
+    def forward(self, numbers: Tensor, graph: Graph) -> Tensor:
+        return self.per_atom_energy(numbers, graph)
+
+    # -- conveniences -------------------------------------------------------
+    @property
+    def dtype(self) -> torch.dtype:
+        for p in self.parameters():
+            return p.dtype
+        for b in self.buffers():
+            if b.is_floating_point():
+                return b.dtype
+        return getattr(self, "_dtype", torch.float64)
+
+    @property
+    def device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        for b in self.buffers():
+            return b.device
+        return torch.device("cpu")
+
+    def check_species(self, numbers) -> None:
+        """Reject elements the model does not cover, naming them and the known ones."""
+        if self.species is None:
+            return
+        from ase.data import chemical_symbols
+
+        known = set(int(z) for z in self.species)
+        present = set(int(z) for z in np.unique(np.asarray(numbers)))
+        missing = sorted(present - known)
+        if missing:
+            names = ", ".join(chemical_symbols[z] for z in missing)
+            knows = " ".join(chemical_symbols[z] for z in sorted(known))
+            raise ValueError(
+                f"the potential does not cover element(s) {names}; it knows: {knows}"
+            )
+
+
+@dataclass
+class PotentialOutput:
+    energy: float  # eV, sum over the local (owned) atoms, float64
+    energies: np.ndarray  # (n_local,) eV
+    forces: Tensor  # (n_nodes, 3) float64: owned AND ghost rows (ghost rows go back to owners)
+    virial: Optional[Tensor]  # (3, 3) float64, sum_e r_e (x) dE/dr_e = dE/d(strain); None if not asked
+    edge_gradients: Optional[Tensor] = None  # (E, 3) dE/dr_e, for LAMMPS ML-IAP
+
+
+def build_graph(
+    positions: Tensor, cell: Tensor, i: Tensor, j: Tensor, S: Tensor,
+    n_local: int, dtype: torch.dtype, halo_update=None,
+) -> Graph:
+    """Edge vectors in float64 from positions + integer shifts, cast to the model dtype."""
+    shifts = S.to(positions.dtype) @ cell
+    vec = positions.index_select(0, j) - positions.index_select(0, i) + shifts
+    vec = vec.to(dtype)
+    n_nodes = int(positions.shape[0])
+    return Graph(receivers=i, senders=j, edge_vectors=vec, n_nodes=n_nodes, n_local=n_local,
+                 row_ptr=csr_row_ptr(i, n_nodes), halo_update=halo_update)
+
+
+def evaluate_potential(
+    potential: Potential, numbers: Tensor, graph: Graph, compute_virial: bool = True,
+    keep_edge_gradients: bool = False,
+) -> PotentialOutput:
+    """Energy, forces (on owned + ghost nodes) and virial from autograd on edge vectors.
+
+    ``graph.edge_vectors`` must be a leaf (no grad history); forces are
+    accumulated in float32 (float64 if the model runs in float64) and returned in
+    float64.
+    """
+    vec = graph.edge_vectors.detach().requires_grad_(True)
+    graph.edge_vectors = vec
+    with torch.enable_grad():
+        e_atoms = potential.per_atom_energy(numbers, graph)
+        e_local = e_atoms[: graph.n_local].to(torch.float64)
+        energy = e_local.sum()
+        if vec.shape[0] > 0 and energy.requires_grad:
+            (g,) = torch.autograd.grad(energy, vec)
+        else:
+            g = torch.zeros_like(vec)
+    acc = torch.float64 if g.dtype == torch.float64 else torch.float32
+    g_acc = g.to(acc)
+    forces = torch.zeros((graph.n_nodes, 3), dtype=acc, device=g.device)
+    forces.index_add_(0, graph.receivers, g_acc)  # dE/dx_i = -g  ->  F_i = +g
+    forces.index_add_(0, graph.senders, -g_acc)  # dE/dx_j = +g  ->  F_j = -g
+    virial = None
+    if compute_virial:
+        virial = vec.detach().to(torch.float64).T @ g.to(torch.float64)
+        virial = 0.5 * (virial + virial.T)
+    return PotentialOutput(
+        energy=float(energy.detach()),
+        energies=e_local.detach().cpu().numpy(),
+        forces=forces.to(torch.float64),
+        virial=virial,
+        edge_gradients=g.detach() if keep_edge_gradients else None,
+    )

@@ -1,0 +1,65 @@
+"""Shared fixtures: small argon-like structures covering the geometry cases every
+neighbor-list / potential test should see (keep systems small: CI has 2 cores)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk
+
+# Argon LJ parameters (eV, Å), used across tests.
+AR_EPSILON = 0.0104
+AR_SIGMA = 3.4
+
+
+def _fcc_argon() -> Atoms:
+    atoms = bulk("Ar", "fcc", a=5.26, cubic=True).repeat((3, 3, 3))  # 108 atoms
+    atoms.rattle(0.05, seed=2)
+    return atoms
+
+
+def _triclinic() -> Atoms:
+    atoms = bulk("Ar", "fcc", a=5.3).repeat((3, 3, 3))  # primitive (skewed) cell, 27 atoms
+    strain = np.eye(3) + np.array([[0.03, 0.12, -0.05], [0.0, -0.02, 0.08], [0.0, 0.0, 0.04]])
+    atoms.set_cell(atoms.cell.array @ strain, scale_atoms=True)
+    atoms.rattle(0.15, seed=3)
+    return atoms
+
+
+def _small_cell() -> Atoms:
+    # cutoff (10.2 Å) much larger than the box: many periodic images
+    atoms = Atoms("Ar2", scaled_positions=[[0, 0, 0], [0.45, 0.55, 0.5]],
+                  cell=[[4.1, 0.0, 0.0], [0.9, 3.9, 0.0], [0.4, -0.6, 4.3]], pbc=True)
+    atoms.rattle(0.05, seed=4)
+    return atoms
+
+
+def _mixed_pbc() -> Atoms:
+    atoms = bulk("Ar", "fcc", a=5.26, cubic=True).repeat((2, 2, 2))
+    atoms.center(vacuum=4.0, axis=2)
+    atoms.pbc = (True, True, False)
+    atoms.rattle(0.1, seed=5)
+    return atoms
+
+
+def _cluster() -> Atoms:
+    atoms = bulk("Ar", "fcc", a=5.26, cubic=True).repeat((2, 2, 2))
+    atoms.pbc = False
+    atoms.cell = np.zeros((3, 3))  # no lattice: no stress either
+    atoms.rattle(0.1, seed=6)
+    return atoms
+
+
+STRUCTURES = {
+    "fcc_argon": _fcc_argon,
+    "triclinic": _triclinic,
+    "small_cell": _small_cell,
+    "mixed_pbc": _mixed_pbc,
+    "cluster": _cluster,
+}
+
+
+@pytest.fixture(params=sorted(STRUCTURES))
+def lj_structure(request) -> Atoms:
+    """One of the standard geometry cases (fresh copy), parametrized by name."""
+    return STRUCTURES[request.param]()

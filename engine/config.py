@@ -5,9 +5,43 @@ names the key and the fix (see engine/errors.py).
 """
 from __future__ import annotations
 
-from typing import Dict, List, Literal, Optional, Union
+from typing import Dict, List, Literal, Optional, Union, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Lattices ase.build.bulk builds, and which of them have a cubic / orthorhombic cell.
+LATTICES = (
+    "sc", "fcc", "bcc", "hcp", "diamond", "zincblende", "rocksalt", "cesiumchloride",
+    "fluorite", "wurtzite", "tetragonal", "bct", "rhombohedral", "orthorhombic", "mcl",
+)
+CUBIC_LATTICES = ("sc", "fcc", "bcc", "diamond", "zincblende", "rocksalt", "cesiumchloride", "fluorite")
+ORTHORHOMBIC_LATTICES = CUBIC_LATTICES[:-1] + ("hcp", "wurtzite")
+_LATTICE_ONLY = ("symbols", "a", "b", "c", "alpha", "cubic", "orthorhombic")
+
+
+def _check_element(symbol: str, key: str) -> str:
+    from ase.data import chemical_symbols
+
+    from .errors import suggest
+
+    if symbol not in chemical_symbols[1:]:
+        raise ValueError(
+            f"unknown element {symbol!r} in {key};{suggest(symbol, chemical_symbols[1:]) or ''} "
+            f"use a chemical symbol such as Cu, Ar or Na (capital first letter)"
+        )
+    return symbol
+
+
+def split_symbols(symbols: str) -> List[str]:
+    """'NaCl' -> ['Na', 'Cl'], 'Cu2O' -> ['Cu', 'Cu', 'O'] (ASE's formula parsing)."""
+    from ase.symbols import string2symbols
+
+    try:
+        return list(string2symbols(symbols))
+    except Exception:
+        raise ValueError(
+            f"cannot read {symbols!r} as a chemical formula; write element symbols such as Cu or NaCl"
+        ) from None
 
 
 class _Strict(BaseModel):
@@ -15,29 +49,140 @@ class _Strict(BaseModel):
 
 
 class StructureConfig(_Strict):
-    """A file ase.io.read reads, or a lattice built with ase.build.bulk."""
+    """A file ase.io.read reads, or a lattice built with ase.build.bulk; then repeat, alloy, vacuum."""
 
-    file: Optional[str] = Field(None, description="structure file read by ase.io.read")
-    index: Union[int, str] = Field(-1, description="frame of `file` to use")
-    format: Optional[str] = Field(None, description="ase.io format if not guessed from the name")
-    lattice: Optional[str] = Field(None, description="fcc | bcc | hcp | diamond | rocksalt | zincblende | ...")
+    file: Optional[str] = Field(None, description="structure file read by ase.io.read (relative to the input file)")
+    index: Union[int, str] = Field(-1, description="frame of `file` to use (ase.io.read index)")
+    format: Optional[str] = Field(None, description="ase.io format if not guessed from the file name")
+    lattice: Optional[str] = Field(None, description="crystal structure for ase.build.bulk: " + ", ".join(LATTICES))
     symbols: Optional[str] = Field(None, description="element(s) of the lattice, e.g. Cu or NaCl")
-    a: Optional[float] = Field(None, gt=0, le=100, description="lattice constant, Å")
-    c: Optional[float] = Field(None, gt=0, le=100, description="hcp c, Å")
-    cubic: bool = Field(True, description="conventional cubic cell")
-    repeat: List[int] = Field(default_factory=lambda: [1, 1, 1], description="supercell [nx, ny, nz]")
-    alloy: Dict[str, float] = Field(default_factory=dict, description="random substitution {element: fraction}")
-    vacuum_A: Optional[float] = Field(None, ge=0, description="vacuum added along z (makes a slab, pbc z off)")
+    a: Optional[float] = Field(None, gt=0, le=100, description="lattice constant a, Å (default: ASE reference data)")
+    b: Optional[float] = Field(None, gt=0, le=100, description="lattice constant b, Å (orthorhombic, mcl)")
+    c: Optional[float] = Field(None, gt=0, le=100, description="lattice constant c, Å (hcp, wurtzite, tetragonal, ...)")
+    alpha: Optional[float] = Field(None, gt=0, lt=180, description="lattice angle, degrees (rhombohedral, mcl)")
+    cubic: Optional[bool] = Field(None, description="conventional cubic cell (default: where the lattice has one)")
+    orthorhombic: Optional[bool] = Field(
+        None, description="orthorhombic cell (default: for hcp/wurtzite, which have no cubic cell)"
+    )
+    repeat: List[int] = Field(default_factory=lambda: [1, 1, 1], description="supercell [nx, ny, nz] (or one integer)")
+    alloy: Dict[str, float] = Field(
+        default_factory=dict, description="random substitution {element: fraction of the alloy_site sites}"
+    )
+    alloy_site: Optional[str] = Field(
+        None, description="element whose sites the alloy substitutes (default: the only element present)"
+    )
+    vacuum_A: Optional[float] = Field(
+        None, ge=0, le=1000, description="vacuum on each side along z, Å (makes a slab: pbc z off)"
+    )
+
+    @field_validator("lattice")
+    @classmethod
+    def _known_lattice(cls, value):
+        from .errors import suggest
+
+        if value is not None and value not in LATTICES:
+            hint = suggest(value, LATTICES)
+            raise ValueError(f"unknown lattice {value!r};{hint} supported: {', '.join(LATTICES)}")
+        return value
+
+    @field_validator("symbols")
+    @classmethod
+    def _known_symbols(cls, value):
+        if value is not None:
+            elements = split_symbols(value)
+            if not elements:
+                raise ValueError("is empty; give the element(s) of the lattice, e.g. Cu or NaCl")
+            for el in elements:
+                _check_element(el, "system.structure.symbols")
+        return value
+
+    @field_validator("repeat", mode="before")
+    @classmethod
+    def _repeat_scalar(cls, value):
+        return [value] * 3 if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("repeat")
+    @classmethod
+    def _repeat(cls, value):
+        if len(value) != 3 or any(r < 1 for r in value):
+            raise ValueError(f"must be three integers >= 1, e.g. [4, 4, 4]; got {value}")
+        if value[0] * value[1] * value[2] > 10**8:
+            raise ValueError(f"{value} makes more than 1e8 copies of the cell; use a smaller repeat")
+        return value
+
+    @field_validator("alloy_site")
+    @classmethod
+    def _site(cls, value):
+        return None if value is None else _check_element(value, "system.structure.alloy_site")
+
+    @field_validator("alloy")
+    @classmethod
+    def _alloy(cls, value):
+        for el, frac in value.items():
+            _check_element(el, "system.structure.alloy")
+            if not 0 < frac <= 1:
+                raise ValueError(f"fraction of {el} is {frac}; each fraction must be in (0, 1]")
+        total = sum(value.values())
+        if total > 1 + 1e-9:
+            raise ValueError(
+                f"fractions sum to {total:g} > 1 ({', '.join(f'{k}: {v:g}' for k, v in value.items())}); "
+                "they are fractions of the substituted sites, so they must sum to at most 1"
+            )
+        return value
 
     @model_validator(mode="after")
     def _one_source(self):
         if (self.file is None) == (self.lattice is None):
-            raise ValueError("give exactly one of system.structure.file or system.structure.lattice")
-        if self.lattice is not None and not self.symbols:
-            raise ValueError("system.structure.symbols is required with a lattice (e.g. symbols: Cu)")
-        if len(self.repeat) != 3 or any(r < 1 for r in self.repeat):
-            raise ValueError("system.structure.repeat must be three integers >= 1, e.g. [4, 4, 4]")
+            raise ValueError(
+                "give exactly one of `system.structure.file` (a structure file) or "
+                "`system.structure.lattice` (with `symbols`, e.g. lattice: fcc, symbols: Cu)"
+            )
+        if self.file is not None:
+            extra = [k for k in _LATTICE_ONLY if getattr(self, k) is not None]
+            if extra:
+                raise ValueError(
+                    f"`system.structure.{extra[0]}` applies to a built lattice, not to a structure "
+                    f"file; remove it or drop `file`"
+                )
+            return self
+        if not self.symbols:
+            raise ValueError("`system.structure.symbols` is required with a lattice (e.g. symbols: Cu)")
+        if self.cubic and self.orthorhombic:
+            raise ValueError("set only one of `system.structure.cubic` and `system.structure.orthorhombic`")
+        if self.cubic and self.lattice not in CUBIC_LATTICES:
+            raise ValueError(
+                f"`system.structure.cubic`: lattice {self.lattice!r} has no cubic cell; set cubic: false "
+                f"(or orthorhombic: true where it has one: {', '.join(ORTHORHOMBIC_LATTICES)})"
+            )
+        if self.orthorhombic and self.lattice not in ORTHORHOMBIC_LATTICES + ("orthorhombic",):
+            raise ValueError(
+                f"`system.structure.orthorhombic`: lattice {self.lattice!r} has no orthorhombic cell; "
+                "set orthorhombic: false"
+            )
+        distinct = sorted(set(split_symbols(self.symbols)))
+        if self.alloy and self.alloy_site is None and len(distinct) > 1:
+            raise ValueError(
+                f"`system.structure.alloy_site` is required: the lattice has {', '.join(distinct)}; "
+                "say whose sites the alloy substitutes (e.g. alloy_site: " + distinct[0] + ")"
+            )
+        if self.alloy_site is not None and self.alloy_site not in distinct:
+            raise ValueError(
+                f"`system.structure.alloy_site` = {self.alloy_site!r} is not in the lattice "
+                f"({', '.join(distinct)}); use one of those"
+            )
         return self
+
+    def use_cubic(self) -> bool:
+        """Whether to build the cubic cell (explicit value, else: where the lattice has one)."""
+        if self.cubic is not None:
+            return self.cubic
+        return self.lattice in CUBIC_LATTICES and not self.orthorhombic
+
+    def use_orthorhombic(self) -> bool:
+        """Whether to build the orthorhombic cell (explicit value, else: hcp/wurtzite)."""
+        if self.orthorhombic is not None:
+            return self.orthorhombic
+        return not self.use_cubic() and self.cubic is None and self.lattice in ("hcp", "wurtzite")
 
 
 class SystemConfig(_Strict):
@@ -49,12 +194,14 @@ class SystemConfig(_Strict):
 class PotentialConfig(_Strict):
     model: str = Field("default", description="bundled pretrained name, a checkpoint file, `lj`, or a plugin")
     params: dict = Field(default_factory=dict, description="model-specific parameters")
-    dtype: Literal["float32", "float64", "bfloat16"] = "float32"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["float32", "float64", "bfloat16"] = Field("float32", description="model precision")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else CPU")
 
 
 class DynamicsConfig(_Strict):
-    integrator: Literal["nve", "langevin", "nose-hoover", "npt", "berendsen", "fire"] = "nve"
+    integrator: Literal["nve", "langevin", "nose-hoover", "npt", "berendsen", "fire"] = Field(
+        "nve", description="time integrator / ensemble"
+    )
     timestep_fs: float = Field(1.0, gt=0, le=10, description="timestep, fs (0 < dt <= 10)")
     steps: int = Field(1000, ge=0, description="number of steps")
     temperature_K: Optional[float] = Field(None, ge=0, le=1e5, description="thermostat target, K (default: system.temperature_K)")
@@ -67,22 +214,23 @@ class NeighborConfig(_Strict):
 
 
 class ParallelConfig(_Strict):
-    grid: Union[Literal["auto"], List[int]] = "auto"
-    halo: Literal["per-layer", "full"] = "per-layer"
+    grid: Union[Literal["auto"], List[int]] = Field("auto", description="MPI rank grid: auto or [nx, ny, nz]")
+    halo: Literal["per-layer", "full"] = Field("per-layer", description="ghost-atom scheme for message passing")
 
-    @model_validator(mode="after")
-    def _grid(self):
-        if self.grid != "auto" and (len(self.grid) != 3 or any(g < 1 for g in self.grid)):
-            raise ValueError("parallel.grid must be 'auto' or three integers >= 1, e.g. [2, 1, 1]")
-        return self
+    @field_validator("grid")
+    @classmethod
+    def _grid(cls, value):
+        if value != "auto" and (len(value) != 3 or any(g < 1 for g in value)):
+            raise ValueError(f"must be 'auto' or three integers >= 1, e.g. [2, 1, 1]; got {value}")
+        return value
 
 
 class OutputConfig(_Strict):
-    directory: str = "run"
-    thermo_every: int = Field(10, ge=1)
+    directory: str = Field("run", min_length=1, description="output directory (relative to the working directory)")
+    thermo_every: int = Field(10, ge=1, description="thermo line and thermo.csv row every N steps")
     trajectory_every: int = Field(100, ge=0, description="0 disables the trajectory")
     restart_every: int = Field(500, ge=0, description="0 disables restart files")
-    progress: bool = True
+    progress: bool = Field(True, description="show a progress bar")
 
 
 class RunConfig(_Strict):
@@ -92,3 +240,201 @@ class RunConfig(_Strict):
     neighbor: NeighborConfig = Field(default_factory=NeighborConfig)
     parallel: ParallelConfig = Field(default_factory=ParallelConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+
+
+# ---------------------------------------------------------------- loading --
+
+RESOLVED_NAME = "resolved_config.yaml"
+
+
+def _yaml_loader():
+    """SafeLoader that rejects duplicate keys and reads 1e-3 as a float (YAML 1.2), not a string."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    # copy the resolver table deeply: PyYAML's add_implicit_resolver would otherwise edit SafeLoader's lists
+    Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"),
+    )
+
+    def mapping(loader, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            if key in seen:
+                from .errors import InputError
+
+                mark = key_node.start_mark
+                raise InputError(f"line {mark.line + 1}: key {key!r} appears twice in the same section; keep one")
+            seen.add(key)
+        return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return Loader
+
+
+def parse_yaml(text: str, source: str = "<input>"):
+    """YAML text -> Python data; syntax errors become InputError with the line and column."""
+    import yaml
+
+    from .errors import InputError
+
+    try:
+        return yaml.load(text, Loader=_yaml_loader())
+    except InputError as exc:
+        raise InputError(f"{source}: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        context = getattr(exc, "context", None)
+        detail = f"{problem} ({context})" if context else problem
+        raise InputError(f"{source}:{where}: YAML syntax error: {detail}; check indentation and ':'") from None
+
+
+def apply_override(data: dict, assignment: str) -> None:
+    """Apply one ``--set a.b.c=value`` to the raw input dict (value parsed as YAML).
+
+    The key path is checked against the schema so a typo gets the same
+    "did you mean" message as in the file; below free-form mappings
+    (``potential.params``, ``system.structure.alloy``) any key is allowed.
+    """
+    from .errors import InputError, model_at, suggest
+
+    if "=" not in assignment:
+        raise InputError(f"--set {assignment!r}: write KEY.PATH=VALUE, e.g. --set dynamics.steps=100")
+    path, _, raw = assignment.partition("=")
+    parts = [p.strip() for p in path.strip().split(".")]
+    if not path.strip() or any(not p for p in parts):
+        raise InputError(f"--set {assignment!r}: empty key in {path!r}; write e.g. --set dynamics.steps=100")
+    value = parse_yaml(raw, source=f"--set {path}") if raw.strip() else None
+
+    model = RunConfig
+    free = False  # inside a free-form mapping
+    node = data
+    for depth, part in enumerate(parts):
+        here = ".".join(parts[: depth + 1])
+        last = depth == len(parts) - 1
+        if not free:
+            if model is None:
+                raise InputError(
+                    f"--set {path}: `{'.'.join(parts[:depth])}` is a value, not a section; "
+                    f"set it directly, e.g. --set {'.'.join(parts[:depth])}=..."
+                )
+            if part not in model.model_fields:
+                where = ".".join(parts[:depth]) or "the top level"
+                raise InputError(
+                    f"--set {path}: unknown key `{here}`;{suggest(part, model.model_fields)} "
+                    f"valid keys in {where}: {', '.join(model.model_fields)}"
+                )
+            annotation = model.model_fields[part].annotation
+            model = model_at(RunConfig, parts[: depth + 1])
+            free = annotation is dict or get_origin(annotation) is dict
+        if last:
+            node[part] = value
+            return
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise InputError(f"--set {path}: `{here}` holds {child!r}, not a section of keys")
+        node = child
+
+
+def _empty_sections(data: dict, model) -> None:
+    """A section written with no keys (``dynamics:``) reads as None in YAML; treat it as all defaults."""
+    from .errors import _model_in
+
+    for name, field in model.model_fields.items():
+        sub = _model_in(field.annotation)
+        if sub is None or name not in data:
+            continue
+        if data[name] is None:
+            data[name] = {}
+        if isinstance(data[name], dict):
+            _empty_sections(data[name], sub)
+
+
+def _resolve_paths(data: dict, base: "Path") -> None:
+    """Make structure/model file names relative to the input file's folder absolute."""
+    from pathlib import Path
+
+    structure = (data.get("system") or {}).get("structure") if isinstance(data.get("system"), dict) else None
+    if isinstance(structure, dict) and isinstance(structure.get("file"), str):
+        name = Path(structure["file"]).expanduser()
+        structure["file"] = str(name if name.is_absolute() else (base / name).resolve())
+    potential = data.get("potential")
+    if isinstance(potential, dict) and isinstance(potential.get("model"), str):
+        name = Path(potential["model"]).expanduser()
+        if not name.is_absolute() and (base / name).is_file():
+            potential["model"] = str((base / name).resolve())
+
+
+def load_config(path, overrides: Optional[List[str]] = None) -> "RunConfig":
+    """Read, override and validate an input file; every user mistake raises InputError.
+
+    ``overrides`` are ``KEY.PATH=VALUE`` strings (``--set``), values parsed as YAML.
+    ``system.structure.file`` and a ``potential.model`` file are taken relative to
+    the input file's folder; ``output.directory`` relative to the working directory.
+    """
+    from pathlib import Path
+
+    from pydantic import ValidationError
+
+    from .errors import InputError, format_validation_error
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"input file {str(path)!r} not found" + (" (it is a directory)" if path.is_dir() else ""))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read input file {str(path)!r}: {exc}") from None
+    data = parse_yaml(text, source=str(path))
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: the input file must be a mapping of sections (system:, potential:, ...), "
+                         f"not a {type(data).__name__}")
+    for assignment in overrides or []:
+        apply_override(data, assignment)
+    _empty_sections(data, RunConfig)
+    _resolve_paths(data, path.parent.resolve())
+    try:
+        cfg = RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise InputError(f"{path}: {format_validation_error(exc, RunConfig)}") from None
+    structure = cfg.system.structure
+    if structure.file is not None and not Path(structure.file).is_file():
+        raise InputError(
+            f"{path}: `system.structure.file`: no such file {structure.file!r} "
+            "(relative names are taken from the input file's folder)"
+        )
+    return cfg
+
+
+def write_resolved_config(cfg: "RunConfig", directory) -> "Path":
+    """Write the full validated config (defaults filled in) to ``directory/resolved_config.yaml``.
+
+    Written atomically (temp file + rename). Under MPI call it on rank 0 only.
+    """
+    import os
+    from pathlib import Path
+
+    import yaml
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / RESOLVED_NAME
+    tmp = directory / (RESOLVED_NAME + ".tmp")
+    body = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, default_flow_style=None)
+    tmp.write_text("# atomsim: the input as run, every default filled in\n" + body, encoding="utf-8")
+    os.replace(tmp, target)
+    return target

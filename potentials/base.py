@@ -109,9 +109,12 @@ def evaluate_potential(
         e_atoms = potential.per_atom_energy(numbers, graph)
         e_local = e_atoms[: graph.n_local].to(torch.float64)
         energy = e_local.sum()
-        if vec.shape[0] > 0 and energy.requires_grad:
-            (g,) = torch.autograd.grad(energy, vec)
-        else:
+        # No shortcut for zero edges: under MPI every rank must run the backward pass,
+        # because per-layer halo exchanges communicate inside it (an empty rank too).
+        g = None
+        if energy.requires_grad:
+            (g,) = torch.autograd.grad(energy, vec, allow_unused=True)
+        if g is None:
             g = torch.zeros_like(vec)
     acc = torch.float64 if g.dtype == torch.float64 else torch.float32
     g_acc = g.to(acc)

@@ -1,0 +1,48 @@
+"""Blow-up detection: stop a run whose forces went NaN/inf or past a limit.
+
+A diverging run wastes hours and then writes garbage; checking max |F| after
+every force evaluation costs one reduction and lets the engine stop with a
+message that names the step and the worst atom, after saving the last good state.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+class SimulationError(RuntimeError):
+    """The run cannot go on (blow-up, unusable restart). The CLI maps it to exit status 3."""
+
+    exit_status = 3
+
+
+@dataclass
+class WorstAtom:
+    step: int
+    index: int  # local row
+    atom_id: int
+    symbol: str
+    position: tuple
+    force_norm: float  # eV/Å (inf for NaN/inf forces)
+
+
+def max_force_sq(forces: torch.Tensor) -> float:
+    """Largest |F|^2 over local atoms; NaN anywhere gives inf (so one comparison catches both)."""
+    if forces.numel() == 0:
+        return 0.0
+    m = float((forces * forces).sum(1).max())
+    return m if m == m else float("inf")
+
+
+def worst_atom(state) -> WorstAtom:
+    """The local atom with the largest |F| (NaN/inf rows first)."""
+    from ase.data import chemical_symbols
+
+    f2 = (state.forces * state.forces).sum(1)
+    f2 = torch.where(torch.isfinite(f2), f2, torch.full_like(f2, float("inf")))
+    k = int(torch.argmax(f2))
+    pos = tuple(float(x) for x in state.positions[k].cpu())
+    return WorstAtom(step=int(state.step), index=k, atom_id=int(state.ids[k]),
+                     symbol=chemical_symbols[int(state.numbers[k])], position=pos,
+                     force_norm=float(f2[k].sqrt()))

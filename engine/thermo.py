@@ -1,0 +1,96 @@
+"""Thermodynamic output: one row every k steps to ``thermo.csv`` and to the terminal.
+
+The CSV columns are fixed (ARCHITECTURE.md): step, time_ps, temperature_K, pe_eV,
+ke_eV, etotal_eV, pressure_GPa, then volume_A3, conserved_eV, atom_steps_per_s,
+n_neighbor_builds. Values are written with repr() so a resumed run's rows can be
+compared with an uninterrupted run's bit for bit. Only rank 0 writes.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from ase import units
+
+COLUMNS = ("step", "time_ps", "temperature_K", "pe_eV", "ke_eV", "etotal_eV", "pressure_GPa",
+           "volume_A3", "conserved_eV", "atom_steps_per_s", "n_neighbor_builds")
+
+# (column, header, width, format) of the terminal table: fits 80 columns (pipes, CI logs)
+_TERMINAL = (("step", "Step", 7, "{:d}"), ("time_ps", "Time ps", 8, "{:.3f}"),
+             ("temperature_K", "Temp K", 8, "{:.2f}"), ("pe_eV", "PE eV", 12, "{:.5f}"),
+             ("ke_eV", "KE eV", 11, "{:.5f}"), ("etotal_eV", "Etot eV", 13, "{:.6f}"),
+             ("pressure_GPa", "P GPa", 9, "{:.4f}"), ("atom_steps_per_s", "atom-st/s", 10, "{:.3g}"))
+
+
+def thermo_row(state, integrator, timestep_fs: float, atom_steps_per_s: float, n_builds: int) -> dict:
+    """One row of global quantities (collective: every rank must call it)."""
+    ke = state.kinetic_energy()
+    pe = float(state.comm.allreduce_sum(state.energy))
+    vol = state.volume
+    vir = 0.0 if state.virial is None else float(state.virial.trace())  # global (MDState contract)
+    pressure = (2.0 * ke - vir) / (3.0 * vol) / units.GPa
+    etot = pe + ke
+    return {
+        "step": int(state.step),
+        "time_ps": state.step * timestep_fs * 1e-3,
+        "temperature_K": 2.0 * ke / (state.degrees_of_freedom() * units.kB),
+        "pe_eV": pe,
+        "ke_eV": ke,
+        "etotal_eV": etot,
+        "pressure_GPa": pressure,
+        "volume_A3": vol,
+        "conserved_eV": etot + float(integrator.conserved_energy_extra(state)),
+        "atom_steps_per_s": float(atom_steps_per_s),
+        "n_neighbor_builds": int(n_builds),
+    }
+
+
+class ThermoWriter:
+    """CSV file + streamed rich table. ``resume_step`` truncates rows past the restart."""
+
+    def __init__(self, path, console=None, enabled: bool = True, resume_step: Optional[int] = None):
+        self.path = Path(path)
+        self.console = console
+        self.enabled = enabled
+        self._header_shown = False
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None and self.path.exists():
+            self._truncate_after(resume_step)
+        else:
+            self.path.write_text(",".join(COLUMNS) + "\n")
+
+    def _truncate_after(self, step: int) -> None:
+        lines = self.path.read_text().splitlines(keepends=True)
+        keep = lines[:1] if lines else [",".join(COLUMNS) + "\n"]
+        for line in lines[1:]:
+            try:
+                if int(line.split(",", 1)[0]) <= step:
+                    keep.append(line)
+            except ValueError:
+                pass
+        self.path.write_text("".join(keep))
+
+    def write(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as fh:  # opened per row (rows are rare): nothing to close, survives crashes
+            fh.write(",".join(repr(row[c]) for c in COLUMNS) + "\n")
+        if self.console is not None:
+            self._print(row)
+
+    def _table(self, show_header: bool):
+        from rich.table import Table
+
+        t = Table(box=None, show_header=show_header, show_edge=False, pad_edge=False,
+                  padding=(0, 0), header_style="bold")
+        for _, head, width, _ in _TERMINAL:
+            t.add_column(head, justify="right", width=width, no_wrap=True)
+        return t
+
+    def _print(self, row: dict) -> None:
+        t = self._table(show_header=not self._header_shown)
+        t.add_row(*(fmt.format(row[c]) for c, _, _, fmt in _TERMINAL))
+        self._header_shown = True
+        self.console.print(t)

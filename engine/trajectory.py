@@ -1,0 +1,46 @@
+"""Trajectory frames: extended XYZ that ASE, OVITO and VMD read.
+
+Each frame carries positions, forces, velocities (as ASE momenta, so
+``atoms.get_velocities()`` gives them back), per-atom ids and energies, and
+the step / time / potential energy in the comment line. Only rank 0 writes.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def state_to_atoms(state, energies=True):
+    """ase.Atoms of the (gathered) state with a SinglePointCalculator holding energy/forces."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    atoms = state.to_atoms()
+    results = {"energy": float(state.energy)}
+    if state.forces is not None:
+        results["forces"] = state.forces.detach().cpu().numpy()
+    if energies and state.energies is not None and len(state.energies) == len(atoms):
+        results["energies"] = np.asarray(state.energies, dtype=float)
+    atoms.calc = SinglePointCalculator(atoms, **results)
+    atoms.info["step"] = int(state.step)
+    return atoms
+
+
+class TrajectoryWriter:
+    def __init__(self, path, timestep_fs: float, enabled: bool = True, append: bool = False):
+        self.path = Path(path)
+        self.timestep_fs = timestep_fs
+        self.enabled = enabled
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not append and self.path.exists():
+                self.path.unlink()
+
+    def write(self, state) -> None:
+        if not self.enabled:
+            return
+        from ase.io import write
+
+        atoms = state_to_atoms(state)
+        atoms.info["time_ps"] = state.step * self.timestep_fs * 1e-3
+        write(self.path, atoms, format="extxyz", append=True)

@@ -1,0 +1,278 @@
+"""The ``atomsim`` command line: ``atomsim run input.yaml``, ``atomsim info``, ...
+
+Adding a subcommand is one self-contained edit: write ``_add_NAME(parser)``
+(its arguments) and ``_cmd_NAME(args) -> int`` (the work; import heavy modules
+inside it so ``atomsim --help`` stays fast), then append
+``Command("NAME", "one-line help", _add_NAME, _cmd_NAME)`` to ``COMMANDS``.
+A nested command (``atomsim lammps export``) adds sub-parsers in its
+``_add_`` function and sets ``parser.set_defaults(handler=...)`` on each.
+
+Exit status: 0 success; 2 bad input (one ``atomsim: error:`` line, no
+traceback); 3 a run that stopped itself (NaN, force limit: SimulationError,
+after saving the last good state); 1 an unexpected error (with traceback;
+``ATOMSIM_DEBUG=1`` shows tracebacks for input errors too).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence
+
+EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_STOPPED = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+# ------------------------------------------------------------------- run --
+
+def _add_run(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", help="input YAML file (see docs/input_reference.md)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest restart in output.directory")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override an input key, value parsed as YAML (repeatable), "
+                        "e.g. --set dynamics.steps=100 --set parallel.grid=[2,1,1]")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from atomsim.engine.config import load_config
+    from atomsim.engine.errors import InputError
+
+    cfg = load_config(args.input, args.overrides)
+    from atomsim.engine.simulation import Simulation
+
+    try:
+        sim = Simulation.from_config(cfg, resume=args.resume)
+    except TypeError as exc:  # a potential factory rejecting an unknown keyword
+        if "unexpected keyword argument" not in str(exc):
+            raise
+        raise InputError(f"`potential.params`: {exc}; check the parameter names of potential "
+                         f"{cfg.potential.model!r}") from None
+    sim.run()
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------ info --
+
+def _add_info(p: argparse.ArgumentParser) -> None:
+    pass
+
+
+def _version(module: str) -> Optional[str]:
+    """Installed version of ``module`` without importing it when metadata has it."""
+    from importlib import import_module
+    from importlib.metadata import PackageNotFoundError, version
+
+    dist = {"cupy": "cupy-cuda12x"}.get(module, module)
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        pass
+    try:
+        return str(getattr(import_module(module), "__version__", "installed"))
+    except Exception:
+        return None
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    import platform
+
+    from rich.console import Console
+    from rich.table import Table
+
+    import atomsim
+
+    console = Console()
+    versions = Table(title="atomsim and its libraries", show_header=True)
+    versions.add_column("package")
+    versions.add_column("version")
+    versions.add_row("atomsim", atomsim.__version__)
+    versions.add_row("python", f"{platform.python_version()} ({sys.executable})")
+    for name in ("torch", "numpy", "ase", "numba", "pydantic", "triton", "mpi4py", "cupy"):
+        versions.add_row(name, _version(name) or "[dim]not installed[/dim]")
+    versions.add_row("MPI library", _mpi_library())
+    console.print(versions)
+
+    hardware = Table(title="compute", show_header=False)
+    hardware.add_column("what")
+    hardware.add_column("value")
+    import torch
+
+    hardware.add_row("platform", platform.platform())
+    hardware.add_row("CPU cores (os.cpu_count)", str(os.cpu_count()))
+    hardware.add_row("torch threads (intra-op / inter-op)",
+                     f"{torch.get_num_threads()} / {torch.get_num_interop_threads()}")
+    if torch.cuda.is_available():
+        names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        hardware.add_row("CUDA", f"available, torch CUDA {torch.version.cuda}")
+        for i, name in enumerate(names):
+            hardware.add_row(f"  cuda:{i}", name)
+    else:
+        hardware.add_row("CUDA", "not available (CPU only)")
+    hardware.add_row("message-passing kernels", os.environ.get("ATOMSIM_KERNELS", "auto (triton on CUDA, else reference)"))
+    console.print(hardware)
+
+    models = Table(title="potentials", show_header=True)
+    models.add_column("name")
+    models.add_column("kind")
+    bundled = _bundled_models()
+    try:
+        from atomsim.potentials.registry import available_potentials
+
+        names = available_potentials()
+    except Exception as exc:  # a broken plugin must not hide the rest of the report
+        names = []
+        models.add_row(f"[red]registry failed: {exc}[/red]", "")
+    for name in names:
+        models.add_row(name, "bundled pretrained model" if name in bundled else "registered")
+    for name in sorted(set(bundled) - set(names)):
+        models.add_row(name, "bundled model file")
+    console.print(models)
+    return EXIT_OK
+
+
+def _mpi_library() -> str:
+    """The MPI library behind mpi4py (importing mpi4py.MPI initialises MPI, so only on request)."""
+    try:
+        from mpi4py import MPI
+
+        return MPI.Get_library_version().strip().splitlines()[0]
+    except Exception as exc:
+        return f"[dim]unavailable ({type(exc).__name__})[/dim]"
+
+
+def _bundled_models() -> List[str]:
+    """Names of the model folders shipped under atomsim/potentials/pretrained/."""
+    from importlib import resources
+
+    try:
+        root = resources.files("atomsim.potentials") / "pretrained"
+        return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
+    except Exception:
+        return []
+
+
+COMMANDS: List[Command] = [
+    Command("run", "run molecular dynamics from an input YAML file", _add_run, _cmd_run),
+    Command("info", "versions, devices, MPI, registered potentials and bundled models", _add_info, _cmd_info),
+]
+
+
+# ------------------------------------------------------------ the driver --
+
+def build_parser() -> argparse.ArgumentParser:
+    import atomsim
+
+    parser = argparse.ArgumentParser(
+        prog="atomsim", description="Molecular dynamics with graph-neural-network interatomic potentials.")
+    parser.add_argument("--version", action="version", version=f"atomsim {atomsim.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for cmd in COMMANDS:
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        p.set_defaults(handler=cmd.run)
+        cmd.add_arguments(p)
+    return parser
+
+
+def _rank() -> int:
+    """MPI rank from the launcher's environment (no MPI import needed)."""
+    for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MV2_COMM_WORLD_RANK"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    from pydantic import ValidationError
+
+    from atomsim.engine.errors import InputError
+
+    return isinstance(exc, (InputError, ValidationError, ValueError, FileNotFoundError))
+
+
+def _user_message(exc: BaseException) -> str:
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        from atomsim.engine.errors import format_validation_error
+
+        return format_validation_error(exc)
+    if isinstance(exc, FileNotFoundError) and exc.filename:
+        return f"no such file: {exc.filename}"
+    return str(exc) or type(exc).__name__
+
+
+def print_error(message: str) -> None:
+    """``atomsim: error: message`` on stderr, never re-wrapped or parsed as rich markup."""
+    from rich.console import Console
+    from rich.text import Text
+
+    console = Console(stderr=True, soft_wrap=True)
+    console.print(Text("atomsim: error: ", style="bold red") + Text(message))
+
+
+def _mpi_world_size() -> int:
+    """Size of MPI_COMM_WORLD if this process has initialised MPI, else 1 (never initialises it)."""
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is None or not mpi.Is_initialized() or mpi.Is_finalized():
+        return 1
+    return mpi.COMM_WORLD.Get_size()
+
+
+def _report_and_exit_code(message: Optional[str], code: int) -> int:
+    """Print once per job and make sure no MPI rank is left waiting.
+
+    Before MPI starts (config errors) every rank fails alike: rank 0 prints,
+    the others stay quiet. Once MPI runs, a failure may hit one rank only, so
+    that rank aborts the job; rank 0 reports first, other ranks wait briefly
+    (rank 0's abort usually ends them) and then report with their rank number.
+    """
+    rank, size = _rank(), _mpi_world_size()
+    if size > 1 and rank != 0:
+        import time
+
+        time.sleep(2.0)
+        message = None if message is None else f"[rank {rank}] {message}"
+    if message is not None and (rank == 0 or size > 1):
+        print_error(message)
+    if size > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        sys.modules["mpi4py.MPI"].COMM_WORLD.Abort(code)
+    return code
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Parse ``argv`` (default: sys.argv[1:]), run the subcommand, return the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return int(exc.code or 0)
+    debug = os.environ.get("ATOMSIM_DEBUG", "") not in ("", "0")
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        return _report_and_exit_code("interrupted", 130)
+    except Exception as exc:
+        from atomsim.engine.safety import SimulationError
+
+        if isinstance(exc, SimulationError) and not debug:
+            return _report_and_exit_code(str(exc), EXIT_STOPPED)
+        if _is_user_error(exc) and not debug:
+            return _report_and_exit_code(_user_message(exc), EXIT_INPUT)
+        if _mpi_world_size() > 1:  # a traceback, then end the whole job
+            import traceback
+
+            traceback.print_exc()
+            return _report_and_exit_code(None, EXIT_FAILED)
+        raise

@@ -1,0 +1,173 @@
+"""Cartesian domain decomposition in fractional coordinates, ownership and migration.
+
+The box is split into a grid of sub-boxes along the three *cell vectors* (not
+x/y/z), so triclinic cells decompose exactly like orthorhombic ones. A rank
+owns the atoms whose wrapped fractional coordinates fall in its sub-box; in a
+non-periodic direction there is no wrap and atoms outside [0, 1) belong to the
+edge rank. Migration (at neighbor-list rebuilds) sends every atom straight to
+its owner, keeps global ids, and sorts owned atoms by id so the layout does
+not depend on history (deterministic, and the same after a restart).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+# Per-atom fields of MDState that travel with an atom when it changes owner.
+PER_ATOM_FIELDS = ("positions", "velocities", "masses", "numbers", "ids", "forces", "fixed")
+
+
+def face_distances(cell: np.ndarray) -> np.ndarray:
+    """Distance between opposite faces of the cell, per cell vector (Å): V / |b x c| etc."""
+    cell = np.asarray(cell, dtype=float)
+    vol = abs(np.linalg.det(cell))
+    out = np.empty(3)
+    for d in range(3):
+        e, f = cell[(d + 1) % 3], cell[(d + 2) % 3]
+        out[d] = vol / np.linalg.norm(np.cross(e, f))
+    return out
+
+
+def rank_grid(size: int, grid: Optional[Sequence[int]] = None) -> Tuple[int, int, int]:
+    """The rank grid: given (checked against the rank count) or from MPI.Compute_dims."""
+    if grid is None or grid == "auto":
+        from mpi4py import MPI
+
+        return tuple(int(g) for g in MPI.Compute_dims(size, 3))
+    dims = tuple(int(g) for g in grid)
+    if len(dims) != 3 or any(g < 1 for g in dims) or int(np.prod(dims)) != size:
+        raise ValueError(
+            f"parallel.grid {list(dims)} does not match {size} MPI ranks: its product must equal "
+            f"the rank count (or use grid: auto)"
+        )
+    return dims
+
+
+class Decomposition:
+    """Which sub-box (in fractional coordinates) each rank owns; rank = (cx*ny + cy)*nz + cz."""
+
+    def __init__(self, cell, pbc, size: int, rank: int, grid=None):
+        self.dims = rank_grid(size, grid)
+        self.size, self.rank = int(size), int(rank)
+        self.pbc = tuple(bool(p) for p in pbc)
+        self.coords = self.coords_of(self.rank)
+        self.lo = np.array([c / n for c, n in zip(self.coords, self.dims)])
+        self.hi = np.array([(c + 1) / n for c, n in zip(self.coords, self.dims)])
+        self.set_cell(cell)
+
+    def set_cell(self, cell) -> None:
+        self.cell = np.asarray(cell, dtype=float).copy()
+        self.inv_cell = np.linalg.inv(self.cell)
+        self.faces = face_distances(self.cell)
+
+    def coords_of(self, rank: int) -> Tuple[int, int, int]:
+        nx, ny, nz = self.dims
+        return (rank // (ny * nz), (rank // nz) % ny, rank % nz)
+
+    def rank_of(self, coords) -> int:
+        nx, ny, nz = self.dims
+        return (int(coords[0]) * ny + int(coords[1])) * nz + int(coords[2])
+
+    def neighbor(self, dim: int, step: int) -> Optional[Tuple[int, int]]:
+        """(rank, periodic image shift along dim) of the neighbor `step` (+-1) away, or None."""
+        c = list(self.coords)
+        c[dim] += step
+        shift = 0
+        if c[dim] < 0 or c[dim] >= self.dims[dim]:
+            if not self.pbc[dim]:
+                return None
+            shift = -1 if c[dim] >= self.dims[dim] else 1  # image seen from the receiver
+            c[dim] %= self.dims[dim]
+        return self.rank_of(c), shift
+
+    def wrap(self, positions: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """Wrapped fractional coordinates and the integer image k (positions = wrapped + k @ cell)."""
+        frac = np.asarray(positions, dtype=float) @ self.inv_cell
+        image = np.zeros(frac.shape, dtype=np.int64)
+        for d in range(3):
+            if self.pbc[d]:
+                k = np.floor(frac[:, d])
+                f = frac[:, d] - k
+                edge = f >= 1.0  # -1e-17 wraps to exactly 1.0 in float
+                f[edge] -= 1.0
+                k[edge] += 1.0
+                frac[:, d] = f
+                image[:, d] = k.astype(np.int64)
+        return frac, image
+
+    def owner_of(self, frac: np.ndarray) -> np.ndarray:
+        """Owner rank of each wrapped fractional coordinate (edge ranks take strays)."""
+        dims = np.asarray(self.dims)
+        c = np.floor(frac * dims).astype(np.int64)
+        c = np.clip(c, 0, dims - 1)
+        return (c[:, 0] * dims[1] + c[:, 1]) * dims[2] + c[:, 2]
+
+
+def _take(state, keep) -> dict:
+    return {f: (getattr(state, f)[keep] if getattr(state, f) is not None else None) for f in PER_ATOM_FIELDS}
+
+
+def keep_owned(state, decomp: Decomposition) -> None:
+    """Drop the atoms another rank owns (every rank started from the same full system)."""
+    frac, _ = decomp.wrap(state.positions.detach().cpu().numpy())
+    mask = torch.from_numpy(decomp.owner_of(frac) == decomp.rank).to(state.positions.device)
+    _assign(state, _take(state, mask))
+
+
+def _assign(state, arrays: dict) -> None:
+    ids = arrays["ids"]
+    order = torch.argsort(ids)
+    for f, v in arrays.items():
+        setattr(state, f, None if v is None else v[order].contiguous())
+    state.energies = None
+
+
+def migrate(state, decomp: Decomposition, comm) -> int:
+    """Send every owned atom that left this sub-box to its owner; returns atoms sent.
+
+    ``comm`` is an mpi4py communicator. Collective: every rank must call it.
+    """
+    dev = state.positions.device
+    frac, _ = decomp.wrap(state.positions.detach().cpu().numpy())
+    owner = decomp.owner_of(frac)
+    present = {f: getattr(state, f) is not None for f in PER_ATOM_FIELDS}
+    # all ranks must agree which optional fields exist (an empty rank may have forces None)
+    present = {f: bool(comm.allreduce(int(p), op=_mpi_max())) for f, p in present.items()}
+    cpu = {}
+    n = state.positions.shape[0]
+    for f in PER_ATOM_FIELDS:
+        v = getattr(state, f)
+        if present[f] and v is None:
+            v = _empty_like_field(f, n, state)
+        cpu[f] = None if v is None else v.detach().cpu().numpy()
+    outgoing = []
+    for r in range(decomp.size):
+        sel = np.nonzero(owner == r)[0]
+        outgoing.append({f: (None if a is None else a[sel]) for f, a in cpu.items()} if sel.size or r == decomp.rank else None)
+    sent = int((owner != decomp.rank).sum())
+    incoming = comm.alltoall(outgoing)
+    merged = {}
+    for f in PER_ATOM_FIELDS:
+        parts = [blk[f] for blk in incoming if blk is not None and blk[f] is not None]
+        if not present[f]:
+            merged[f] = None
+        else:
+            merged[f] = torch.from_numpy(np.concatenate(parts)).to(dev) if parts else None
+    _assign(state, merged)
+    return sent
+
+
+def _empty_like_field(f: str, n: int, state):
+    if f == "fixed":
+        return torch.zeros(n, dtype=torch.bool)
+    if f in ("positions", "velocities", "forces"):
+        return torch.zeros((n, 3), dtype=torch.float64)
+    raise ValueError(f"per-atom field {f} missing on a rank")
+
+
+def _mpi_max():
+    from mpi4py import MPI
+
+    return MPI.MAX

@@ -26,7 +26,7 @@ def _check_element(symbol: str, key: str) -> str:
 
     if symbol not in chemical_symbols[1:]:
         raise ValueError(
-            f"unknown element {symbol!r} in {key};{suggest(symbol, chemical_symbols[1:]) or ''} "
+            f"unknown element {symbol!r} in `{key}`;{suggest(symbol, chemical_symbols[1:]) or ''} "
             f"use a chemical symbol such as Cu, Ar or Na (capital first letter)"
         )
     return symbol
@@ -206,7 +206,7 @@ class DynamicsConfig(_Strict):
     steps: int = Field(1000, ge=0, description="number of steps")
     temperature_K: Optional[float] = Field(None, ge=0, le=1e5, description="thermostat target, K (default: system.temperature_K)")
     tdamp_fs: float = Field(100.0, gt=0, description="thermostat time constant, fs")
-    max_force_eV_per_A: float = Field(1000.0, gt=0, description="stop when any force exceeds this, eV/Å")
+    max_force_eV_per_A: float = Field(1000.0, gt=0, description="force limit, eV/Å: the run stops when any force exceeds it")
 
 
 class NeighborConfig(_Strict):
@@ -228,8 +228,8 @@ class ParallelConfig(_Strict):
 class OutputConfig(_Strict):
     directory: str = Field("run", min_length=1, description="output directory (relative to the working directory)")
     thermo_every: int = Field(10, ge=1, description="thermo line and thermo.csv row every N steps")
-    trajectory_every: int = Field(100, ge=0, description="0 disables the trajectory")
-    restart_every: int = Field(500, ge=0, description="0 disables restart files")
+    trajectory_every: int = Field(100, ge=0, description="trajectory frame every N steps (0: none)")
+    restart_every: int = Field(500, ge=0, description="restart file every N steps (0: none)")
     progress: bool = Field(True, description="show a progress bar")
 
 
@@ -295,6 +295,9 @@ def parse_yaml(text: str, source: str = "<input>"):
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
         context = getattr(exc, "context", None)
+        started = getattr(exc, "context_mark", None)
+        if context and started is not None and (mark is None or started.line != mark.line):
+            context += f" that starts at line {started.line + 1}"
         detail = f"{problem} ({context})" if context else problem
         raise InputError(f"{source}:{where}: YAML syntax error: {detail}; check indentation and ':'") from None
 

@@ -113,9 +113,10 @@ def _segment_sum_atomic(out_ptr, onehot, seg_rcv, vals, offs_n, nmask, F,
     """out[seg_rcv] += onehot @ vals with a hi/lo split so the one-hot dot keeps fp32 accuracy."""
     oh = onehot.to(DT)
     hi = vals.to(DT)
-    lo = (vals - hi.to(tl.float32)).to(DT)
     acc = tl.dot(oh, hi, input_precision=PREC)
-    acc = tl.dot(oh, lo, acc=acc, input_precision=PREC)
+    if DT != tl.float32:  # 16-bit operands: add the rounding remainder (fp32 precision covers it)
+        lo = (vals - hi.to(tl.float32)).to(DT)
+        acc = tl.dot(oh, lo, acc=acc, input_precision=PREC)
     ptrs = out_ptr + seg_rcv.to(tl.int64)[:, None] * F + offs_n[None, :]
     tl.atomic_add(ptrs, acc, mask=(seg_rcv >= 0)[:, None] & nmask[None, :], sem="relaxed")
 

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The project's one GPU check, made for a single device-machine call (~5 min):
+#   1. the machine: nvidia-smi, python / torch / triton / cupy versions;
+#   2. tests/test_triton_kernels.py on the real GPU (no interpreter; adds bf16);
+#   3. the fused message-passing kernel benchmark (issue sizes, time-boxed);
+#   4. benchmarks/neighbors/bench_neighbors_gpu.py, when it exists.
+# Everything lands in $OUT (at most 8 files come back). Run from the repo root:
+#   OUT=/tmp/gpu_out bash benchmarks/gpu/run_gpu_checks.sh [bench_budget_s]
+# The bare GPU image lacks atomsim's pure-Python deps (ase): carry them as wheels in
+# .whl/ (see /work/.library/device/README.md); atomsim itself is put on PYTHONPATH.
+set -u
+OUT=${OUT:-/tmp/gpu_out}
+BENCH_BUDGET=${1:-150}
+mkdir -p "$OUT"
+exec > >(tee "$OUT/gpu_checks.log") 2>&1
+export PYTHONUNBUFFERED=1
+PY=${PY:-python3}
+step() { echo; echo "=== $(date -u +%H:%M:%S) $*"; }
+
+step "machine"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+$PY - <<'EOF'
+import platform, torch, triton
+print("python", platform.python_version(), "torch", torch.__version__, "cuda", torch.version.cuda,
+      "triton", triton.__version__)
+p = torch.cuda.get_device_properties(0)
+print(p.name, "SMs", p.multi_processor_count, "mem GiB", round(p.total_memory / 2**30, 1))
+try:
+    import cupy
+    print("cupy", cupy.__version__, "devices", cupy.cuda.runtime.getDeviceCount())
+except Exception as exc:
+    print("cupy unavailable:", exc)
+EOF
+
+step "atomsim on PYTHONPATH"
+SITE=/tmp/atomsim_site
+mkdir -p "$SITE/atomsim"
+if compgen -G ".whl/*.whl" >/dev/null; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target "$SITE" .whl/*.whl || echo "wheel install failed"
+fi
+for f in atomsim/*.py; do ln -sf "$PWD/$f" "$SITE/atomsim/"; done
+for pkg in engine kernels potentials integrators; do ln -sfn "$PWD/$pkg" "$SITE/atomsim/$pkg"; done
+export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+$PY -c "import atomsim.kernels.triton_message_passing as m; print('ok', m.__file__)"
+
+step "triton kernel tests on the GPU"
+ATOMSIM_TRITON_REPORT="$OUT/gpu_tests.json" timeout 240 $PY -m pytest -q -p no:cacheprovider \
+  tests/test_triton_kernels.py 2>&1 | tail -25
+cat "$OUT/gpu_tests.json" 2>/dev/null | head -80
+
+step "kernel benchmark (budget ${BENCH_BUDGET}s)"
+timeout $((BENCH_BUDGET + 120)) $PY benchmarks/kernels/bench_message_passing.py --profile \
+  --budget-s "$BENCH_BUDGET" --repeats 5 --out "$OUT/kernels_message_passing_h100.json"
+step "headline point with IEEE fp32 matmuls"
+timeout 90 $PY benchmarks/kernels/bench_message_passing.py --ieee --repeats 3 \
+  --configs 5e6:128:fp32:md --out "$OUT/kernels_message_passing_h100_ieee.json"
+
+if [ -f benchmarks/neighbors/bench_neighbors_gpu.py ]; then
+  step "neighbor-list GPU benchmark"
+  mkdir -p "$OUT/neighbors"
+  touch /tmp/nb_marker
+  timeout 120 $PY benchmarks/neighbors/bench_neighbors_gpu.py 2>&1 | tail -40
+  find benchmarks/results -maxdepth 1 -type f -newer /tmp/nb_marker | head -4 \
+    | xargs -r -I{} cp {} "$OUT/neighbors/"
+  ls -la "$OUT/neighbors"
+else
+  step "no benchmarks/neighbors/bench_neighbors_gpu.py yet: skipped"
+fi
+step "done"

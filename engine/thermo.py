@@ -16,10 +16,10 @@ COLUMNS = ("step", "time_ps", "temperature_K", "pe_eV", "ke_eV", "etotal_eV", "p
            "volume_A3", "conserved_eV", "atom_steps_per_s", "n_neighbor_builds")
 
 # (column, header, width, format) of the terminal table: fits 80 columns (pipes, CI logs)
-_TERMINAL = (("step", "Step", 7, "{:d}"), ("time_ps", "Time ps", 8, "{:.3f}"),
-             ("temperature_K", "Temp K", 8, "{:.2f}"), ("pe_eV", "PE eV", 12, "{:.5f}"),
+_TERMINAL = (("step", "Step", 8, "{:d}"), ("time_ps", "Time ps", 8, "{:.3f}"),
+             ("temperature_K", "Temp K", 9, "{:.2f}"), ("pe_eV", "PE eV", 12, "{:.5f}"),
              ("ke_eV", "KE eV", 11, "{:.5f}"), ("etotal_eV", "Etot eV", 13, "{:.6f}"),
-             ("pressure_GPa", "P GPa", 9, "{:.4f}"), ("atom_steps_per_s", "atom-st/s", 10, "{:.3g}"))
+             ("pressure_GPa", "P GPa", 9, "{:.4g}"), ("atom_steps_per_s", "atom-st/s", 10, "{:.3g}"))
 
 
 def thermo_row(state, integrator, timestep_fs: float, atom_steps_per_s: float, n_builds: int) -> dict:

@@ -264,9 +264,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         return _report_and_exit_code("interrupted", 130)
     except Exception as exc:
-        from atomsim.engine.safety import SimulationError
-
-        if isinstance(exc, SimulationError) and not debug:
+        safety = sys.modules.get("atomsim.engine.safety")  # not imported: cannot be a SimulationError
+        if safety is not None and isinstance(exc, safety.SimulationError) and not debug:
             return _report_and_exit_code(str(exc), EXIT_STOPPED)
         if _is_user_error(exc) and not debug:
             return _report_and_exit_code(_user_message(exc), EXIT_INPUT)

@@ -384,8 +384,9 @@ def load_config(path, overrides: Optional[List[str]] = None) -> "RunConfig":
     """Read, override and validate an input file; every user mistake raises InputError.
 
     ``overrides`` are ``KEY.PATH=VALUE`` strings (``--set``), values parsed as YAML.
-    ``system.structure.file`` and a ``potential.model`` file are taken relative to
-    the input file's folder; ``output.directory`` relative to the working directory.
+    ``system.structure.file`` and a ``potential.model`` file written in the input
+    file are taken relative to its folder (given with ``--set``: relative to the
+    working directory); ``output.directory`` relative to the working directory.
     """
     from pathlib import Path
 
@@ -406,10 +407,11 @@ def load_config(path, overrides: Optional[List[str]] = None) -> "RunConfig":
     if not isinstance(data, dict):
         raise InputError(f"{path}: the input file must be a mapping of sections (system:, potential:, ...), "
                          f"not a {type(data).__name__}")
+    _resolve_paths(data, path.parent.resolve())  # names in the file: from the file's folder
     for assignment in overrides or []:
         apply_override(data, assignment)
     _empty_sections(data, RunConfig)
-    _resolve_paths(data, path.parent.resolve())
+    _resolve_paths(data, Path.cwd())  # names given with --set: from the working directory
     try:
         cfg = RunConfig.model_validate(data)
     except ValidationError as exc:

@@ -138,12 +138,16 @@ def test_bad_overrides(tmp_path, assignment, text):
     assert text in _error(tmp_path, MINIMAL, [assignment])
 
 
-def test_structure_file_relative_to_input_and_missing_file(tmp_path):
+def test_structure_file_relative_to_input_and_missing_file(tmp_path, monkeypatch):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "ar.xyz").write_text("1\n\nAr 0 0 0\n")
     data = {"system": {"structure": {"file": "ar.xyz"}}}
     cfg = load_config(_write(tmp_path / "sub", data), [])
     assert Path(cfg.system.structure.file) == (tmp_path / "sub" / "ar.xyz").resolve()
+    (tmp_path / "cwd.xyz").write_text("1\n\nAr 0 0 0\n")
+    monkeypatch.chdir(tmp_path)  # a file named with --set is relative to the working directory
+    cfg = load_config(tmp_path / "sub" / "in.yaml", ["system.structure.file=cwd.xyz"])
+    assert Path(cfg.system.structure.file) == (tmp_path / "cwd.xyz").resolve()
     message = _error(tmp_path, {"system": {"structure": {"file": "missing.extxyz"}}})
     assert "`system.structure.file`" in message and "no such file" in message
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from atomsim.kernels.neighbors import neighbor_list
+from atomsim.kernels.neighbors_verlet import VerletList
 from atomsim.potentials.base import Potential, build_graph, evaluate_potential
 
 
@@ -22,21 +22,20 @@ class SerialForces:
         self._ref_positions = None
         self._ref_cell = None
         self._edges = None
+        self._vlist = VerletList(float(potential.cutoff), self.skin)
         self.n_builds = 0
 
     def needs_rebuild(self, state) -> bool:
-        if self._edges is None or self._ref_positions.shape != state.positions.shape:
+        if self._edges is None:
             return True
-        if not torch.equal(self._ref_cell, state.cell):
-            return True
-        disp2 = ((state.positions - self._ref_positions) ** 2).sum(1)
-        return bool(disp2.max() > (0.5 * self.skin) ** 2) if disp2.numel() else False
+        return self._vlist.needs_update(state.positions.detach().cpu().numpy(),
+                                        state.cell.detach().cpu().numpy(), state.pbc)
 
     def rebuild(self, state) -> None:
-        pos = state.positions.detach().cpu().numpy()
-        i, j, S = neighbor_list(pos, state.cell.cpu().numpy(), state.pbc, self.list_cutoff)
+        vl = self._vlist
+        vl.build(state.positions.detach().cpu().numpy(), state.cell.detach().cpu().numpy(), state.pbc)
         dev = state.positions.device
-        self._edges = tuple(torch.from_numpy(np.ascontiguousarray(a)).to(dev) for a in (i, j, S))
+        self._edges = tuple(torch.from_numpy(np.ascontiguousarray(a)).to(dev) for a in (vl.i, vl.j, vl.S))
         self._ref_positions = state.positions.detach().clone()
         self._ref_cell = state.cell.detach().clone()
         self.n_builds += 1

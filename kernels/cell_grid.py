@@ -46,16 +46,22 @@ class CellGrid:
         return int(np.prod(2 * self.search + 1))
 
 
+def as_cell(cell) -> np.ndarray:
+    """(3, 3) float64 cell; three numbers mean an orthorhombic box (as ASE accepts)."""
+    cell = np.asarray(cell, dtype=np.float64)
+    if cell.size == 3:
+        cell = np.diag(cell.reshape(3))
+    if cell.shape != (3, 3):
+        raise ValueError(f"cell must be a 3x3 matrix (rows are vectors), got shape {cell.shape}")
+    return cell
+
+
 def check_inputs(positions, cell, pbc, cutoff):
     """Normalise (positions, cell, pbc, cutoff); raise ValueError naming the bad input."""
     pos = np.asarray(positions, dtype=np.float64)
     if pos.ndim != 2 or pos.shape[1] != 3:
         raise ValueError(f"positions must have shape (n_atoms, 3), got {pos.shape}")
-    cell = np.asarray(cell, dtype=np.float64)
-    if cell.size == 3:  # ASE-style lengths of an orthorhombic box
-        cell = np.diag(cell.reshape(3))
-    if cell.shape != (3, 3):
-        raise ValueError(f"cell must be a 3x3 matrix (rows are vectors), got shape {cell.shape}")
+    cell = as_cell(cell)
     pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)).copy()
     cutoff = float(cutoff)
     if not np.isfinite(cutoff) or cutoff <= 0:

@@ -217,6 +217,13 @@ class ParallelConfig(_Strict):
     grid: Union[Literal["auto"], List[int]] = Field("auto", description="MPI rank grid: auto or [nx, ny, nz]")
     halo: Literal["per-layer", "full"] = Field("per-layer", description="ghost-atom scheme for message passing")
 
+    @field_validator("grid", mode="before")
+    @classmethod
+    def _grid_word(cls, value):
+        if isinstance(value, str) and value != "auto":
+            raise ValueError(f"must be 'auto' or three integers >= 1, e.g. [2, 1, 1]; got {value!r}")
+        return value
+
     @field_validator("grid")
     @classmethod
     def _grid(cls, value):

@@ -19,9 +19,18 @@ class InputError(ValueError):
     """Bad user input (input file, ``--set`` override, structure file); the message says what to fix."""
 
 
+# words people use for a valid value that difflib would not find
+_SYNONYMS = {"gpu": "cuda", "fp32": "float32", "fp64": "float64", "bf16": "bfloat16", "double": "float64",
+             "single": "float32", "nvt": "langevin", "nosehoover": "nose-hoover", "nose_hoover": "nose-hoover",
+             "velocity-verlet": "nve", "verlet": "nve", "minimize": "fire"}
+
+
 def suggest(word: str, choices: Iterable[str]) -> str:
     """`` did you mean `X`?`` for the closest choice, or ``""`` when nothing is close."""
     choices = [str(c) for c in choices]
+    synonym = _SYNONYMS.get(str(word).lower())
+    if synonym in choices:
+        return f" did you mean `{synonym}`?"
     close = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.6)
     if not close:  # case slips ("Timestep_FS") and prefixes ("timestep" for "timestep_fs")
         low = {c.lower(): c for c in choices}

@@ -93,32 +93,48 @@ def _recompute_pre(a_ptr, b_ptr, wr_ptr, b1_ptr, snd, rcv, rbf, offs_f, fmask, o
 
 
 @triton.jit
-def _segments(rcv_ptr, offs_e, emask, E, BLOCK_E: tl.constexpr):
-    """One-hot (segment x edge) matrix of the block's runs of equal receivers, and the
-    receiver of each segment (-1 for unused segment slots)."""
+def _segments(rcv_ptr, offs_e, emask, BLOCK_E: tl.constexpr, SEG: tl.constexpr):
+    """Runs of equal receivers in the block: one-hot (SEG x BLOCK_E) segment/edge matrix,
+    the receiver of each segment slot (-1 if unused) and the number of segments (may be > SEG,
+    then the caller falls back to per-edge atomics)."""
     rcv = tl.load(rcv_ptr + offs_e, mask=emask, other=-1)
     prev = tl.load(rcv_ptr + offs_e - 1, mask=emask & (offs_e > 0), other=-2)
     first = tl.arange(0, BLOCK_E) == 0
     new_seg = ((rcv != prev) | first) & emask
     seg = tl.cumsum(new_seg.to(tl.int32), axis=0) - 1
-    slots = tl.arange(0, BLOCK_E)
+    n_seg = tl.max(seg, axis=0) + 1
+    slots = tl.arange(0, SEG)
     onehot = (seg[None, :] == slots[:, None]) & emask[None, :]
     seg_rcv = tl.max(tl.where(onehot, rcv[None, :], -1), axis=1)
-    return onehot, seg_rcv
+    return onehot, seg_rcv, n_seg
 
 
 @triton.jit
-def _segment_sum_atomic(out_ptr, onehot, seg_rcv, vals, offs_n, nmask, F,
-                        PREC: tl.constexpr, DT: tl.constexpr):
-    """out[seg_rcv] += onehot @ vals with a hi/lo split so the one-hot dot keeps fp32 accuracy."""
-    oh = onehot.to(DT)
-    hi = vals.to(DT)
-    acc = tl.dot(oh, hi, input_precision=PREC)
-    if DT != tl.float32:  # 16-bit operands: add the rounding remainder (fp32 precision covers it)
-        lo = (vals - hi.to(tl.float32)).to(DT)
-        acc = tl.dot(oh, lo, acc=acc, input_precision=PREC)
-    ptrs = out_ptr + seg_rcv.to(tl.int64)[:, None] * F + offs_n[None, :]
-    tl.atomic_add(ptrs, acc, mask=(seg_rcv >= 0)[:, None] & nmask[None, :], sem="relaxed")
+def _segment_sum_atomic(out_ptr, onehot, seg_rcv, n_seg, rcv, emask, vals, offs_n, nmask, F,
+                        PREC: tl.constexpr, DT: tl.constexpr, SEG: tl.constexpr):
+    """out[receiver] += vals summed per receiver run: one atomic per (segment, feature) via a
+    one-hot tl.dot when the block has <= SEG runs, else one atomic per (edge, feature).
+
+    The one-hot operand is exact in every format; the values are split into hi + lo parts
+    (16-bit formats, TF32) so the sum keeps ~fp32 accuracy."""
+    if n_seg <= SEG:
+        oh = onehot.to(DT)
+        if DT == tl.float32:
+            if PREC == "ieee":
+                acc = tl.dot(oh, vals, input_precision="ieee")
+            else:  # TF32 keeps 10 mantissa bits: add the truncated remainder in a second pass
+                hi = (vals.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
+                acc = tl.dot(oh, hi, input_precision="tf32")
+                acc = tl.dot(oh, vals - hi, acc=acc, input_precision="tf32")
+        else:
+            hi = vals.to(DT)
+            acc = tl.dot(oh, hi)
+            acc = tl.dot(oh, (vals - hi.to(tl.float32)).to(DT), acc=acc)
+        ptrs = out_ptr + seg_rcv.to(tl.int64)[:, None] * F + offs_n[None, :]
+        tl.atomic_add(ptrs, acc, mask=(seg_rcv >= 0)[:, None] & nmask[None, :], sem="relaxed")
+    else:
+        ptrs = out_ptr + rcv[:, None] * F + offs_n[None, :]
+        tl.atomic_add(ptrs, vals, mask=emask[:, None] & nmask[None, :], sem="relaxed")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,7 +145,7 @@ def _fwd_kernel(a_ptr, b_ptr, r_ptr, snd_ptr, rcv_ptr, wr_ptr, b1_ptr, w2_ptr, b
                 E, F, K, cutoff, pref,
                 ENV_A: tl.constexpr, ENV_B: tl.constexpr, ENV_C: tl.constexpr,
                 BLOCK_E: tl.constexpr, FP: tl.constexpr, KP: tl.constexpr, BN: tl.constexpr,
-                PREC: tl.constexpr, SEG_PREC: tl.constexpr):
+                PREC: tl.constexpr, SEG: tl.constexpr):
     pid = tl.program_id(0)
     offs_e = pid * BLOCK_E + tl.arange(0, BLOCK_E)
     emask = offs_e < E
@@ -146,7 +162,7 @@ def _fwd_kernel(a_ptr, b_ptr, r_ptr, snd_ptr, rcv_ptr, wr_ptr, b1_ptr, w2_ptr, b
                          emask, F, PREC)
     DT: tl.constexpr = w2_ptr.dtype.element_ty
     h = (pre * tl.sigmoid(pre)).to(DT)
-    onehot, seg_rcv = _segments(rcv_ptr, offs_e, emask, E, BLOCK_E)
+    onehot, seg_rcv, n_seg = _segments(rcv_ptr, offs_e, emask, BLOCK_E, SEG)
     for n0 in range(0, FP, BN):
         offs_n = n0 + tl.arange(0, BN)
         nmask = offs_n < F
@@ -156,7 +172,8 @@ def _fwd_kernel(a_ptr, b_ptr, r_ptr, snd_ptr, rcv_ptr, wr_ptr, b1_ptr, w2_ptr, b
         z = tl.dot(h, w2, input_precision=PREC) + b2[None, :]
         msg = z * tl.sigmoid(z) * env[:, None]
         msg = tl.where(emask[:, None] & nmask[None, :], msg, 0.0)
-        _segment_sum_atomic(out_ptr, onehot, seg_rcv, msg, offs_n, nmask, F, SEG_PREC, DT)
+        _segment_sum_atomic(out_ptr, onehot, seg_rcv, n_seg, rcv, emask, msg, offs_n, nmask, F,
+                            PREC, DT, SEG)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,7 +185,7 @@ def _bwd_edge_kernel(a_ptr, b_ptr, r_ptr, snd_ptr, rcv_ptr, wr_ptr, b1_ptr, w2_p
                      E, F, K, cutoff, pref, n_blocks,
                      ENV_A: tl.constexpr, ENV_B: tl.constexpr, ENV_C: tl.constexpr,
                      BLOCK_E: tl.constexpr, FP: tl.constexpr, KP: tl.constexpr, BN: tl.constexpr,
-                     PREC: tl.constexpr, SEG_PREC: tl.constexpr,
+                     PREC: tl.constexpr, SEG: tl.constexpr,
                      NEED_A: tl.constexpr, NEED_B: tl.constexpr, NEED_R: tl.constexpr,
                      NEED_W: tl.constexpr):
     pid = tl.program_id(0)
@@ -192,8 +209,7 @@ def _bwd_edge_kernel(a_ptr, b_ptr, r_ptr, snd_ptr, rcv_ptr, wr_ptr, b1_ptr, w2_p
         env = tl.where(emask, env, 0.0)
         pre = _recompute_pre(a_ptr, b_ptr, wr_ptr, b1_ptr, snd, rcv, rbf, offs_f, fmask, offs_k,
                              kmask, emask, F, PREC)
-        sp = tl.sigmoid(pre)
-        h = (pre * sp).to(DT)
+        h = (pre * tl.sigmoid(pre)).to(DT)
         dh = tl.zeros((BLOCK_E, FP), dtype=tl.float32)
         denv = tl.zeros((BLOCK_E,), dtype=tl.float32)
         for n0 in range(0, FP, BN):
@@ -211,11 +227,13 @@ def _bwd_edge_kernel(a_ptr, b_ptr, r_ptr, snd_ptr, rcv_ptr, wr_ptr, b1_ptr, w2_p
             dz = gout * env[:, None] * (sz + z * sz * (1.0 - sz))
             dz = tl.where(m2n, dz, 0.0)
             dh = tl.dot(dz.to(DT), tl.trans(w2), acc=dh, input_precision=PREC)
+        sp = tl.sigmoid(pre)  # recomputed: keeps one fewer (BLOCK_E x FP) tile live in the loop
         dpre = dh * (sp + pre * sp * (1.0 - sp))
         dpre = tl.where(emask[:, None] & fmask[None, :], dpre, 0.0)
         if NEED_B:
-            onehot, seg_rcv = _segments(rcv_ptr, offs_e, emask, E, BLOCK_E)
-            _segment_sum_atomic(db_ptr, onehot, seg_rcv, dpre, offs_f, fmask, F, SEG_PREC, DT)
+            onehot, seg_rcv, n_seg = _segments(rcv_ptr, offs_e, emask, BLOCK_E, SEG)
+            _segment_sum_atomic(db_ptr, onehot, seg_rcv, n_seg, rcv, emask, dpre, offs_f, fmask,
+                                F, PREC, DT, SEG)
         if NEED_A:
             tl.atomic_add(da_ptr + snd[:, None] * F + offs_f[None, :], dpre,
                           mask=emask[:, None] & fmask[None, :], sem="relaxed")
@@ -302,28 +320,33 @@ def _next_pow2(n: int, minimum: int = 16) -> int:
     return max(minimum, 1 << (int(n) - 1).bit_length())
 
 
+# Launch parameters (the benchmark's --sweep varies them). tile: BLOCK_E x FP elements kept on
+# chip per program; seg: receiver runs per block summed by the one-hot dot (more -> atomics);
+# persist: persistent programs per multiprocessor in the backward kernels.
+TUNING = {"tile": 8192, "max_block_e": 64, "bn": 64, "seg": 16, "persist": 2,
+          "warps_fwd": 4, "warps_bwd": 8, "warps_w2": 8, "stages": 3}
 _BLOCK_E_OVERRIDE: int | None = None  # tests set a small block to exercise block boundaries
 
 
 def _launch_config(F: int) -> tuple[int, int, int]:
-    """(BLOCK_E, FP, BN): keep the on-chip (BLOCK_E x FP) tiles at ~8k elements."""
+    """(BLOCK_E, FP, BN): keep the on-chip (BLOCK_E x FP) tiles at TUNING['tile'] elements."""
     FP = _next_pow2(F)
-    block_e = _BLOCK_E_OVERRIDE or max(16, min(64, 8192 // FP))
-    bn = min(FP, 64 if FP <= 256 else 32)
+    block_e = _BLOCK_E_OVERRIDE or max(16, min(TUNING["max_block_e"], TUNING["tile"] // FP))
+    bn = min(FP, TUNING["bn"] if FP <= 256 else TUNING["bn"] // 2)
     return block_e, FP, bn
 
 
-def _precisions(dtype: torch.dtype) -> tuple[str, str]:
-    """(matmul precision, segment-sum precision) for fp32 operands (ignored for 16-bit)."""
+def _precision(dtype: torch.dtype) -> str:
+    """tl.dot input precision for fp32 operands (ignored for 16-bit): follows torch's TF32 flag."""
     if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
-        return "tf32", "tf32x3"
-    return "ieee", "ieee"
+        return "tf32"
+    return "ieee"
 
 
 def _n_persistent(n_blocks: int, device: torch.device) -> int:
     if device.type == "cuda":
         sms = torch.cuda.get_device_properties(device).multi_processor_count
-        return max(1, min(n_blocks, 4 * sms))
+        return max(1, min(n_blocks, TUNING["persist"] * sms))
     return max(1, min(n_blocks, 4))
 
 
@@ -334,6 +357,14 @@ def _prepare(a, b, edge_vectors, senders, receivers, w_rbf, b1, w2, b2):
             b1.contiguous(), w2.to(dt).contiguous(), b2.contiguous())
 
 
+def _common(F: int, K: int, dtype: torch.dtype) -> dict:
+    block_e, FP, bn = _launch_config(F)
+    # software pipelining keeps `stages` w2 tiles in shared memory: fewer for wide layers
+    stages = TUNING["stages"] if FP * bn * dtype.itemsize <= 32768 else 2
+    return dict(ENV_A=_ENV_A, ENV_B=_ENV_B, ENV_C=_ENV_C, BLOCK_E=block_e, FP=FP,
+                KP=_next_pow2(K), BN=bn, PREC=_precision(dtype), num_stages=stages)
+
+
 def _forward(a, b, ev, snd, rcv, w_rbf, b1, w2, b2, cutoff: float) -> Tensor:
     N, F = a.shape
     E = snd.shape[0]
@@ -341,14 +372,11 @@ def _forward(a, b, ev, snd, rcv, w_rbf, b1, w2, b2, cutoff: float) -> Tensor:
     out = torch.zeros((N, F), dtype=torch.float32, device=a.device)
     if E == 0:
         return out.to(a.dtype)
-    block_e, FP, bn = _launch_config(F)
-    prec, seg_prec = _precisions(a.dtype)
-    grid = (triton.cdiv(E, block_e),)
+    common = _common(F, K, a.dtype)
+    grid = (triton.cdiv(E, common["BLOCK_E"]),)
     _fwd_kernel[grid](a, b, ev, snd, rcv, w_rbf, b1, w2, b2, out,
                       E, F, K, float(cutoff), math.sqrt(2.0 / cutoff),
-                      ENV_A=_ENV_A, ENV_B=_ENV_B, ENV_C=_ENV_C,
-                      BLOCK_E=block_e, FP=FP, KP=_next_pow2(K), BN=bn,
-                      PREC=prec, SEG_PREC=seg_prec, num_warps=4)
+                      SEG=TUNING["seg"], num_warps=TUNING["warps_fwd"], **common)
     return out.to(a.dtype)
 
 
@@ -361,9 +389,8 @@ def _backward(g, a, b, ev, snd, rcv, w_rbf, b1, w2, b2, cutoff: float, needs):
     K = w_rbf.shape[0]
     dev = a.device
     f32 = torch.float32
-    block_e, FP, bn = _launch_config(F)
-    KP = _next_pow2(K)
-    prec, seg_prec = _precisions(a.dtype)
+    common = _common(F, K, a.dtype)
+    block_e, FP, KP, bn = common["BLOCK_E"], common["FP"], common["KP"], common["BN"]
     n_blocks = triton.cdiv(E, block_e) if E else 0
     g = g.contiguous()
     da = torch.zeros((N, F), dtype=f32, device=dev) if need_a else None
@@ -372,30 +399,28 @@ def _backward(g, a, b, ev, snd, rcv, w_rbf, b1, w2, b2, cutoff: float, needs):
     need_w = need_wr or need_b1
     dwr = db1 = dw2 = db2 = None
     dummy = torch.empty(1, dtype=f32, device=dev)
-    common = dict(ENV_A=_ENV_A, ENV_B=_ENV_B, ENV_C=_ENV_C, BLOCK_E=block_e, FP=FP, KP=KP, BN=bn,
-                  PREC=prec)
+    scal = (E, F, K, float(cutoff), math.sqrt(2.0 / cutoff), n_blocks)
     if n_blocks and (need_a or need_b or need_r or need_w):
         P = _n_persistent(n_blocks, dev)
         dwr_p = torch.empty((P, KP, FP), dtype=f32, device=dev) if need_w else dummy
         db1_p = torch.empty((P, FP), dtype=f32, device=dev) if need_w else dummy
         _bwd_edge_kernel[(P,)](a, b, ev, snd, rcv, w_rbf, b1, w2, b2, g,
                                da if need_a else dummy, db if need_b else dummy,
-                               dr if need_r else dummy, dwr_p, db1_p,
-                               E, F, K, float(cutoff), math.sqrt(2.0 / cutoff), n_blocks,
-                               SEG_PREC=seg_prec, NEED_A=need_a, NEED_B=need_b, NEED_R=need_r,
-                               NEED_W=need_w, num_warps=4, **common)
+                               dr if need_r else dummy, dwr_p, db1_p, *scal,
+                               SEG=TUNING["seg"], NEED_A=need_a, NEED_B=need_b, NEED_R=need_r,
+                               NEED_W=need_w, num_warps=TUNING["warps_bwd"], **common)
         if need_w:
             dwr = dwr_p.sum(0)[:K, :F]
             db1 = db1_p.sum(0)[:F]
     if need_w2 or need_b2:
         if n_blocks:
+            n_tiles = triton.cdiv(F, bn)
             P = _n_persistent(n_blocks, dev)
-            P = max(1, P // triton.cdiv(F, bn)) if dev.type == "cuda" else P
+            P = max(1, P // n_tiles) if dev.type == "cuda" else P
             dw2_p = torch.zeros((P, FP, F), dtype=f32, device=dev)
             db2_p = torch.zeros((P, F), dtype=f32, device=dev)
-            _bwd_w2_kernel[(P, triton.cdiv(F, bn))](
-                a, b, ev, snd, rcv, w_rbf, b1, w2, b2, g, dw2_p, db2_p,
-                E, F, K, float(cutoff), math.sqrt(2.0 / cutoff), n_blocks, num_warps=4, **common)
+            _bwd_w2_kernel[(P, n_tiles)](a, b, ev, snd, rcv, w_rbf, b1, w2, b2, g, dw2_p, db2_p,
+                                         *scal, num_warps=TUNING["warps_w2"], **common)
             dw2 = dw2_p.sum(0)[:F]
             db2 = db2_p.sum(0)
         else:

@@ -101,6 +101,7 @@ def _check_kernels(device) -> dict:
         "F16_one_block": (12, 40, 16, 8, None),
         "F32_blocks16": (12, 40, 32, 8, 16),  # receivers span blocks; persistent loop
         "F24_pad_blocks16": (12, 100, 24, 6, 16),  # F, K not powers of two; 7 blocks > 4 programs
+        "F16_many_receivers": (80, 60, 16, 8, None),  # > 16 receiver runs in a block: atomics
     }
     for name, (N, E, F, K, blk) in cases.items():
         tmp._BLOCK_E_OVERRIDE = blk

@@ -41,7 +41,7 @@ def make_problem(E: int, F: int, dtype: torch.dtype, device, seed: int = 0) -> d
     """Receiver-sorted random graph with DEGREE edges per node, inputs at EGNN init scale."""
     g = torch.Generator(device=device).manual_seed(seed)
     E = int(E)
-    N = max(1, E // DEGREE)
+    N = max(1, -(-E // DEGREE))
     recv = torch.arange(N, device=device).repeat_interleave(DEGREE)[:E]
     send = torch.randint(0, N, (E,), device=device, generator=g)
     ev = torch.randn(E, 3, device=device, generator=g)
@@ -166,6 +166,36 @@ def profile_once(p: dict, mode: str) -> str:
     return prof.key_averages().table(sort_by="cuda_time_total", row_limit=12)
 
 
+SWEEP = [{}, {"warps_fwd": 8}, {"warps_bwd": 4}, {"tile": 4096}, {"tile": 16384, "max_block_e": 128},
+         {"bn": 128}, {"persist": 1}, {"persist": 4}, {"seg": 32}]
+
+
+def sweep(dev, repeats: int, budget_s: float) -> list[dict]:
+    """Launch-parameter variants (kernels.triton_message_passing.TUNING) at the headline point."""
+    from atomsim.kernels import triton_message_passing as tmp
+
+    base = dict(tmp.TUNING)
+    rows, t0 = [], time.perf_counter()
+    for dtn, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        p = make_problem(5_000_000, 128, dtype, dev)
+        for variant in SWEEP:
+            if time.perf_counter() - t0 > budget_s:
+                break
+            tmp.TUNING.clear()
+            tmp.TUNING.update(base, **variant)
+            try:
+                m = measure(edge_message_aggregate_triton, p, "md", repeats)
+                m.pop("fwd_bwd_ms_all")
+            except Exception as exc:
+                m = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+            rows.append({"dtype": dtn, "variant": variant, **m})
+            print(json.dumps(rows[-1]), flush=True)
+        del p
+    tmp.TUNING.clear()
+    tmp.TUNING.update(base)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="benchmarks/results/kernels_message_passing.json")
@@ -174,6 +204,8 @@ def main() -> None:
                     help="stop starting new configurations after this many seconds")
     ap.add_argument("--ieee", action="store_true", help="fp32 matmuls in IEEE fp32, not TF32")
     ap.add_argument("--device", default="cuda", help="cuda; cpu only for a tiny smoke run")
+    ap.add_argument("--sweep", action="store_true",
+                    help="only time TUNING variants at E=5M, F=128 (md mode)")
     ap.add_argument("--profile", action="store_true", help="per-kernel times of the first rows")
     ap.add_argument("--configs", default="default",
                     help="'default' or a list like 5e6:128:bf16:md,1e6:64:fp32:train")
@@ -184,6 +216,13 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = not args.ieee
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor()
     peaks = next((v for k, v in PEAKS.items() if k in name), None)
+    if args.sweep:
+        rows = sweep(dev, args.repeats, args.budget_s)
+        with open(args.out, "w") as fh:
+            json.dump({"command": " ".join([sys.executable] + sys.argv), "device": name,
+                       "torch": torch.__version__, "sweep": rows,
+                       "kernel_resources": kernel_resources()}, fh, indent=1)
+        return
     dts = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     if args.configs == "default":
         # headline first (the issue's target point), then the sweep; stops at --budget-s

@@ -1,0 +1,560 @@
+"""`atomsim train train.yaml`: fit an EGNN potential to extxyz energies/forces(/stress).
+
+Recipe (what makes small GNN potentials train reliably): per-species reference
+energies fitted first by least squares so the network learns only the
+interaction energy; an energy scale from the residual spread; loss
+w_E * MSE(E/atom) + w_F * MSE(F) (+ w_S * MSE(stress)); AdamW with cosine or
+plateau LR; an exponential moving average (EMA) of the weights used for
+validation and the saved model; early stopping; a resumable training state.
+
+Batches are disjoint unions of several structures in one graph. Data
+parallelism: under ``mpiexec -n R`` each rank takes a slice of every global
+batch, losses are normalised by global counts and gradients summed with
+torch.distributed (gloo), so R ranks compute the same update as one.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional, Sequence
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from atomsim.kernels.graph import Graph, csr_row_ptr
+from atomsim.kernels.neighbors import neighbor_list
+
+from .egnn import EGNNConfig, EGNNPotential, count_parameters
+
+
+# --------------------------------------------------------------------------- config
+class ModelSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    width: int = Field(64, ge=1)
+    depth: int = Field(3, ge=1)
+    n_rbf: int = Field(8, ge=1)
+    cutoff: float = Field(5.0, gt=0)
+    readout_hidden: int = Field(32, ge=1)
+    species: Optional[list[str]] = None  # default: every element in the data
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    data: str  # extxyz with energy, forces (and stress) per frame
+    output: str = "train_out"
+    name: str = "egnn"
+    model: ModelSection = ModelSection()
+    energy_weight: float = Field(1.0, ge=0)
+    force_weight: float = Field(10.0, ge=0)
+    stress_weight: float = Field(0.0, ge=0)
+    batch_size: int = Field(8, ge=1)  # structures per global batch
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-6, ge=0)
+    schedule: Literal["cosine", "plateau"] = "cosine"
+    epochs: int = Field(50, ge=1)
+    max_minutes: Optional[float] = Field(None, gt=0)  # wall-clock budget; stops cleanly
+    ema_decay: float = Field(0.99, ge=0, lt=1)
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    test_fraction: float = Field(0.1, ge=0, lt=1)
+    max_structures: Optional[int] = Field(None, ge=1)  # use only the first N (after shuffle)
+    patience: int = Field(20, ge=1)  # epochs without validation improvement
+    seed: int = 0
+    dtype: Literal["float32", "float64"] = "float32"
+    threads: Optional[int] = Field(None, ge=1)
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    import yaml
+    from pydantic import ValidationError
+
+    raw = yaml.safe_load(Path(path).read_text()) or {}
+    try:
+        cfg = TrainConfig(**raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(k) for k in err["loc"])
+        raise ValueError(f"{path}: {key}: {err['msg']}") from None
+    base = Path(path).resolve().parent
+    if not Path(cfg.data).is_absolute():
+        cfg.data = str(base / cfg.data)
+    if not Path(cfg.output).is_absolute():
+        cfg.output = str(base / cfg.output)
+    return cfg
+
+
+# --------------------------------------------------------------------------- data
+@dataclass
+class Sample:
+    numbers: torch.Tensor  # (n,)
+    vectors: torch.Tensor  # (E, 3) float64 edge vectors x_j - x_i + S@cell
+    receivers: torch.Tensor
+    senders: torch.Tensor
+    energy: float
+    forces: torch.Tensor  # (n, 3)
+    stress: Optional[torch.Tensor]  # (3, 3) ASE sign, eV/Å^3
+    volume: float
+    system: str  # sorted element symbols joined by '-'
+
+    @property
+    def n_atoms(self) -> int:
+        return int(self.numbers.shape[0])
+
+
+def read_samples(path: str | Path, cutoff: float, index: str = ":") -> list[Sample]:
+    """Read labelled frames and precompute their neighbor graphs (positions are fixed)."""
+    from ase.io import read
+
+    frames = read(str(path), index=index)
+    return [atoms_to_sample(a, cutoff) for a in frames]
+
+
+def atoms_to_sample(atoms, cutoff: float) -> Sample:
+    pos = atoms.get_positions()
+    cell = atoms.cell.array
+    i, j, S = neighbor_list(pos, cell, atoms.pbc, cutoff)
+    vec = pos[j] - pos[i] + S @ cell
+    calc = atoms.calc
+    res = getattr(calc, "results", {}) if calc is not None else {}
+    if "energy" not in res or "forces" not in res:
+        raise ValueError(f"training data: frame {atoms.get_chemical_formula()} lacks energy/forces")
+    stress = None
+    if "stress" in res and all(atoms.pbc):
+        s = np.asarray(res["stress"])
+        if s.shape == (6,):
+            from ase.stress import voigt_6_to_full_3x3_stress
+
+            s = voigt_6_to_full_3x3_stress(s)
+        stress = torch.tensor(s, dtype=torch.float64)
+    syms = sorted(set(atoms.get_chemical_symbols()))
+    return Sample(
+        numbers=torch.tensor(atoms.numbers, dtype=torch.int64),
+        vectors=torch.tensor(vec, dtype=torch.float64),
+        receivers=torch.tensor(i, dtype=torch.int64), senders=torch.tensor(j, dtype=torch.int64),
+        energy=float(res["energy"]), forces=torch.tensor(np.asarray(res["forces"]), dtype=torch.float64),
+        stress=stress, volume=float(abs(atoms.cell.volume)) if all(atoms.pbc) else 0.0,
+        system="-".join(syms),
+    )
+
+
+@dataclass
+class Batch:
+    numbers: torch.Tensor
+    graph: Graph
+    node_batch: torch.Tensor  # (N,) structure index of each node
+    edge_batch: torch.Tensor  # (E,)
+    n_atoms: torch.Tensor  # (B,) float64
+    energy: torch.Tensor  # (B,) float64
+    forces: torch.Tensor  # (N, 3) float64
+    stress: torch.Tensor  # (B, 3, 3) float64 (zeros where absent)
+    has_stress: torch.Tensor  # (B,) bool
+    volume: torch.Tensor  # (B,)
+
+
+def collate(samples: Sequence[Sample], dtype: torch.dtype) -> Batch:
+    """Disjoint union of structures: node indices offset, receivers stay sorted."""
+    offs, o = [], 0
+    for s in samples:
+        offs.append(o)
+        o += s.n_atoms
+    n = o
+    recv = torch.cat([s.receivers + k for s, k in zip(samples, offs)]) if samples else torch.zeros(0, dtype=torch.int64)
+    send = torch.cat([s.senders + k for s, k in zip(samples, offs)])
+    vec = torch.cat([s.vectors for s in samples]).to(dtype)
+    graph = Graph(receivers=recv, senders=send, edge_vectors=vec, n_nodes=n, n_local=n,
+                  row_ptr=csr_row_ptr(recv, n))
+    idx = torch.arange(len(samples))
+    return Batch(
+        numbers=torch.cat([s.numbers for s in samples]), graph=graph,
+        node_batch=torch.repeat_interleave(idx, torch.tensor([s.n_atoms for s in samples])),
+        edge_batch=torch.repeat_interleave(idx, torch.tensor([int(s.receivers.shape[0]) for s in samples])),
+        n_atoms=torch.tensor([s.n_atoms for s in samples], dtype=torch.float64),
+        energy=torch.tensor([s.energy for s in samples], dtype=torch.float64),
+        forces=torch.cat([s.forces for s in samples]),
+        stress=torch.stack([s.stress if s.stress is not None else torch.zeros(3, 3, dtype=torch.float64)
+                            for s in samples]),
+        has_stress=torch.tensor([s.stress is not None for s in samples]),
+        volume=torch.tensor([max(s.volume, 1e-12) for s in samples], dtype=torch.float64),
+    )
+
+
+def predict(model: EGNNPotential, batch: Batch, training: bool, want_stress: bool = False):
+    """Per-structure energies (B,), forces (N, 3), stress (B, 3, 3) via autograd on edge vectors."""
+    g = batch.graph
+    vec = g.edge_vectors.detach().requires_grad_(True)
+    graph = Graph(receivers=g.receivers, senders=g.senders, edge_vectors=vec, n_nodes=g.n_nodes,
+                  n_local=g.n_local, row_ptr=g.row_ptr)
+    with torch.enable_grad():
+        e_atoms = model.per_atom_energy(batch.numbers, graph)
+        energy = torch.zeros(len(batch.energy), dtype=torch.float64).index_add_(0, batch.node_batch, e_atoms)
+        (grad,) = torch.autograd.grad(energy.sum(), vec, create_graph=training)
+    grad = grad.to(torch.float64)
+    forces = torch.zeros((g.n_nodes, 3), dtype=torch.float64)
+    forces = forces.index_add(0, g.receivers, grad).index_add(0, g.senders, -grad)
+    stress = None
+    if want_stress:
+        outer = (vec.to(torch.float64).unsqueeze(-1) * grad.unsqueeze(-2)).reshape(-1, 9)
+        vir = torch.zeros((len(batch.energy), 9), dtype=torch.float64).index_add(0, batch.edge_batch, outer)
+        vir = vir.reshape(-1, 3, 3)
+        stress = 0.5 * (vir + vir.transpose(1, 2)) / batch.volume[:, None, None]
+    return energy, forces, stress
+
+
+def batch_loss(model, batch: Batch, cfg: TrainConfig, totals: dict, training: bool = True):
+    """Loss whose sums are divided by GLOBAL counts, so rank contributions add up exactly."""
+    want_stress = cfg.stress_weight > 0 and bool(batch.has_stress.any())
+    energy, forces, stress = predict(model, batch, training, want_stress)
+    loss = cfg.energy_weight * (((energy - batch.energy) / batch.n_atoms) ** 2).sum() / totals["structures"]
+    loss = loss + cfg.force_weight * ((forces - batch.forces) ** 2).sum() / (3.0 * totals["atoms"])
+    if want_stress:
+        ds = (stress - batch.stress)[batch.has_stress]
+        loss = loss + cfg.stress_weight * (ds**2).sum() / (9.0 * max(totals["stress"], 1))
+    return loss
+
+
+# --------------------------------------------------------------------------- fitting helpers
+def fit_species_energies(samples: Sequence[Sample], species: Sequence[int]) -> np.ndarray:
+    """Least-squares E ≈ sum_Z count_Z E0[Z] (ridge-stabilised)."""
+    col = {z: k for k, z in enumerate(species)}
+    A = np.zeros((len(samples), len(species)))
+    y = np.array([s.energy for s in samples])
+    for r, s in enumerate(samples):
+        for z, c in zip(*np.unique(s.numbers.numpy(), return_counts=True)):
+            A[r, col[int(z)]] = c
+    reg = 1e-8 * np.eye(len(species))
+    return np.linalg.solve(A.T @ A + reg, A.T @ y)
+
+
+def init_model(cfg: TrainConfig, samples: Sequence[Sample]) -> EGNNPotential:
+    from ase.data import atomic_numbers
+
+    if cfg.model.species:
+        bad = [s for s in cfg.model.species if s not in atomic_numbers]
+        if bad:
+            raise ValueError(f"model.species: unknown element(s) {bad}")
+        species = sorted(atomic_numbers[s] for s in cfg.model.species)
+    else:
+        species = sorted({int(z) for s in samples for z in s.numbers.tolist()})
+    e0 = fit_species_energies(samples, species)
+    resid = [(s.energy - sum(e0[species.index(int(z))] for z in s.numbers.tolist())) / s.n_atoms for s in samples]
+    scale = float(np.std(resid)) if len(resid) > 1 else 1.0
+    avg_nn = float(np.mean([s.receivers.shape[0] / max(s.n_atoms, 1) for s in samples]))
+    m = cfg.model
+    model = EGNNPotential(EGNNConfig(species=species, width=m.width, depth=m.depth, n_rbf=m.n_rbf,
+                                     cutoff=m.cutoff, readout_hidden=m.readout_hidden,
+                                     avg_num_neighbors=max(avg_nn, 1.0)))
+    model.species_energy.copy_(torch.tensor(e0, dtype=torch.float64))
+    model.energy_scale.fill_(max(scale, 1e-3))
+    return model
+
+
+def split_indices(n: int, cfg: TrainConfig) -> dict[str, np.ndarray]:
+    perm = np.random.default_rng(cfg.seed).permutation(n)
+    if cfg.max_structures:
+        perm = perm[: cfg.max_structures]
+    n = len(perm)
+    n_test = int(round(cfg.test_fraction * n))
+    n_val = int(round(cfg.val_fraction * n))
+    return {"test": perm[:n_test], "val": perm[n_test:n_test + n_val], "train": perm[n_test + n_val:]}
+
+
+# --------------------------------------------------------------------------- distributed
+def init_distributed() -> tuple[int, int]:
+    """(rank, size) from mpi4py when launched under mpiexec; gloo process group for allreduce."""
+    size = int(os.environ.get("PMI_SIZE", os.environ.get("OMPI_COMM_WORLD_SIZE", "1")))
+    if size <= 1:
+        return 0, 1
+    from mpi4py import MPI
+    import torch.distributed as dist
+
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    if not dist.is_initialized():
+        port = None
+        if rank == 0:
+            import socket
+
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+        port = comm.bcast(port, root=0)
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=size)
+    return rank, size
+
+
+def allreduce_gradients(model: torch.nn.Module, size: int) -> None:
+    if size <= 1:
+        return
+    import torch.distributed as dist
+
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    k = 0
+    for p in model.parameters():
+        n = p.numel()
+        p.grad = flat[k:k + n].view_as(p).clone()
+        k += n
+
+
+def allreduce_scalar(x: float, size: int) -> float:
+    if size <= 1:
+        return x
+    import torch.distributed as dist
+
+    t = torch.tensor([x], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t)
+
+
+# --------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def _copy_params(dst: torch.nn.Module, src: torch.nn.Module) -> None:
+    for pd, ps in zip(dst.parameters(), src.parameters()):
+        pd.copy_(ps)
+
+
+def evaluate(model: EGNNPotential, samples: Sequence[Sample], batch_size: int = 16,
+             per_system: bool = True) -> dict:
+    """MAE of energy per atom (meV/atom) and force components (meV/Å), overall and per element system."""
+    dtype = model.dtype
+    rows = []
+    for k in range(0, len(samples), batch_size):
+        chunk = samples[k:k + batch_size]
+        b = collate(chunk, dtype)
+        e, f, _ = predict(model, b, training=False)
+        e, f = e.detach(), f.detach()
+        fo = 0
+        for s, ep in zip(chunk, e.tolist()):
+            n = s.n_atoms
+            rows.append((s.system, n, s.energy / n, ep / n, s.forces.numpy(), f[fo:fo + n].numpy()))
+            fo += n
+    def summarize(rs):
+        de = np.array([abs(r[2] - r[3]) for r in rs])
+        df = np.concatenate([np.abs(r[4] - r[5]).ravel() for r in rs])
+        return {"n_structures": len(rs), "n_atoms": int(sum(r[1] for r in rs)),
+                "energy_mae_meV_per_atom": 1000 * float(de.mean()),
+                "energy_rmse_meV_per_atom": 1000 * float(np.sqrt((de**2).mean())),
+                "force_mae_meV_per_A": 1000 * float(df.mean()),
+                "force_rmse_meV_per_A": 1000 * float(np.sqrt((df**2).mean()))}
+    out = {"all": summarize(rows)} if rows else {}
+    if per_system and rows:
+        unary = sorted({r[0] for r in rows if "-" not in r[0]})
+        for sysname in unary:
+            out[sysname] = summarize([r for r in rows if r[0] == sysname])
+        alloys = [r for r in rows if "-" in r[0]]
+        if alloys:
+            out["alloys (2-3 elements)"] = summarize(alloys)
+    out["_pairs"] = rows
+    return out
+
+
+def parity_plot(rows, path: str | Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(8, 3.8), dpi=90)
+    et = np.array([r[2] for r in rows]); ep = np.array([r[3] for r in rows])
+    ft = np.concatenate([r[4].ravel() for r in rows]); fp = np.concatenate([r[5].ravel() for r in rows])
+    for a, t, p, lab in ((ax[0], et, ep, "energy (eV/atom)"), (ax[1], ft, fp, "force component (eV/Å)")):
+        a.scatter(t, p, s=3, alpha=0.5)
+        lo, hi = float(min(t.min(), p.min())), float(max(t.max(), p.max()))
+        a.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+        a.set_xlabel(f"reference {lab}"); a.set_ylabel(f"model {lab}")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(str(path))
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- training loop
+def _warmup(total: int) -> int:
+    return max(1, min(100, total // 20))
+
+
+def _lr_factor(cfg: TrainConfig, step: int, total: int, time_fraction: float = 0.0) -> float:
+    """Linear warm-up, then cosine to 2% over the steps or the time budget, whichever ends first."""
+    warm = _warmup(total)
+    if step < warm:
+        return (step + 1) / warm
+    if cfg.schedule == "cosine":
+        frac = min(1.0, max((step - warm) / max(1, total - warm), time_fraction))
+        return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac))
+    return 1.0
+
+
+def train(cfg: TrainConfig, resume: bool = False, log=print, samples: Optional[list[Sample]] = None,
+          max_steps: Optional[int] = None) -> dict:
+    """Train per ``cfg``; returns metrics. ``max_steps`` stops early (tests)."""
+    rank, size = init_distributed()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
+    out = Path(cfg.output)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    if samples is None:
+        samples = read_samples(cfg.data, cfg.model.cutoff)
+    split = split_indices(len(samples), cfg)
+    train_s = [samples[k] for k in split["train"]]
+    val_s = [samples[k] for k in split["val"]]
+    test_s = [samples[k] for k in split["test"]]
+    if not train_s:
+        raise ValueError(f"data: {cfg.data} leaves no training structures after the val/test split")
+
+    model = init_model(cfg, train_s).to(dtype)
+    ema = init_model(cfg, train_s).to(dtype)
+    _copy_params(ema, model)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=max(2, cfg.patience // 4)) \
+        if cfg.schedule == "plateau" else None
+    steps_per_epoch = math.ceil(len(train_s) / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    state_file = out / "train_state.pt"
+    start_epoch, step, best, bad_epochs, history = 0, 0, float("inf"), 0, []
+    if resume and state_file.exists():
+        st = torch.load(state_file, weights_only=True)
+        model.load_state_dict(st["model"]); ema.load_state_dict(st["ema"]); opt.load_state_dict(st["opt"])
+        if plateau is not None and "plateau" in st:
+            plateau.load_state_dict(st["plateau"])
+        start_epoch, step, best, bad_epochs = int(st["epoch"]), int(st["step"]), float(st["best"]), int(st["bad"])
+        history = json.loads(st["history"])
+        log(f"resumed from {state_file} at epoch {start_epoch}")
+    if rank == 0:
+        log(f"{cfg.name}: {count_parameters(model):,} parameters, {len(train_s)} train / {len(val_s)} val / "
+            f"{len(test_s)} test structures, {size} rank(s)")
+
+    rng = np.random.default_rng(cfg.seed)
+    t0, deadline = time.time(), (time.time() + 60 * cfg.max_minutes) if cfg.max_minutes else None
+    stopped = "epochs"
+
+    def _time_fraction() -> float:  # ranks must agree: rank 0's clock decides
+        if not deadline:
+            return 0.0
+        return allreduce_scalar((time.time() - t0) / (deadline - t0) if rank == 0 else 0.0, size)
+    for epoch in range(start_epoch, cfg.epochs):
+        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train_s))
+        model.train()
+        ep_loss = 0.0
+        for k in range(0, len(order), cfg.batch_size):
+            glob = [train_s[q] for q in order[k:k + cfg.batch_size]]
+            totals = {"structures": len(glob), "atoms": sum(s.n_atoms for s in glob),
+                      "stress": sum(s.stress is not None for s in glob)}
+            mine = glob[rank::size]
+            if plateau is None or step <= _warmup(total_steps):
+                for g in opt.param_groups:
+                    g["lr"] = cfg.lr * _lr_factor(cfg, step, total_steps, _time_fraction())
+            opt.zero_grad(set_to_none=True)
+            if mine:
+                loss = batch_loss(model, collate(mine, dtype), cfg, totals)
+                loss.backward()
+                lval = float(loss.detach())
+            else:
+                lval = 0.0
+            allreduce_gradients(model, size)
+            opt.step()
+            with torch.no_grad():
+                decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+                for pe, pm in zip(ema.parameters(), model.parameters()):
+                    pe.mul_(decay).add_(pm, alpha=1 - decay)
+            ep_loss += allreduce_scalar(lval, size)
+            step += 1
+            if max_steps is not None and step >= max_steps:
+                break
+        # validation with EMA weights (every rank computes it: cheap and keeps ranks in step)
+        vm = evaluate(ema, val_s, per_system=False) if val_s else {}
+        vloss = (vm["all"]["energy_rmse_meV_per_atom"] ** 2 * cfg.energy_weight
+                 + vm["all"]["force_rmse_meV_per_A"] ** 2 * cfg.force_weight) if vm else ep_loss
+        if plateau is not None and step > _warmup(total_steps):
+            plateau.step(vloss)
+        improved = vloss < best
+        if improved:
+            best, bad_epochs = vloss, 0
+        else:
+            bad_epochs += 1
+        elapsed = time.time() - t0
+        per_epoch = elapsed / (epoch - start_epoch + 1)
+        eta = per_epoch * (cfg.epochs - epoch - 1)
+        rec = {"epoch": epoch + 1, "step": step, "train_loss": ep_loss / steps_per_epoch,
+               "lr": opt.param_groups[0]["lr"], "elapsed_s": round(elapsed, 1)}
+        if vm:
+            rec.update({"val_E_mae_meV_atom": vm["all"]["energy_mae_meV_per_atom"],
+                        "val_F_mae_meV_A": vm["all"]["force_mae_meV_per_A"]})
+        history.append(rec)
+        if rank == 0:
+            msg = (f"epoch {epoch + 1}/{cfg.epochs} loss {rec['train_loss']:.4g} lr {rec['lr']:.2e}"
+                   + (f" val E {rec['val_E_mae_meV_atom']:.2f} meV/atom F {rec['val_F_mae_meV_A']:.1f} meV/Å"
+                      if vm else "") + f" | {elapsed / 60:.1f} min, ETA {eta / 60:.1f} min")
+            log(msg)
+            if improved:
+                from .checkpoint import save_checkpoint
+
+                save_checkpoint(ema, out / "best", {"name": cfg.name})
+            torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                        **({"plateau": plateau.state_dict()} if plateau is not None else {}),
+                        "epoch": epoch + 1, "step": step, "best": best, "bad": bad_epochs,
+                        "history": json.dumps(history)}, str(state_file) + ".tmp")
+            os.replace(str(state_file) + ".tmp", state_file)
+        if max_steps is not None and step >= max_steps:
+            stopped = "max_steps"
+            break
+        if bad_epochs >= cfg.patience:
+            stopped = "early stopping"
+            break
+        if deadline and time.time() + per_epoch > deadline:
+            stopped = "time budget"
+            break
+    result = {"stopped": stopped, "epochs": len(history), "history": history, "model": model, "ema": ema,
+              "split": split, "test": test_s, "val": val_s, "train": train_s, "rank": rank, "size": size}
+    if rank == 0:
+        log(f"stopped: {stopped} after {len(history)} epochs")
+    return result
+
+
+def finalize(cfg: TrainConfig, result: dict, card: Optional[dict] = None, log=print) -> dict:
+    """Evaluate the best EMA model on the test split, write checkpoint + card + parity plot."""
+    from .checkpoint import load_checkpoint, save_checkpoint
+
+    out = Path(cfg.output)
+    best_dir = out / "best"
+    model = load_checkpoint(best_dir) if best_dir.exists() else result["ema"]
+    test = result["test"] or result["val"]
+    metrics = evaluate(model, test)
+    rows = metrics.pop("_pairs")
+    final = out / "model"
+    card = dict(card or {})
+    card.setdefault("name", cfg.name)
+    card["metrics"] = metrics
+    card.setdefault("training", {"epochs": len(result["history"]), "stopped": result["stopped"],
+                                 "train/val/test structures": f"{len(result['train'])}/{len(result['val'])}/{len(result['test'])}",
+                                 "loss": f"{cfg.energy_weight} * MSE(E/atom) + {cfg.force_weight} * MSE(F)"
+                                         + (f" + {cfg.stress_weight} * MSE(stress)" if cfg.stress_weight else "")})
+    save_checkpoint(model, final, card)
+    parity_plot(rows, final / "parity.png", f"{cfg.name}: held-out test split ({len(test)} structures)")
+    (out / "history.json").write_text(json.dumps(result["history"], indent=1))
+    log(f"test: E MAE {metrics['all']['energy_mae_meV_per_atom']:.2f} meV/atom, "
+        f"F MAE {metrics['all']['force_mae_meV_per_A']:.1f} meV/Å -> {final}")
+    return metrics
+
+
+def main(config_path: str, resume: bool = False) -> int:
+    """Entry point of `atomsim train`."""
+    cfg = load_config(config_path)
+    from rich.console import Console
+
+    console = Console(stderr=False)
+    res = train(cfg, resume=resume, log=console.print)
+    if res["rank"] == 0:
+        finalize(cfg, res, {"training_command": f"atomsim train {config_path}"}, log=console.print)
+    if res["size"] > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    return 0

@@ -96,7 +96,11 @@ class Simulation:
     def __init__(self, config: RunConfig, atoms=None, potential=None, comm=None, *,
                  forces=None, restart: Optional[Restart] = None, console=None):
         self.config = config
-        self.comm = comm if comm is not None else SerialComm()
+        if comm is None:  # under `mpiexec -n N` (N > 1): MPI over COMM_WORLD
+            from .comm import world_comm
+
+            comm = world_comm()
+        self.comm = comm
         self.is_root = getattr(self.comm, "rank", 0) == 0
         self.device = resolve_device(config.potential.device)
         self.outdir = Path(config.output.directory)
@@ -130,6 +134,15 @@ class Simulation:
 
         self.integrator = make_integrator(dyn.integrator, dyn.timestep_fs, temperature_K=target_T,
                                           tdamp_fs=dyn.tdamp_fs, seed=config.system.seed)
+        if forces is None and getattr(self.comm, "size", 1) > 1:  # domain decomposition
+            from .abort import install_abort_handler
+            from .parallel_forces import ParallelForces
+
+            install_abort_handler(self.comm)
+            par = config.parallel
+            forces = ParallelForces(self.potential, self.comm, skin=config.neighbor.skin, halo=par.halo,
+                                    grid=None if par.grid == "auto" else par.grid)
+            forces.distribute(self.state)  # every rank built the same system: keep the owned atoms
         self.forces = forces if forces is not None else SerialForces(self.potential, skin=config.neighbor.skin)
         if restart is not None:
             self.integrator.load_state_dict(restart.integrator_state)
@@ -218,7 +231,7 @@ class Simulation:
         part["forces"] = st.forces.detach().cpu().numpy() if st.forces is not None else None
         part["energies"] = np.asarray(st.energies) if st.energies is not None else None
         parts = mpi.gather(part, root=0)
-        energy = float(self.comm.allreduce_sum(st.energy))
+        energy = float(st.energy)  # global on every rank (MDState contract)
         if not self.is_root:
             return None
         cat = {k: np.concatenate([p[k] for p in parts]) for k in ("positions", "velocities", "masses", "numbers", "ids")}
@@ -381,17 +394,21 @@ class Simulation:
                     self.write_restart()
                     last_restart = step
                 progress.update(step)
-        if out.restart_every and n_steps and last_restart != st.step:
+                if getattr(integ, "converged", False):  # a minimiser (fire) is done
+                    if not thermo_now:
+                        self._write_thermo(n_atoms * (step - step_row) / max(perf() - t_row, 1e-12))
+                    break
+        if out.restart_every and st.step > start and last_restart != st.step:
             self.write_restart()
         wall = perf() - t_run
         breakdown = {k: v - timings_at_start[k] for k, v in timings.items()}  # this call's loop only
         breakdown["forces"] = max(breakdown["forces"] - breakdown["neighbor"], 0.0)  # without list builds
         return {
-            "steps": n_steps,
+            "steps": st.step - start,
             "final_step": st.step,
             "n_atoms": n_atoms,
             "wall_s": wall,
-            "atom_steps_per_s": n_atoms * n_steps / wall if wall > 0 and n_steps else 0.0,
+            "atom_steps_per_s": n_atoms * (st.step - start) / wall if wall > 0 else 0.0,
             "n_neighbor_builds": getattr(self.forces, "n_builds", 0),
             "timings_s": breakdown,
             "thermo": self.last_thermo,

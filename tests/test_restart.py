@@ -1,0 +1,145 @@
+"""Restart files and --resume: 200 steps in one go == 100 + resume + 100, bit for bit.
+
+Reference: the uninterrupted run. The neighbor list is rebuilt only every few
+steps (skin reuse), so the resumed run must restore the list's reference
+positions to reproduce the pair order -- a plain rebuild at step 100 would change
+the last bits. Langevin's noise is keyed by (seed, step, id), so it must match too.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from atomsim.engine.config import RunConfig
+from atomsim.engine.restart import PREVIOUS_NAME, RESTART_NAME, Restart, find_restart
+from atomsim.engine.simulation import Simulation
+
+
+def make_config(outdir, integrator="nve", steps=200, **output) -> RunConfig:
+    return RunConfig.model_validate({
+        "system": {"structure": {"lattice": "fcc", "symbols": "Ar", "a": 5.26, "repeat": [2, 2, 2]},
+                   "temperature_K": 150.0, "seed": 11},
+        "potential": {"model": "lj", "params": {"epsilon": 0.0104, "sigma": 3.4, "cutoff": 7.0},
+                      "dtype": "float64", "device": "cpu"},
+        "dynamics": {"integrator": integrator, "timestep_fs": 4.0, "steps": steps, "tdamp_fs": 50.0},
+        "neighbor": {"skin": 0.3},
+        "output": {"directory": str(outdir), "thermo_every": 10, "trajectory_every": 40,
+                   "restart_every": 30, "progress": False, **output},
+    })
+
+
+def run(cfg, resume=False):
+    sim = Simulation.from_config(cfg, resume=resume, console=Console(quiet=True))
+    return sim, sim.run()
+
+
+def thermo_rows(path):
+    """Thermo rows without the timing column (wall-clock dependent)."""
+    rows = list(csv.DictReader(open(path)))
+    return [{k: v for k, v in r.items() if k != "atom_steps_per_s"} for r in rows]
+
+
+def assert_same_final_state(a: Path, b: Path):
+    ra, rb = Restart(a / RESTART_NAME), Restart(b / RESTART_NAME)
+    assert ra.step == rb.step
+    for key in ("positions", "velocities", "ids", "cell"):
+        assert np.array_equal(ra.arrays[key], rb.arrays[key]), key  # bit for bit
+    assert thermo_rows(a / "thermo.csv") == thermo_rows(b / "thermo.csv")
+
+
+@pytest.mark.parametrize("integrator", ["nve", "langevin"])
+def test_resume_is_bit_for_bit(tmp_path, integrator):
+    full_sim, full = run(make_config(tmp_path / "full", integrator))
+    assert full["final_step"] == 200
+    # the list is reused across the restart point: a restart must carry it
+    assert 2 <= full["n_neighbor_builds"] < 60
+
+    _, first = run(make_config(tmp_path / "split", integrator, steps=100))
+    assert first["final_step"] == 100
+    assert Restart(tmp_path / "split" / RESTART_NAME).step == 100  # written at the end of the run
+    resumed_sim, second = run(make_config(tmp_path / "split", integrator), resume=True)
+    assert second["steps"] == 100 and second["final_step"] == 200
+    assert second["n_neighbor_builds"] == full["n_neighbor_builds"]
+    assert np.array_equal(resumed_sim.state.forces.numpy(), full_sim.state.forces.numpy())
+    assert_same_final_state(tmp_path / "full", tmp_path / "split")
+
+
+def test_resume_from_previous_when_newest_is_torn(tmp_path):
+    """A crash mid-write can leave a broken restart.npz: resume falls back to restart.prev.npz."""
+    run(make_config(tmp_path / "full", "langevin", steps=100))
+    run(make_config(tmp_path / "split", "langevin", steps=50))
+    out = tmp_path / "split"
+    assert Restart(out / PREVIOUS_NAME).step == 30  # restart_every=30 -> 30, then the end (50)
+    (out / RESTART_NAME).write_bytes((out / RESTART_NAME).read_bytes()[:200])
+    assert find_restart(out).step == 30
+    run(make_config(out, "langevin", steps=100), resume=True)
+    assert_same_final_state(tmp_path / "full", out)
+
+
+def test_resume_refuses_changed_physics_but_allows_output_changes(tmp_path):
+    run(make_config(tmp_path / "run", steps=60))
+    changed = make_config(tmp_path / "run", steps=90).model_copy(deep=True)
+    changed.dynamics.timestep_fs = 2.0
+    with pytest.raises(ValueError, match=r"dynamics\.timestep_fs"):
+        Simulation.from_config(changed, resume=True)
+    changed = make_config(tmp_path / "run", steps=90, thermo_every=5, trajectory_every=0)
+    _, summary = run(changed, resume=True)
+    assert summary["final_step"] == 90
+    with pytest.raises(ValueError, match="no readable restart"):
+        Simulation.from_config(make_config(tmp_path / "empty"), resume=True)
+
+
+def test_restart_write_is_atomic_and_keeps_previous(tmp_path):
+    run(make_config(tmp_path / "run", steps=60))
+    out = tmp_path / "run"
+    assert Restart(out / RESTART_NAME).step == 60
+    assert Restart(out / PREVIOUS_NAME).step == 30
+    assert not [p for p in os.listdir(out) if ".tmp" in p]
+    # thermo rows past the restart are dropped on resume (a crash after the last restart)
+    with open(out / "thermo.csv", "a") as fh:
+        fh.write("70,0.28,1,2,3,4,5,6,7,8,9\n")
+    run(make_config(out, steps=80), resume=True)
+    steps = [int(r["step"]) for r in thermo_rows(out / "thermo.csv")]
+    assert steps == list(range(0, 81, 10))
+
+
+INPUT = """
+system:
+  structure: {{lattice: fcc, symbols: Ar, a: 5.26, repeat: [2, 2, 2]}}
+  temperature_K: 150
+  seed: 5
+potential: {{model: lj, params: {{epsilon: 0.0104, sigma: 3.4, cutoff: 7.0}}, dtype: float64, device: cpu}}
+dynamics: {{integrator: langevin, timestep_fs: 4.0, steps: 200, tdamp_fs: 50}}
+neighbor: {{skin: 0.3}}
+output: {{directory: {out}, thermo_every: 20, trajectory_every: 0, restart_every: 70, progress: false}}
+"""
+
+
+def test_cli_resume_langevin_bit_for_bit(tmp_path):
+    """The real command line, in subprocesses: `atomsim run` vs `--set steps=100` + `--resume`."""
+    exe = [sys.executable, "-m", "atomsim"]
+    inp = tmp_path / "in.yaml"
+    inp.write_text(INPUT.format(out="split"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
+
+    def cli(*args):
+        res = subprocess.run(exe + ["run", str(inp), *args], cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+        return res
+
+    cli("--set", "output.directory=full")
+    cli("--set", "dynamics.steps=100")
+    cli("--resume")
+    assert_same_final_state(tmp_path / "full", tmp_path / "split")
+    # a changed physics key is refused with exit status 2 and names the key
+    res = subprocess.run(exe + ["run", str(inp), "--resume", "--set", "dynamics.tdamp_fs=60"], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "dynamics.tdamp_fs" in res.stderr and "Traceback" not in res.stderr

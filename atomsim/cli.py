@@ -123,6 +123,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     models = Table(title="potentials", show_header=True)
     models.add_column("name")
     models.add_column("kind")
+    models.add_column("parameters", justify="right")
+    models.add_column("elements")
     bundled = _bundled_models()
     try:
         from atomsim.potentials.registry import available_potentials
@@ -130,11 +132,22 @@ def _cmd_info(args: argparse.Namespace) -> int:
         names = available_potentials()
     except Exception as exc:  # a broken plugin must not hide the rest of the report
         names = []
-        models.add_row(f"[red]registry failed: {exc}[/red]", "")
-    for name in names:
-        models.add_row(name, "bundled pretrained model" if name in bundled else "registered")
-    for name in sorted(set(bundled) - set(names)):
-        models.add_row(name, "bundled model file")
+        models.add_row(f"[red]registry failed: {exc}[/red]", "", "", "")
+    for name in sorted(set(names) | set(bundled)):
+        meta = bundled.get(name)
+        if meta is None:
+            models.add_row(name, "registered", "", "")
+            continue
+        config, card = meta.get("config", {}), meta.get("card", {})
+        params = card.get("parameters")
+        species = config.get("species") or card.get("elements") or []
+        if species and all(isinstance(z, int) for z in species):
+            from ase.data import chemical_symbols
+
+            species = [chemical_symbols[z] for z in species]
+        elements = ", ".join(map(str, species[:12])) + (f" ... ({len(species)})" if len(species) > 12 else "")
+        models.add_row(name, "bundled pretrained" + ("" if name in names else " (file only)"),
+                       f"{params:,}" if isinstance(params, int) else "", elements)
     console.print(models)
     return EXIT_OK
 
@@ -149,15 +162,23 @@ def _mpi_library() -> str:
         return f"[dim]unavailable ({type(exc).__name__})[/dim]"
 
 
-def _bundled_models() -> List[str]:
-    """Names of the model folders shipped under atomsim/potentials/pretrained/."""
+def _bundled_models() -> dict:
+    """{name: config.json contents} of the model folders under atomsim/potentials/pretrained/."""
+    import json
     from importlib import resources
 
+    found = {}
     try:
         root = resources.files("atomsim.potentials") / "pretrained"
-        return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
+        folders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))]
     except Exception:
-        return []
+        return found
+    for folder in folders:
+        try:
+            found[folder.name] = json.loads((folder / "config.json").read_text())
+        except Exception:  # a folder without a readable card still counts as a bundled model
+            found[folder.name] = {}
+    return found
 
 
 COMMANDS: List[Command] = [

@@ -158,3 +158,15 @@ def test_subprocess_run_applies_overrides_and_writes_resolved_config(tmp_path):
     rows = list(csv.DictReader((tmp_path / "res" / "thermo.csv").open()))
     assert [int(r["step"]) for r in rows] == [0, 2, 4, 6]
     assert float(rows[0]["temperature_K"]) == pytest.approx(50.0, rel=1e-6)  # exact initial temperature
+
+
+def test_info_lists_bundled_models(monkeypatch, capsys):
+    import atomsim.cli as cli
+
+    card = {"config": {"species": [29, 79]}, "card": {"parameters": 123456}}
+    monkeypatch.setattr(cli, "_bundled_models", lambda: {"tiny-test": card})
+    monkeypatch.setattr(cli, "_mpi_library", lambda: "stub MPI")  # keep MPI uninitialised in pytest
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny-test" in out and "123,456" in out and "Cu, Au" in out and "stub MPI" in out

@@ -209,10 +209,14 @@ def report() -> dict:
     env.pop("ATOMSIM_KERNELS", None)
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve())], env=env,
                           capture_output=True, text=True, timeout=300)
+    keep = os.environ.get("ATOMSIM_TRITON_REPORT")  # the GPU check script keeps the figures
+    if keep and proc.returncode != 0:
+        Path(keep).write_text(json.dumps({"returncode": proc.returncode,
+                                          "stderr": proc.stderr[-12000:]}, indent=1))
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    if os.environ.get("ATOMSIM_TRITON_REPORT"):  # the GPU check script keeps the figures
-        Path(os.environ["ATOMSIM_TRITON_REPORT"]).write_text(json.dumps(result, indent=1))
+    if keep:
+        Path(keep).write_text(json.dumps(result, indent=1))
     return result
 
 

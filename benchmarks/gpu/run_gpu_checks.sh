@@ -1,21 +1,25 @@
 #!/usr/bin/env bash
-# The project's one GPU check, made for a single device-machine call (~5 min):
+# The project's one GPU check, made for a single device-machine call (~5-6 min):
 #   1. the machine: nvidia-smi, python / torch / triton / cupy versions;
 #   2. tests/test_triton_kernels.py on the real GPU (no interpreter; adds bf16);
-#   3. the fused message-passing kernel benchmark (issue sizes, time-boxed);
-#   4. benchmarks/neighbors/bench_neighbors_gpu.py, when it exists.
+#   3. the fused message-passing kernel benchmark (issue sizes, time-boxed), a launch-parameter
+#      sweep at the headline point (SWEEP_BUDGET=0 skips it), the headline point with IEEE fp32;
+#   4. bf16/fp16 force error against float32 on an EGNN;
+#   5. benchmarks/neighbors/bench_neighbors_gpu.py, when it exists.
 # Everything lands in $OUT (at most 8 files come back). Run from the repo root:
-#   OUT=/tmp/gpu_out bash benchmarks/gpu/run_gpu_checks.sh [bench_budget_s]
+#   OUT=/tmp/gpu_out BENCH_BUDGET=150 SWEEP_BUDGET=60 bash benchmarks/gpu/run_gpu_checks.sh
 # The bare GPU image lacks atomsim's pure-Python deps (ase): carry them as wheels in
 # .whl/ (see /work/.library/device/README.md); atomsim itself is put on PYTHONPATH.
 set -u
 OUT=${OUT:-/tmp/gpu_out}
-BENCH_BUDGET=${1:-150}
+BENCH_BUDGET=${BENCH_BUDGET:-150}
+SWEEP_BUDGET=${SWEEP_BUDGET:-60}
 mkdir -p "$OUT"
 exec > >(tee "$OUT/gpu_checks.log") 2>&1
 export PYTHONUNBUFFERED=1
 PY=${PY:-python3}
-step() { echo; echo "=== $(date -u +%H:%M:%S) $*"; }
+T0=$(date +%s)
+step() { echo; echo "=== +$(( $(date +%s) - T0 ))s $*"; }
 
 step "machine"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
@@ -47,21 +51,32 @@ $PY -c "import atomsim.kernels.triton_message_passing as m; print('ok', m.__file
 step "triton kernel tests on the GPU"
 ATOMSIM_TRITON_REPORT="$OUT/gpu_tests.json" timeout 240 $PY -m pytest -q -p no:cacheprovider \
   tests/test_triton_kernels.py 2>&1 | tail -25
-cat "$OUT/gpu_tests.json" 2>/dev/null | head -80
+head -c 3000 "$OUT/gpu_tests.json" 2>/dev/null
 
 step "kernel benchmark (budget ${BENCH_BUDGET}s)"
-timeout $((BENCH_BUDGET + 120)) $PY benchmarks/kernels/bench_message_passing.py --profile \
+timeout $((BENCH_BUDGET + 90)) $PY benchmarks/kernels/bench_message_passing.py --profile \
   --budget-s "$BENCH_BUDGET" --repeats 5 --out "$OUT/kernels_message_passing_h100.json"
+
+if [ "$SWEEP_BUDGET" -gt 0 ]; then
+  step "launch-parameter sweep (budget ${SWEEP_BUDGET}s)"
+  timeout $((SWEEP_BUDGET + 60)) $PY benchmarks/kernels/bench_message_passing.py --sweep \
+    --budget-s "$SWEEP_BUDGET" --repeats 3 --out "$OUT/kernels_sweep_h100.json"
+fi
+
 step "headline point with IEEE fp32 matmuls"
 timeout 90 $PY benchmarks/kernels/bench_message_passing.py --ieee --repeats 3 \
   --configs 5e6:128:fp32:md --out "$OUT/kernels_message_passing_h100_ieee.json"
+
+step "mixed precision force error"
+timeout 90 $PY benchmarks/gpu/mixed_precision_forces.py --out "$OUT/mixed_precision_forces.json" \
+  | tail -40
 
 if [ -f benchmarks/neighbors/bench_neighbors_gpu.py ]; then
   step "neighbor-list GPU benchmark"
   mkdir -p "$OUT/neighbors"
   touch /tmp/nb_marker
   timeout 120 $PY benchmarks/neighbors/bench_neighbors_gpu.py 2>&1 | tail -40
-  find benchmarks/results -maxdepth 1 -type f -newer /tmp/nb_marker | head -4 \
+  find benchmarks/results -maxdepth 1 -type f -newer /tmp/nb_marker | head -2 \
     | xargs -r -I{} cp {} "$OUT/neighbors/"
   ls -la "$OUT/neighbors"
 else

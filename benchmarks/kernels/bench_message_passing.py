@@ -187,7 +187,7 @@ def sweep(dev, repeats: int, budget_s: float) -> list[dict]:
                 m = measure(edge_message_aggregate_triton, p, "md", repeats)
                 m.pop("fwd_bwd_ms_all")
             except Exception as exc:
-                m = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+                m = {"error": f"{type(exc).__name__}: {str(exc)[-800:]}"}
             rows.append({"dtype": dtn, "variant": variant, **m})
             print(json.dumps(rows[-1]), flush=True)
         del p
@@ -250,7 +250,7 @@ def main() -> None:
         try:
             row["fused"] = measure(edge_message_aggregate_triton, p, mode, args.repeats)
         except Exception as exc:  # report and go on: one bad shape must not lose the rest
-            row["fused"] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+            row["fused"] = {"error": f"{type(exc).__name__}: {str(exc)[-800:]}"}
         if ref_fits(E, F, dtype):
             try:
                 row["reference"] = measure(edge_message_aggregate_reference, p, mode,

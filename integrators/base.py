@@ -21,6 +21,7 @@ _REGISTRY: Dict[str, Callable[..., "Integrator"]] = {}
 class Integrator:
     name = "base"
     changes_cell = False  # True for barostats: the engine rebuilds neighbors on cell change
+    converged = False  # minimisers (fire) set True when done: the run loop then stops
 
     def __init__(self, timestep_fs: float, **params):
         self.timestep_fs = float(timestep_fs)

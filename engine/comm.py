@@ -67,3 +67,25 @@ class MPIComm:
 
     def barrier(self) -> None:
         self.comm.Barrier()
+
+
+def launched_under_mpi() -> bool:
+    """True when an MPI launcher started this process with more than one rank (no MPI init)."""
+    import os
+
+    for key in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "PMIX_SIZE", "SLURM_NTASKS"):
+        try:
+            if int(os.environ.get(key, "1")) > 1:
+                return True
+        except ValueError:
+            pass
+    return False
+
+
+def world_comm():
+    """MPIComm over COMM_WORLD when launched on several ranks, else SerialComm."""
+    if launched_under_mpi():
+        comm = MPIComm()
+        if comm.size > 1:
+            return comm
+    return SerialComm()

@@ -25,7 +25,7 @@ _TERMINAL = (("step", "Step", 8, "{:d}"), ("time_ps", "Time ps", 8, "{:.3f}"),
 def thermo_row(state, integrator, timestep_fs: float, atom_steps_per_s: float, n_builds: int) -> dict:
     """One row of global quantities (collective: every rank must call it)."""
     ke = state.kinetic_energy()
-    pe = float(state.comm.allreduce_sum(state.energy))
+    pe = float(state.energy)  # already global (MDState contract; the MPI provider allreduces it)
     vol = state.volume
     vir = 0.0 if state.virial is None else float(state.virial.trace())  # global (MDState contract)
     pressure = (2.0 * ke - vir) / (3.0 * vol) / units.GPa

@@ -1,0 +1,126 @@
+"""The MPI engine against one rank: forces/energy/virial, NVE tracking, restart N->M, abort.
+
+Every case launches the venv's ``mpiexec`` (oversubscribed: the CI machine
+has 2 cores) on a script in tests/mpi_scripts/ with a subprocess timeout, so a
+deadlock fails the test instead of hanging CI. References are 1-rank runs of
+the same code path (atomsim.engine.forces.SerialForces, periodic lists).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.mpi
+
+SCRIPTS = Path(__file__).parent / "mpi_scripts"
+MPIEXEC = Path(sys.executable).parent / "mpiexec"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+       "PYTHONWARNINGS": "ignore"}
+
+
+def _run(cmd, timeout):
+    try:
+        return subprocess.run(cmd, cwd=SCRIPTS, env=ENV, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"{' '.join(map(str, cmd))} did not finish in {timeout} s (deadlock?)\n{exc.stdout}\n{exc.stderr}")
+
+
+def mpirun(n: int, script: str, *args, timeout: float = 240):
+    if not MPIEXEC.exists():
+        pytest.skip(f"no mpiexec next to {sys.executable} (install atomsim[mpi])")
+    return _run([str(MPIEXEC), "-n", str(n), sys.executable, script, *map(str, args)], timeout)
+
+
+def serial(script: str, *args, timeout: float = 240):
+    return _run([sys.executable, script, *map(str, args)], timeout)
+
+
+def _ok(proc):
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+
+
+@pytest.fixture(scope="module")
+def force_reference(tmp_path_factory):
+    path = tmp_path_factory.mktemp("mpi") / "forces_ref.pkl"
+    _ok(serial("check_forces.py", "--reference", path))
+    return path
+
+
+# 2 and 4 ranks: every case incl. float32; 3 and 8 ranks: the float64 cases (CI time).
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("n", [2, 3, 4, 8])
+def test_energy_forces_virial_match_one_rank(n, force_reference, tmp_path):
+    out = tmp_path / "out.json"
+    extra = ["--float64-only"] if n in (3, 8) else []
+    _ok(mpirun(n, "check_forces.py", force_reference, out, *extra))
+    res = json.loads(out.read_text())
+    assert res["size"] == n
+    checked = 0
+    for key, r in res["results"].items():
+        tol = 1e-10 if key.endswith("float64") else 1e-5
+        for stage in ("start", "moved"):  # moved: ghost positions refreshed, lists reused
+            for q in ("energy", "forces", "virial", "energies"):
+                assert r[stage][q] < tol, f"{n} ranks, {key}, {stage}: {q} rel. error {r[stage][q]:.2e} > {tol}"
+        assert r["n_builds"] == 1, f"{key}: a move below skin/2 must not rebuild"
+        assert sum(r["n_owned"]) == {"ortho": 108, "triclinic": 64, "slab": 36, "small": 32}[key.split("/")[0]]
+        checked += 1
+    assert checked == (20 if n in (2, 4) else 12)
+    slab = res["results"]["slab/lj/full/float64"]
+    assert slab["grid"] == [1, 1, n] and 0 in slab["n_owned"], "the slab case must leave a rank empty"
+    # the small box's halo is thicker than a sub-box: ghosts outnumber all atoms in the box
+    small = res["results"]["small/gnn/full/float64"]
+    assert min(small["n_ghost"]) > 32
+
+
+@pytest.mark.timeout(300)
+def test_nve_200_steps_on_4_ranks_tracks_one_rank(tmp_path):
+    ref = tmp_path / "nve_ref.npz"
+    out = tmp_path / "nve.json"
+    _ok(serial("nve_track.py", "--reference", ref))
+    _ok(mpirun(4, "nve_track.py", ref, out))
+    res = json.loads(out.read_text())
+    assert res["max_dpos_A"] < 1e-8, res
+    assert res["max_denergy_eV"] < 1e-8, res
+    assert res["n_builds"] >= 5 and res["n_migrated"] > 20, f"expected several rebuilds and migrations: {res}"
+
+
+@pytest.mark.timeout(300)
+def test_restart_written_on_4_ranks_resumes_on_2(tmp_path):
+    a, b = tmp_path / "four", tmp_path / "two"
+    _ok(mpirun(4, "restart_nm.py", a, 20))  # restarts at steps 10 and 20
+    shutil.copytree(a, b)
+    (b / "restart.npz").unlink()  # leaves restart.prev.npz: step 10, written on 4 ranks
+    (b / "trajectory.extxyz").unlink()
+    _ok(mpirun(2, "restart_nm.py", b, 20, "--resume"))
+    ra, rb = np.load(a / "restart.npz"), np.load(b / "restart.npz")
+    assert np.array_equal(ra["ids"], rb["ids"])
+    assert np.abs(ra["positions"] - rb["positions"]).max() < 1e-8
+    assert np.abs(ra["velocities"] - rb["velocities"]).max() < 1e-8
+    from ase.io import read
+
+    fa = read(a / "trajectory.extxyz", ":")
+    fb = read(b / "trajectory.extxyz", ":")
+    assert [f.info["step"] for f in fb] == [15, 20]
+    for x, y in zip(fa[-2:], fb):
+        assert x.info["step"] == y.info["step"]
+        assert np.abs(x.positions - y.positions).max() < 1e-8
+    assert np.abs(np.loadtxt(a / "thermo.csv", delimiter=",", skiprows=1)[-2:, :5]
+                  - np.loadtxt(b / "thermo.csv", delimiter=",", skiprows=1)[-2:, :5]).max() < 1e-8
+
+
+@pytest.mark.timeout(120)
+def test_failure_on_one_rank_aborts_the_job():
+    t0 = time.perf_counter()
+    proc = mpirun(3, "abort_one_rank.py", timeout=60)
+    took = time.perf_counter() - t0
+    assert proc.returncode != 0
+    assert "[rank 1/3]" in proc.stderr and "forced failure on purpose" in proc.stderr, proc.stderr[-2000:]
+    assert took < 30, f"abort took {took:.1f} s"

@@ -133,3 +133,47 @@ def render_model_card(card: dict, model=None) -> str:
                          f"{m['energy_mae_meV_per_atom']:.2f} | {m['force_mae_meV_per_A']:.1f} |")
         lines += ["", "![parity plot](parity.png)", ""]
     return "\n".join(lines)
+
+
+def reference_structures(species_symbols: list[str]):
+    """Two tiny structures (periodic alloy, slab) over a model's elements, for reference.json."""
+    from ase.build import bulk, fcc111
+
+    syms = list(species_symbols)
+    a = bulk(syms[0], "fcc", a=3.7, cubic=True).repeat((1, 1, 2))
+    a.set_chemical_symbols([syms[k % len(syms)] for k in range(len(a))])
+    a.rattle(0.05, seed=0)
+    s = fcc111(syms[-1], size=(2, 2, 3), a=3.8, vacuum=5.0, periodic=True)
+    s.rattle(0.05, seed=1)
+    return [a, s]
+
+
+def write_reference(model, directory: str | Path) -> Path:
+    """Record energies/forces/stress of the model on reference_structures() in reference.json.
+
+    The test suite reloads the bundled checkpoint and compares against these numbers,
+    so any change in weights, loading or the model code that alters results is caught.
+    """
+    import numpy as np
+    from ase.data import chemical_symbols
+
+    from .base import build_graph, evaluate_potential
+    from atomsim.kernels.neighbors import neighbor_list
+
+    out = []
+    for atoms in reference_structures([chemical_symbols[z] for z in model.species]):
+        pos = torch.tensor(atoms.get_positions())
+        cell = torch.tensor(atoms.cell.array)
+        i, j, S = (torch.from_numpy(np.ascontiguousarray(x)) for x in
+                   neighbor_list(atoms.get_positions(), atoms.cell.array, atoms.pbc, model.cutoff))
+        g = build_graph(pos, cell, i, j, S, len(atoms), model.dtype)
+        res = evaluate_potential(model, torch.tensor(atoms.numbers), g)
+        out.append({
+            "numbers": atoms.numbers.tolist(), "positions": atoms.get_positions().tolist(),
+            "cell": atoms.cell.array.tolist(), "pbc": [bool(p) for p in atoms.pbc],
+            "energy_eV": res.energy, "forces_eV_per_A": res.forces[: len(atoms)].tolist(),
+            "virial_eV": res.virial.tolist(),
+        })
+    path = Path(directory) / "reference.json"
+    path.write_text(json.dumps({"dtype": str(model.dtype).replace("torch.", ""), "structures": out}, indent=1) + "\n")
+    return path

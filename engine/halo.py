@@ -98,7 +98,9 @@ class GhostPlan:
 class Ghosts:
     """The ghost atoms of one rank: owner (rank, index), image shift, and atomic numbers."""
 
-    def __init__(self, owner_rank, owner_index, shift, numbers, ids, plan: GhostPlan):
+    def __init__(self, owner_rank, owner_index, shift, numbers, ids, plan: GhostPlan,
+                 depth_A: Optional[np.ndarray] = None):
+        self.depth_A = depth_A  # (n_ghost,) perpendicular distance outside the sub-box at build, Å
         self.owner_rank = owner_rank
         self.owner_index = owner_index
         self.shift = shift  # (n_ghost, 3) int64 cell images relative to the owner's wrapped position
@@ -170,7 +172,25 @@ def build_ghosts(comm, decomp: Decomposition, frac_owned: np.ndarray, numbers: n
             to_down = from_up if from_up is not None else empty
         del everything
     plan = GhostPlan(comm, ghosts["orank"], ghosts["oidx"])
-    return Ghosts(ghosts["orank"], ghosts["oidx"], ghosts["shift"], ghosts["z"], ghosts["id"], plan)
+    return Ghosts(ghosts["orank"], ghosts["oidx"], ghosts["shift"], ghosts["z"], ghosts["id"], plan,
+                  depth_A=outside_distance(decomp, ghosts["frac"]))
+
+
+def outside_distance(decomp: Decomposition, frac: np.ndarray) -> np.ndarray:
+    """Largest perpendicular distance (Å) by which each point lies outside this rank's sub-box.
+
+    A non-periodic edge of the whole box is open (strays beyond it belong to the edge rank).
+    """
+    lo = decomp.lo.copy()
+    hi = decomp.hi.copy()
+    for d in range(3):
+        if not decomp.pbc[d]:
+            if decomp.coords[d] == 0:
+                lo[d] = -np.inf
+            if decomp.coords[d] == decomp.dims[d] - 1:
+                hi[d] = np.inf
+    out = np.maximum(np.maximum(lo - frac, frac - hi), 0.0) * decomp.faces
+    return out.max(axis=1) if out.shape[0] else np.zeros(0)
 
 
 def _shift_sendrecv(comm, payload: Optional[dict], dest, source, d: int) -> Optional[dict]:

@@ -63,6 +63,9 @@ class ParallelForces:
         layers = max(int(getattr(potential, "receptive_field", 1)), 1)
         self.list_cutoff = cutoff + self.skin
         self.depth = (layers * cutoff + self.skin) if halo == "full" else cutoff + self.skin
+        # full halo: nodes whose features reach an owned atom within the receptive field need
+        # their incoming edges: those within (layers - 1) x cutoff (+ skin for motion) of the sub-box
+        self.receiver_depth = (layers - 1) * cutoff + self.skin
         self.decomp: Optional[Decomposition] = None
         self.ghosts: Optional[Ghosts] = None
         self._ref_positions = None
@@ -114,9 +117,13 @@ class ParallelForces:
         t1 = time.perf_counter()
         local = self._local_positions(state)
         i, j = _local_pairs(local.detach().cpu().numpy(), self.list_cutoff)
+        n_own = state.n_local
         if self.halo == "per-layer":  # ghosts' features come from their owners: no edges into ghosts
-            keep = i < state.n_local
-            i, j = i[keep], j[keep]
+            keep = i < n_own
+        else:  # full halo: the outermost ghosts are only senders (their own features are never used)
+            need = self.receiver_depth + 1e-9
+            keep = (i < n_own) | (self.ghosts.depth_A[np.maximum(i - n_own, 0)] <= need)
+        i, j = i[keep], j[keep]
         dev = state.positions.device
         self._pairs = (torch.from_numpy(i).to(dev), torch.from_numpy(j).to(dev))
         self._ref_positions = state.positions.detach().clone()
@@ -156,13 +163,17 @@ class ParallelForces:
         out = evaluate_potential(self.potential, self._numbers, graph, compute_virial=self.compute_virial)
         t1 = time.perf_counter()
         forces = out.forces[:n_owned] + self.ghosts.plan.reverse(out.forces[n_owned:], n_owned)
-        energy = self.comm.allreduce(float(out.energy), op=MPI.SUM)
+        # one allreduce for energy + virial
+        buf = np.zeros(10)
+        buf[0] = out.energy
+        if out.virial is not None:
+            buf[1:] = out.virial.detach().cpu().numpy().ravel()
+        tot = np.empty_like(buf)
+        self.comm.Allreduce(buf, tot, op=MPI.SUM)
+        energy = float(tot[0])
         virial = None
         if out.virial is not None:
-            v = out.virial.detach().cpu().numpy().copy()
-            tot = np.empty_like(v)
-            self.comm.Allreduce(v, tot, op=MPI.SUM)
-            virial = torch.from_numpy(tot).to(state.positions.device)
+            virial = torch.from_numpy(tot[1:].reshape(3, 3).copy()).to(state.positions.device)
         t2 = time.perf_counter()
         self.timers["model"] += t1 - t0
         self.timers["reverse"] += t2 - t1

@@ -207,6 +207,44 @@ class DynamicsConfig(_Strict):
     temperature_K: Optional[float] = Field(None, ge=0, le=1e5, description="thermostat target, K (default: system.temperature_K)")
     tdamp_fs: float = Field(100.0, gt=0, description="thermostat time constant, fs")
     max_force_eV_per_A: float = Field(1000.0, gt=0, description="force limit, eV/Å: the run stops when any force exceeds it")
+    # ensembles (integrators/): thermostat chain, barostat, minimiser, constraints
+    chain_length: int = Field(3, ge=1, le=20, description="Nose-Hoover chain length (nose-hoover, npt)")
+    pressure_GPa: Optional[Union[float, List[float], List[List[float]]]] = Field(
+        None, description="target pressure, GPa: a number; [px, py, pz] (barostat: anisotropic); 3x3 (triclinic). "
+        "npt: default 0; berendsen: unset = NVT only; fire + relax_cell: the pV term")
+    pdamp_fs: float = Field(1000.0, gt=0, description="barostat time constant, fs")
+    barostat: Literal["isotropic", "anisotropic", "triclinic"] = Field(
+        "isotropic", description="npt cell freedom: volume only, three cell lengths, or the full cell")
+    compressibility_per_GPa: float = Field(0.01, gt=0, description="berendsen barostat: about 1/bulk modulus, 1/GPa")
+    fmax_eV_per_A: float = Field(0.05, gt=0, description="fire: converged when every force is below this, eV/Å")
+    relax_cell: bool = Field(False, description="fire: relax the cell too (at pressure_GPa, default 0)")
+    remove_com: bool = Field(True, description="zero the centre-of-mass velocity (nose-hoover, npt, berendsen)")
+    fix: "FixConfig" = Field(default_factory=lambda: FixConfig(), description="atoms held fixed (e.g. the bottom of a slab)")
+
+    @field_validator("pressure_GPa")
+    @classmethod
+    def _pressure_shape(cls, value):
+        if isinstance(value, list) and not (
+            len(value) == 3 and (all(isinstance(v, (int, float)) for v in value)
+                                 or all(isinstance(r, list) and len(r) == 3 for r in value))
+        ):
+            raise ValueError(f"must be a number, [px, py, pz] or a 3x3 list (GPa); got {value}")
+        return value
+
+
+class FixConfig(_Strict):
+    indices: List[int] = Field(default_factory=list, description="0-based indices of atoms held fixed")
+    z_range_A: Optional[List[float]] = Field(None, description="[z_min, z_max], Å: atoms in this slab at the start are held fixed")
+
+    @field_validator("z_range_A")
+    @classmethod
+    def _range(cls, value):
+        if value is not None and (len(value) != 2 or value[0] > value[1]):
+            raise ValueError(f"must be [z_min, z_max] with z_min <= z_max, Å; got {value}")
+        return value
+
+
+DynamicsConfig.model_rebuild()
 
 
 class NeighborConfig(_Strict):

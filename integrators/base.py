@@ -66,3 +66,16 @@ def make_integrator(name: str, timestep_fs: float, **params) -> Integrator:
     if name not in _REGISTRY:
         raise ValueError(f"unknown integrator {name!r}; available: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name](timestep_fs, **params)
+
+
+_CONFIG_KEYS = ("chain_length", "pressure_GPa", "pdamp_fs", "barostat", "compressibility_per_GPa",
+                "fmax_eV_per_A", "relax_cell", "remove_com")
+
+
+def integrator_kwargs(dynamics, temperature_K: float, seed: int) -> dict:
+    """make_integrator keyword arguments from a DynamicsConfig; each integrator ignores keys it does not use."""
+    kw = dict(temperature_K=temperature_K, tdamp_fs=dynamics.tdamp_fs, seed=seed)
+    for key in _CONFIG_KEYS:
+        if hasattr(dynamics, key):
+            kw[key] = getattr(dynamics, key)
+    return kw

@@ -36,6 +36,8 @@ class Berendsen(Integrator):
             raise ValueError("dynamics.compressibility_per_GPa must be > 0 (about 1/bulk modulus)")
         self.temperature_K = float(temperature_K)
         self.tdamp_fs, self.pdamp_fs = float(tdamp_fs), float(pdamp_fs)
+        if pressure_GPa is not None and np.ndim(pressure_GPa) != 0:
+            raise ValueError("dynamics.pressure_GPa must be a single number with integrator: berendsen")
         self.pressure = None if pressure_GPa is None else float(pressure_GPa) * units.GPa
         self.compressibility = float(compressibility_per_GPa) / units.GPa
         self.barostat = barostat

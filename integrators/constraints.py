@@ -32,7 +32,8 @@ def fixed_mask(ids: torch.Tensor, positions: torch.Tensor, indices: Optional[Ite
             raise ValueError("dynamics.fix.z_range_A must be [z_min, z_max] in Å with z_min <= z_max")
         z = positions[:, 2]
         mask |= (z >= float(z_range_A[0])) & (z <= float(z_range_A[1]))
-    return mask if (indices is not None or z_range_A is not None) else None
+    configured = (indices is not None and len(list(indices)) > 0) or z_range_A is not None
+    return mask if configured else None
 
 
 def apply_fixed(state) -> None:
@@ -64,3 +65,19 @@ def remove_com_velocity(state) -> None:
 def kinetic_energy_x2(state) -> float:
     """Global sum m v^2 (= 2 KE), eV."""
     return float(state.comm.allreduce_sum(float((state.masses[:, None] * state.velocities**2).sum())))
+
+
+def fixed_from_config(state, fix) -> None:
+    """Set ``state.fixed`` from a ``dynamics.fix`` section (indices and/or z_range_A) and zero their velocities.
+
+    Call once on a fresh start; a restart must restore the saved mask instead
+    (atoms that later wander into the z range are not fixed).
+    """
+    if fix is None:
+        return
+    indices = list(getattr(fix, "indices", []) or [])
+    if indices and max(indices) >= state.n_atoms_global:
+        raise ValueError(f"dynamics.fix.indices: index {max(indices)} is out of range; the system has "
+                         f"{state.n_atoms_global} atoms (0-based indices)")
+    state.fixed = fixed_mask(state.ids, state.positions, indices, getattr(fix, "z_range_A", None))
+    apply_fixed(state)

@@ -29,7 +29,7 @@ class FIRE(Integrator):
     name = "fire"
 
     def __init__(self, timestep_fs: float = 1.0, fmax_eV_per_A: float = 0.05, relax_cell: bool = False,
-                 pressure_GPa: float = 0.0, maxstep_A: float = 0.2, dt_start: float = 0.1,
+                 pressure_GPa: Optional[float] = 0.0, maxstep_A: float = 0.2, dt_start: float = 0.1,
                  dtmax: float = 1.0, Nmin: int = 5, finc: float = 1.1, fdec: float = 0.5,
                  astart: float = 0.1, fa: float = 0.99, exp_cell_factor: Optional[float] = None, **params):
         super().__init__(timestep_fs)
@@ -40,7 +40,9 @@ class FIRE(Integrator):
         self.fmax = float(fmax_eV_per_A)
         self.relax_cell = bool(relax_cell)
         self.changes_cell = self.relax_cell
-        self.scalar_pressure = float(pressure_GPa) * units.GPa
+        if pressure_GPa is not None and np.ndim(pressure_GPa) != 0:
+            raise ValueError("dynamics.pressure_GPa must be a single number with integrator: fire")
+        self.scalar_pressure = float(pressure_GPa or 0.0) * units.GPa
         self.maxstep = float(maxstep_A)
         self.dtmax, self.Nmin, self.finc, self.fdec = float(dtmax), int(Nmin), float(finc), float(fdec)
         self.astart, self.fa = float(astart), float(fa)

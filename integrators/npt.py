@@ -42,7 +42,7 @@ def _exprel(x: np.ndarray) -> np.ndarray:
 
 def target_pressure_tensor(pressure_GPa: Union[float, Sequence], barostat: str) -> np.ndarray:
     """Target pressure as a 3x3 tensor in eV/Å^3 from a scalar, [px, py, pz] or a 3x3 list (GPa)."""
-    p = np.asarray(pressure_GPa, dtype=np.float64) * units.GPa
+    p = np.asarray(0.0 if pressure_GPa is None else pressure_GPa, dtype=np.float64) * units.GPa
     if p.ndim == 0:
         return float(p) * np.eye(3)
     if barostat == "isotropic":
@@ -92,6 +92,9 @@ class MTKNPT(Integrator):
     def setup(self, state) -> None:
         if state.fixed is not None:
             raise ValueError("dynamics.fix cannot be combined with integrator: npt (the cell moves all atoms)")
+        if not all(state.pbc):
+            raise ValueError("integrator: npt needs a periodic box in x, y and z (the structure has pbc "
+                             f"{tuple(state.pbc)}); use nose-hoover or langevin for slabs and clusters")
         if not self._started and self.remove_com:
             remove_com_velocity(state)
         self.n_dof = state.degrees_of_freedom(remove_com=self.remove_com)

@@ -181,9 +181,49 @@ def _bundled_models() -> dict:
     return found
 
 
+# ------------------------------------------------------ train / datagen --
+
+def _add_train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="training YAML (see examples/train_emt.yaml)")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT/train_state.pt")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from atomsim.potentials.training import main as train_main
+
+    return train_main(args.config, resume=args.resume)
+
+
+def _add_datagen(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--calculator", default="emt", help="ASE calculator that labels the structures (emt, lj)")
+    p.add_argument("--n", type=int, default=2000, help="number of structures")
+    p.add_argument("-o", "--output", default="data.extxyz", help="extxyz file to write")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--elements", default="Al,Cu,Ag,Au,Ni,Pd,Pt", help="comma-separated element symbols")
+
+
+def _cmd_datagen(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from atomsim.potentials.datagen import write_dataset
+
+    if args.n < 1:
+        raise ValueError(f"--n: must be >= 1, got {args.n}")
+    elements = [e.strip() for e in args.elements.split(",") if e.strip()]
+    with Progress() as bar:
+        task = bar.add_task("labelling", total=args.n)
+        n = write_dataset(args.output, args.n, seed=args.seed, elements=elements, calculator=args.calculator,
+                          progress=lambda k: bar.update(task, completed=k))
+    print(f"wrote {n} structures to {args.output}")
+    return EXIT_OK
+
+
 COMMANDS: List[Command] = [
     Command("run", "run molecular dynamics from an input YAML file", _add_run, _cmd_run),
     Command("info", "versions, devices, MPI, registered potentials and bundled models", _add_info, _cmd_info),
+    Command("train", "train an EGNN potential on extxyz data (mpiexec for data parallelism)", _add_train, _cmd_train),
+    Command("datagen", "label diverse structures with an ASE calculator (EMT default) into extxyz", _add_datagen,
+            _cmd_datagen),
 ]
 
 

@@ -156,6 +156,13 @@ def generate_structures(n: int, seed: int = 0, elements: Sequence[str] = EMT_MET
     unknown = [e for e in elements if e not in atomic_numbers]
     if unknown:
         raise ValueError(f"elements: unknown symbol(s) {unknown}")
+    if calculator.lower() == "emt":
+        from ase.calculators.emt import parameters as emt_parameters
+
+        bad = [e for e in elements if e not in emt_parameters]
+        if bad:
+            raise ValueError(f"elements: EMT has no parameters for {', '.join(bad)}; "
+                             f"it covers {' '.join(emt_parameters)}")
     rng = np.random.default_rng(seed)
     calc = make_calculator(calculator)
     weights = np.array([0.15, 0.3, 0.1, 0.15, 0.2, 0.06])  # md yields 5 snapshots

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from atomsim.kernels.cell_grid import CellGrid, check_inputs, make_grid
-from atomsim.kernels.neighbors_numba import bin_order, build_csr
+from atomsim.kernels.neighbors_numba import bin_order, build_csr, expand_rows
 
 __all__ = ["neighbor_list", "neighbor_list_csr", "spatial_order", "grid_for", "VerletList"]
 
@@ -51,8 +51,7 @@ def neighbor_list_csr(positions, cell, pbc, cutoff: float, half: bool = False):
 def neighbor_list(positions, cell, pbc, cutoff: float, half: bool = False):
     """``(i, j, S)`` as ASE's ``neighbor_list('ijS', ...)``, sorted by i then j (int64 arrays)."""
     row_ptr, j, S = neighbor_list_csr(positions, cell, pbc, cutoff, half)
-    i = np.repeat(np.arange(len(row_ptr) - 1, dtype=np.int64), np.diff(row_ptr))
-    return i, j, S
+    return expand_rows(row_ptr), j, S
 
 
 def spatial_order(positions, cell, pbc, cutoff: float) -> np.ndarray:

@@ -14,7 +14,7 @@ import numpy as np
 
 from atomsim.kernels.cell_grid import as_cell, check_inputs
 from atomsim.kernels.neighbors import neighbor_list_csr
-from atomsim.kernels.neighbors_numba import max_displacement_sq
+from atomsim.kernels.neighbors_numba import expand_rows, max_displacement_sq
 
 
 class VerletList:
@@ -60,7 +60,7 @@ class VerletList:
         """Rebuild unconditionally at ``cutoff + skin`` and take these positions as reference."""
         pos, cell_a, pbc_a, _ = check_inputs(positions, cell, pbc, self.list_cutoff)
         self.row_ptr, self.j, self.S = neighbor_list_csr(pos, cell_a, pbc_a, self.list_cutoff, self.half)
-        self.i = np.repeat(np.arange(len(pos), dtype=np.int64), np.diff(self.row_ptr))
+        self.i = expand_rows(self.row_ptr)
         self.reference_positions = pos.copy()
         self.reference_cell = cell_a.copy()
         self.reference_pbc = pbc_a.copy()

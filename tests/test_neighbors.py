@@ -202,3 +202,23 @@ def systems(draw):
 @given(systems())
 def test_hypothesis_matches_ase(system):
     check_all(*system)
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_parallel_kernels_match_serial_and_ase(monkeypatch, half):
+    """The prange twins (used from 4096 atoms up) give the identical list."""
+    from atomsim.kernels import neighbors_numba
+
+    rng = np.random.default_rng(7)
+    atoms = bulk("Cu", "fcc", a=3.61).repeat((5, 4, 3))  # triclinic primitive cell
+    pos = atoms.positions + rng.normal(0, 0.2, atoms.positions.shape)
+    cell = atoms.cell.array
+    serial = neighbor_list(pos, cell, True, 5.0, half=half)
+    monkeypatch.setattr(neighbors_numba, "PARALLEL_MIN_ATOMS", 0)
+    monkeypatch.setattr(neighbors_numba, "PARALLEL_MIN_ATOMS_DISPLACEMENT", 0)
+    parallel = neighbor_list(pos, cell, True, 5.0, half=half)
+    assert all(np.array_equal(a, b) for a, b in zip(serial, parallel))
+    ref = ase_pairs(pos, cell, True, 5.0)
+    assert _as_set(pos, cell, *parallel, 5.0) == (half_of(ref) if half else ref)
+    moved = pos + 0.01
+    assert neighbors_numba.max_displacement_sq(moved, pos) == pytest.approx(3e-4)

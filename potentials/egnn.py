@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F_
 from torch import Tensor, nn
 
-from atomsim.kernels.graph import Graph
+from atomsim.kernels.graph import Graph, csr_row_ptr
 from atomsim.kernels.message_passing import edge_message_aggregate
 
 from .base import Potential
@@ -132,8 +132,26 @@ class EGNNPotential(Potential):
             self.check_species(numbers.cpu().numpy())
         return self.z_to_index[numbers]
 
+    def within_cutoff(self, graph: Graph) -> Graph:
+        """Drop edges at or beyond the cutoff (an MD list carries a skin: ~40% of its edges).
+
+        Their messages are exactly zero (the envelope vanishes there), so results are
+        unchanged while edge work and autograd memory shrink. Receivers stay sorted.
+        """
+        d2 = (graph.edge_vectors.detach() ** 2).sum(-1)
+        keep = d2 < self.cutoff**2
+        if bool(keep.all()):
+            return graph
+        idx = keep.nonzero().squeeze(-1)
+        recv = graph.receivers.index_select(0, idx)
+        return Graph(receivers=recv, senders=graph.senders.index_select(0, idx),
+                     edge_vectors=graph.edge_vectors.index_select(0, idx), n_nodes=graph.n_nodes,
+                     n_local=graph.n_local, row_ptr=csr_row_ptr(recv, graph.n_nodes),
+                     halo_update=graph.halo_update)
+
     def node_features(self, numbers: Tensor, graph: Graph) -> Tensor:
         """Final node states (n_nodes, F) after all layers (ghost rows refreshed per layer)."""
+        graph = self.within_cutoff(graph)
         h = self.embedding(self.species_index(numbers))
         for layer in self.layers:
             h = layer(h, graph, self.cutoff, self._inv_avg)

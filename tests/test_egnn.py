@@ -219,3 +219,17 @@ def test_config_rejects_bad_values():
         EGNNConfig(species=[29], width=0)
     with pytest.raises(ValueError, match="species"):
         EGNNConfig(species=[0])
+
+
+def test_skin_edges_beyond_cutoff_change_nothing():
+    """An MD list (cutoff + skin) and an exact-cutoff list give the same energy, forces, virial."""
+    model = _model()
+    atoms = _structures()["periodic"]
+    with_skin = _run(model, atoms)
+    exact = _run(model, atoms, edges=tuple(torch.from_numpy(a) for a in neighbor_list(
+        atoms.get_positions(), atoms.cell.array, atoms.pbc, model.cutoff)))
+    assert len(_edges(model, atoms)[0]) > 1.3 * len(neighbor_list(atoms.get_positions(), atoms.cell.array,
+                                                                   atoms.pbc, model.cutoff)[0])
+    assert abs(with_skin.energy - exact.energy) < 1e-12
+    np.testing.assert_allclose(with_skin.forces.numpy(), exact.forces.numpy(), atol=1e-12)
+    np.testing.assert_allclose(with_skin.virial.numpy(), exact.virial.numpy(), atol=1e-12)

@@ -66,6 +66,7 @@ class TrainConfig(BaseModel):
     seed: int = 0
     dtype: Literal["float32", "float64"] = "float32"
     threads: Optional[int] = Field(None, ge=1)
+    card: dict = Field(default_factory=dict)  # extra model-card sections (description, data_command, ...)
 
 
 def load_config(path: str | Path) -> TrainConfig:
@@ -520,7 +521,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, samples: Optional[l
 
 def finalize(cfg: TrainConfig, result: dict, card: Optional[dict] = None, log=print) -> dict:
     """Evaluate the best EMA model on the test split, write checkpoint + card + parity plot."""
-    from .checkpoint import load_checkpoint, save_checkpoint
+    from .checkpoint import load_checkpoint, save_checkpoint, write_reference
 
     out = Path(cfg.output)
     best_dir = out / "best"
@@ -529,7 +530,7 @@ def finalize(cfg: TrainConfig, result: dict, card: Optional[dict] = None, log=pr
     metrics = evaluate(model, test)
     rows = metrics.pop("_pairs")
     final = out / "model"
-    card = dict(card or {})
+    card = {**cfg.card, **(card or {})}
     card.setdefault("name", cfg.name)
     card["metrics"] = metrics
     card.setdefault("training", {"epochs": len(result["history"]), "stopped": result["stopped"],
@@ -538,6 +539,7 @@ def finalize(cfg: TrainConfig, result: dict, card: Optional[dict] = None, log=pr
                                          + (f" + {cfg.stress_weight} * MSE(stress)" if cfg.stress_weight else "")})
     save_checkpoint(model, final, card)
     parity_plot(rows, final / "parity.png", f"{cfg.name}: held-out test split ({len(test)} structures)")
+    write_reference(model, final)
     (out / "history.json").write_text(json.dumps(result["history"], indent=1))
     log(f"test: E MAE {metrics['all']['energy_mae_meV_per_atom']:.2f} meV/atom, "
         f"F MAE {metrics['all']['force_mae_meV_per_A']:.1f} meV/Å -> {final}")

@@ -1,0 +1,114 @@
+"""ASE calculator front end: any atomsim Potential behind ``ase.calculators.calculator.Calculator``.
+
+Why: users drive atomsim potentials from ASE (ase.md, ase.optimize, cell
+filters). The neighbor list is the engine's (``engine.forces.SerialForces``):
+built at cutoff + skin and reused between calls until an atom moved more than
+skin/2, so an MD or relaxation step does not rebuild it every time.
+"""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import numpy as np
+import torch
+from ase.calculators.calculator import Calculator, all_changes
+from ase.stress import full_3x3_to_voigt_6_stress
+
+from atomsim.engine.forces import SerialForces
+from atomsim.engine.state import MDState
+
+from .base import Potential
+from .lj import _as_dtype
+from .registry import load_potential
+
+
+def _resolve_device(device: Union[str, torch.device]) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} asked for CUDA but none is available; use 'cpu' or 'auto'")
+    return dev
+
+
+class AtomsimCalculator(Calculator):
+    """ASE calculator for atomsim potentials.
+
+    ``AtomsimCalculator(model="lj", epsilon=0.0104, sigma=3.4)`` builds the
+    potential with ``load_potential(model, **params)``; ``model`` may also be a
+    :class:`Potential` instance. ``dtype`` (e.g. ``"float64"``) converts the
+    model; ``skin`` (Å) is the neighbor-list skin.
+
+    Stress (Voigt xx yy zz yz xz xy, eV/Å^3) is virial / volume and, like
+    ASE's LennardJones, exists only when the cell has three independent
+    vectors; otherwise ``get_stress`` raises PropertyNotImplementedError.
+    """
+
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+    nolabel = True
+
+    def __init__(self, model: Union[str, Potential] = "default", device: str = "auto",
+                 dtype: Optional[str] = None, skin: float = 1.0, atoms=None, **params):
+        Calculator.__init__(self)
+        if skin < 0:
+            raise ValueError(f"skin must be >= 0 Å, got {skin}")
+        self.device = _resolve_device(device)
+        if isinstance(model, Potential):
+            if params:
+                raise ValueError("params are for building a potential by name; "
+                                 f"got a Potential instance and params {sorted(params)}")
+            potential = model
+        else:
+            potential = load_potential(model, **params)
+        potential = potential.to(self.device)
+        if dtype is not None:
+            potential = potential.to(_as_dtype(dtype))
+        potential.eval()
+        self.potential = potential
+        self.skin = float(skin)
+        self.parameters.update(model=model if isinstance(model, str) else type(model).__name__,
+                               skin=self.skin, **params)
+        self._forces = None  # SerialForces, rebuilt when numbers/pbc change
+        if atoms is not None:
+            self.potential.check_species(atoms.numbers)
+            atoms.calc = self
+
+    def calculate(self, atoms=None, properties=None, system_changes=all_changes):
+        if properties is None:
+            properties = self.implemented_properties
+        Calculator.calculate(self, atoms, properties, system_changes)
+        atoms = self.atoms
+        if self._forces is None or "numbers" in system_changes or "pbc" in system_changes:
+            self.potential.check_species(atoms.numbers)
+            self._forces = SerialForces(self.potential, skin=self.skin, compute_virial=True)
+        state = self._state(atoms)
+        self._forces.compute(state)
+
+        self.results["energy"] = float(state.energy)
+        self.results["free_energy"] = float(state.energy)
+        self.results["energies"] = np.asarray(state.energies, dtype=np.float64).copy()
+        self.results["forces"] = state.forces.detach().to(torch.float64).cpu().numpy()
+        if atoms.cell.rank == 3:
+            virial = state.virial.detach().cpu().numpy()
+            self.results["stress"] = full_3x3_to_voigt_6_stress(virial / atoms.get_volume())
+
+    def _state(self, atoms) -> MDState:
+        """A minimal MDState (positions, cell, pbc, numbers) on the model's device."""
+        dev = self.device
+        n = len(atoms)
+        f64 = torch.float64
+        return MDState(
+            positions=torch.tensor(atoms.positions, dtype=f64, device=dev),
+            velocities=torch.zeros((n, 3), dtype=f64, device=dev),
+            masses=torch.ones(n, dtype=f64, device=dev),
+            numbers=torch.as_tensor(atoms.numbers, dtype=torch.int64, device=dev),
+            ids=torch.arange(n, device=dev),
+            cell=torch.as_tensor(atoms.cell.array, dtype=f64, device=dev),
+            pbc=tuple(bool(p) for p in atoms.pbc),
+            n_atoms_global=n,
+        )
+
+    @property
+    def n_neighbor_builds(self) -> int:
+        """How many times the neighbor list was built (skin reuse check)."""
+        return 0 if self._forces is None else self._forces.n_builds

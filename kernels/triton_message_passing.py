@@ -130,11 +130,12 @@ def _segment_sum_atomic(out_ptr, onehot, seg_rcv, n_seg, rcv, emask, vals, offs_
             hi = vals.to(DT)
             acc = tl.dot(oh, hi)
             acc = tl.dot(oh, (vals - hi.to(tl.float32)).to(DT), acc=acc)
-        ptrs = out_ptr + seg_rcv.to(tl.int64)[:, None] * F + offs_n[None, :]
-        tl.atomic_add(ptrs, acc, mask=(seg_rcv >= 0)[:, None] & nmask[None, :], sem="relaxed")
+        seg_ptrs = out_ptr + seg_rcv.to(tl.int64)[:, None] * F + offs_n[None, :]
+        tl.atomic_add(seg_ptrs, acc, mask=(seg_rcv >= 0)[:, None] & nmask[None, :],
+                      sem="relaxed")
     else:
-        ptrs = out_ptr + rcv[:, None] * F + offs_n[None, :]
-        tl.atomic_add(ptrs, vals, mask=emask[:, None] & nmask[None, :], sem="relaxed")
+        edge_ptrs = out_ptr + rcv[:, None] * F + offs_n[None, :]
+        tl.atomic_add(edge_ptrs, vals, mask=emask[:, None] & nmask[None, :], sem="relaxed")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,7 +188,7 @@ def _bwd_edge_kernel(a_ptr, b_ptr, r_ptr, snd_ptr, rcv_ptr, wr_ptr, b1_ptr, w2_p
                      BLOCK_E: tl.constexpr, FP: tl.constexpr, KP: tl.constexpr, BN: tl.constexpr,
                      PREC: tl.constexpr, SEG: tl.constexpr,
                      NEED_A: tl.constexpr, NEED_B: tl.constexpr, NEED_R: tl.constexpr,
-                     NEED_W: tl.constexpr):
+                     NEED_W: tl.constexpr, RELOAD_PRE: tl.constexpr):
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     DT: tl.constexpr = w2_ptr.dtype.element_ty
@@ -227,7 +228,10 @@ def _bwd_edge_kernel(a_ptr, b_ptr, r_ptr, snd_ptr, rcv_ptr, wr_ptr, b1_ptr, w2_p
             dz = gout * env[:, None] * (sz + z * sz * (1.0 - sz))
             dz = tl.where(m2n, dz, 0.0)
             dh = tl.dot(dz.to(DT), tl.trans(w2), acc=dh, input_precision=PREC)
-        sp = tl.sigmoid(pre)  # recomputed: keeps one fewer (BLOCK_E x FP) tile live in the loop
+        if RELOAD_PRE:  # gather pre again (L1/L2 hits) rather than keep it live in the loop
+            pre = _recompute_pre(a_ptr, b_ptr, wr_ptr, b1_ptr, snd, rcv, rbf, offs_f, fmask,
+                                 offs_k, kmask, emask, F, PREC)
+        sp = tl.sigmoid(pre)
         dpre = dh * (sp + pre * sp * (1.0 - sp))
         dpre = tl.where(emask[:, None] & fmask[None, :], dpre, 0.0)
         if NEED_B:
@@ -324,7 +328,7 @@ def _next_pow2(n: int, minimum: int = 16) -> int:
 # chip per program; seg: receiver runs per block summed by the one-hot dot (more -> atomics);
 # persist: persistent programs per multiprocessor in the backward kernels.
 TUNING = {"tile": 8192, "max_block_e": 64, "bn": 64, "seg": 16, "persist": 2,
-          "warps_fwd": 4, "warps_bwd": 8, "warps_w2": 8, "stages": 3}
+          "warps_fwd": 8, "warps_bwd": 8, "warps_w2": 8, "stages": 3, "reload_pre": True}
 _BLOCK_E_OVERRIDE: int | None = None  # tests set a small block to exercise block boundaries
 
 
@@ -408,7 +412,8 @@ def _backward(g, a, b, ev, snd, rcv, w_rbf, b1, w2, b2, cutoff: float, needs):
                                da if need_a else dummy, db if need_b else dummy,
                                dr if need_r else dummy, dwr_p, db1_p, *scal,
                                SEG=TUNING["seg"], NEED_A=need_a, NEED_B=need_b, NEED_R=need_r,
-                               NEED_W=need_w, num_warps=TUNING["warps_bwd"], **common)
+                               NEED_W=need_w, RELOAD_PRE=TUNING["reload_pre"],
+                               num_warps=TUNING["warps_bwd"], **common)
         if need_w:
             dwr = dwr_p.sum(0)[:K, :F]
             db1 = db1_p.sum(0)[:F]

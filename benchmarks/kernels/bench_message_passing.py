@@ -166,8 +166,9 @@ def profile_once(p: dict, mode: str) -> str:
     return prof.key_averages().table(sort_by="cuda_time_total", row_limit=12)
 
 
-SWEEP = [{}, {"warps_fwd": 8}, {"warps_bwd": 4}, {"tile": 4096}, {"tile": 16384, "max_block_e": 128},
-         {"bn": 128}, {"persist": 1}, {"persist": 4}, {"seg": 32}]
+SWEEP = [{}, {"warps_fwd": 4}, {"bn": 32, "stages": 1}, {"tile": 4096},
+         {"tile": 16384, "max_block_e": 128}, {"reload_pre": False}, {"persist": 1},
+         {"persist": 4}, {"seg": 32}]
 
 
 def sweep(dev, repeats: int, budget_s: float) -> list[dict]:

@@ -43,12 +43,12 @@ def _fcc_a(symbol: str) -> float:
     return 4.0
 
 
-def _lattice(symbol: str, structure: str, scale: float) -> Atoms:
+def _lattice(symbol: str, structure: str, scale: float, rng: np.random.Generator) -> Atoms:
     """A small cell of an fcc, bcc or hcp lattice with the same atomic volume as fcc * scale^3."""
     a_fcc = _fcc_a(symbol) * scale
     vol = a_fcc**3 / 4.0
     if structure == "fcc":
-        return bulk(symbol, "fcc", a=a_fcc, cubic=bool(np.random.rand() < 0.5))
+        return bulk(symbol, "fcc", a=a_fcc, cubic=bool(rng.random() < 0.5))
     if structure == "bcc":
         return bulk(symbol, "bcc", a=(2 * vol) ** (1 / 3), cubic=True)
     a = (2 * vol / (np.sqrt(3) / 2 * 1.633)) ** (1 / 3)
@@ -89,7 +89,7 @@ def _random_species(atoms: Atoms, rng: np.random.Generator, elements: Sequence[s
 
 def _crystal(rng, elements, rattle: float) -> Atoms:
     sym = str(rng.choice(elements))
-    at = _lattice(sym, str(rng.choice(["fcc", "fcc", "bcc", "hcp"])), float(rng.uniform(0.94, 1.06)))
+    at = _lattice(sym, str(rng.choice(["fcc", "fcc", "bcc", "hcp"])), float(rng.uniform(0.94, 1.06)), rng)
     at = _repeat_to(at, rng, 1, 32)
     _strain(at, rng, 0.02)
     if rattle:
@@ -99,7 +99,7 @@ def _crystal(rng, elements, rattle: float) -> Atoms:
 
 def _alloy(rng, elements) -> Atoms:
     sym = str(rng.choice(elements))
-    at = _lattice(sym, str(rng.choice(["fcc", "fcc", "bcc", "hcp"])), float(rng.uniform(0.95, 1.05)))
+    at = _lattice(sym, str(rng.choice(["fcc", "fcc", "bcc", "hcp"])), float(rng.uniform(0.95, 1.05)), rng)
     at = _repeat_to(at, rng, 4, 32)
     _random_species(at, rng, elements)
     _strain(at, rng, 0.015)

@@ -41,6 +41,9 @@ def test_datagen_labels_equal_emt_and_cover_kinds():
         assert abs(b.get_potential_energy() - e) < 1e-10
         np.testing.assert_allclose(b.get_forces(), f, atol=1e-10)
     assert any(any(np.abs(a.cell.array[2]) > 0) and a.info["config_type"] == "surface" for a in frames)
+    again = list(generate_structures(40, seed=1, elements=["Cu", "Pt"]))  # the seed fixes the data set
+    for a, b in zip(frames, again):
+        assert (a.numbers == b.numbers).all() and np.array_equal(a.positions, b.positions)
 
 
 def test_batched_graph_equals_single_structures(dataset):

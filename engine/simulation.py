@@ -320,7 +320,7 @@ class Simulation:
                     frames.append(good_atoms)
             frames.append(bad)
             self.outdir.mkdir(parents=True, exist_ok=True)
-            write(blow, frames, format="extxyz")
+            write(blow, frames, format="extxyz", parallel=False)  # rank 0 only: no ASE MPI broadcast
         saved = "no earlier good state to save (the starting structure itself is bad)"
         if prev is not None:
             st.positions, st.velocities = prev["positions"], prev["velocities"]

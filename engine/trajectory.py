@@ -43,4 +43,5 @@ class TrajectoryWriter:
 
         atoms = state_to_atoms(state)
         atoms.info["time_ps"] = state.step * self.timestep_fs * 1e-3
-        write(self.path, atoms, format="extxyz", append=True)
+        # parallel=False: only rank 0 gets here; ASE would otherwise broadcast over MPI and hang/garble
+        write(self.path, atoms, format="extxyz", append=True, parallel=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 from ase import Atoms
 from ase.build import bulk
 
@@ -48,6 +49,14 @@ def _cluster() -> Atoms:
     atoms.cell = np.zeros((3, 3))  # no lattice: no stress either
     atoms.rattle(0.1, seed=6)
     return atoms
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _single_threaded_blas():
+    """One BLAS thread: on a busy 2-core CI box, threaded OpenBLAS made ASE's tiny 3x3
+    solves (cell filters, expm/logm) 20-30x slower (a FrechetCellFilter run: 108 s -> 3.3 s)."""
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 STRUCTURES = {

@@ -38,6 +38,7 @@ those sums can differ in the last bit from run to run.
 """
 from __future__ import annotations
 
+import collections
 import math
 
 import torch
@@ -330,6 +331,7 @@ def _next_pow2(n: int, minimum: int = 16) -> int:
 TUNING = {"tile": 8192, "max_block_e": 64, "bn": 64, "seg": 16, "persist": 2,
           "warps_fwd": 8, "warps_bwd": 8, "warps_w2": 8, "stages": 3, "reload_pre": True}
 _BLOCK_E_OVERRIDE: int | None = None  # tests set a small block to exercise block boundaries
+LAUNCHES: collections.Counter = collections.Counter()  # kernel launches by name (tests, profiling)
 
 
 def _launch_config(F: int) -> tuple[int, int, int]:
@@ -378,6 +380,7 @@ def _forward(a, b, ev, snd, rcv, w_rbf, b1, w2, b2, cutoff: float) -> Tensor:
         return out.to(a.dtype)
     common = _common(F, K, a.dtype)
     grid = (triton.cdiv(E, common["BLOCK_E"]),)
+    LAUNCHES["fwd"] += 1
     _fwd_kernel[grid](a, b, ev, snd, rcv, w_rbf, b1, w2, b2, out,
                       E, F, K, float(cutoff), math.sqrt(2.0 / cutoff),
                       SEG=TUNING["seg"], num_warps=TUNING["warps_fwd"], **common)
@@ -408,6 +411,7 @@ def _backward(g, a, b, ev, snd, rcv, w_rbf, b1, w2, b2, cutoff: float, needs):
         P = _n_persistent(n_blocks, dev)
         dwr_p = torch.empty((P, KP, FP), dtype=f32, device=dev) if need_w else dummy
         db1_p = torch.empty((P, FP), dtype=f32, device=dev) if need_w else dummy
+        LAUNCHES["bwd_edge"] += 1
         _bwd_edge_kernel[(P,)](a, b, ev, snd, rcv, w_rbf, b1, w2, b2, g,
                                da if need_a else dummy, db if need_b else dummy,
                                dr if need_r else dummy, dwr_p, db1_p, *scal,
@@ -424,6 +428,7 @@ def _backward(g, a, b, ev, snd, rcv, w_rbf, b1, w2, b2, cutoff: float, needs):
             P = max(1, P // n_tiles) if dev.type == "cuda" else P
             dw2_p = torch.zeros((P, FP, F), dtype=f32, device=dev)
             db2_p = torch.zeros((P, F), dtype=f32, device=dev)
+            LAUNCHES["bwd_w2"] += 1
             _bwd_w2_kernel[(P, n_tiles)](a, b, ev, snd, rcv, w_rbf, b1, w2, b2, g, dw2_p, db2_p,
                                          *scal, num_warps=TUNING["warps_w2"], **common)
             dw2 = dw2_p.sum(0)[:F]
@@ -437,19 +442,46 @@ def _backward(g, a, b, ev, snd, rcv, w_rbf, b1, w2, b2, cutoff: float, needs):
     return da, db, dr, dwr, db1, dw2, db2
 
 
+def _gradient_edges(tensors) -> tuple:
+    """Autograd edges of the differentiable inputs, to ask in backward which are still needed."""
+    try:
+        return tuple(torch.autograd.graph.get_gradient_edge(t) if t.requires_grad else None
+                     for t in tensors)
+    except Exception:  # older torch: fall back to needs_input_grad alone
+        return (None,) * len(tensors)
+
+
+def _needed(needs: tuple, edges: tuple) -> tuple:
+    """needs_input_grad, minus inputs whose gradient this backward pass will not use.
+
+    MD asks only for d(energy)/d(edge vectors) while the model's weights still require
+    grad: without this the weight-gradient kernels would run (and be thrown away) every step.
+    """
+    out = []
+    for need, edge in zip(needs, edges):
+        if need and edge is not None:
+            try:
+                need = bool(torch._C._will_engine_execute_node(edge.node))
+            except Exception:  # not inside an engine run, or API gone: keep the flag
+                pass
+        out.append(need)
+    return tuple(out)
+
+
 class _FusedEdgeMessageAggregate(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, b, edge_vectors, senders, receivers, w_rbf, b1, w2, b2, cutoff):
         args = _prepare(a, b, edge_vectors, senders, receivers, w_rbf, b1, w2, b2)
         ctx.save_for_backward(a, b, edge_vectors, senders, receivers, w_rbf, b1, w2, b2)
         ctx.cutoff = float(cutoff)
+        ctx.grad_edges = _gradient_edges((a, b, edge_vectors, w_rbf, b1, w2, b2))
         return _forward(*args, cutoff)
 
     @staticmethod
     def backward(ctx, g):
         a, b, ev, snd, rcv, w_rbf, b1, w2, b2 = ctx.saved_tensors
         idx = (0, 1, 2, 5, 6, 7, 8)
-        needs = tuple(bool(ctx.needs_input_grad[i]) for i in idx)
+        needs = _needed(tuple(bool(ctx.needs_input_grad[i]) for i in idx), ctx.grad_edges)
         originals = (a, b, ev, w_rbf, b1, w2, b2)
         if torch.is_grad_enabled():
             # create_graph=True (e.g. a loss on forces): differentiable torch recomputation.

@@ -14,6 +14,7 @@ set -u
 OUT=${OUT:-/tmp/gpu_out}
 BENCH_BUDGET=${BENCH_BUDGET:-150}
 SWEEP_BUDGET=${SWEEP_BUDGET:-60}
+IEEE=${IEEE:-1}
 mkdir -p "$OUT"
 exec > >(tee "$OUT/gpu_checks.log") 2>&1
 export PYTHONUNBUFFERED=1
@@ -49,37 +50,38 @@ export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 $PY -c "import atomsim.kernels.triton_message_passing as m; print('ok', m.__file__)"
 
 step "triton kernel tests on the GPU"
-ATOMSIM_TRITON_REPORT="$OUT/gpu_tests.json" timeout 240 $PY -m pytest -q -p no:cacheprovider \
+ATOMSIM_TRITON_REPORT="$OUT/gpu_tests.json" timeout 200 $PY -m pytest -q -p no:cacheprovider \
   tests/test_triton_kernels.py 2>&1 | tail -25
 head -c 3000 "$OUT/gpu_tests.json" 2>/dev/null
 
 step "kernel benchmark (budget ${BENCH_BUDGET}s)"
-timeout $((BENCH_BUDGET + 90)) $PY benchmarks/kernels/bench_message_passing.py --profile \
+timeout $((BENCH_BUDGET + 60)) $PY benchmarks/kernels/bench_message_passing.py --profile \
   --budget-s "$BENCH_BUDGET" --repeats 5 --out "$OUT/kernels_message_passing_h100.json"
 
 if [ "$SWEEP_BUDGET" -gt 0 ]; then
   step "launch-parameter sweep (budget ${SWEEP_BUDGET}s)"
-  timeout $((SWEEP_BUDGET + 60)) $PY benchmarks/kernels/bench_message_passing.py --sweep \
+  timeout $((SWEEP_BUDGET + 40)) $PY benchmarks/kernels/bench_message_passing.py --sweep \
     --budget-s "$SWEEP_BUDGET" --repeats 3 --out "$OUT/kernels_sweep_h100.json"
 fi
 
-step "headline point with IEEE fp32 matmuls"
-timeout 90 $PY benchmarks/kernels/bench_message_passing.py --ieee --repeats 3 \
-  --configs 5e6:128:fp32:md --out "$OUT/kernels_message_passing_h100_ieee.json"
-
 step "mixed precision force error"
-timeout 90 $PY benchmarks/gpu/mixed_precision_forces.py --out "$OUT/mixed_precision_forces.json" \
+timeout 60 $PY benchmarks/gpu/mixed_precision_forces.py --out "$OUT/mixed_precision_forces.json" \
   | tail -40
 
 if [ -f benchmarks/neighbors/bench_neighbors_gpu.py ]; then
   step "neighbor-list GPU benchmark"
-  mkdir -p "$OUT/neighbors"
-  touch /tmp/nb_marker
-  timeout 120 $PY benchmarks/neighbors/bench_neighbors_gpu.py 2>&1 | tail -40
-  find benchmarks/results -maxdepth 1 -type f -newer /tmp/nb_marker | head -2 \
-    | xargs -r -I{} cp {} "$OUT/neighbors/"
-  ls -la "$OUT/neighbors"
+  # it writes its JSON to $OUT itself (benchmarks/results when OUT is unset)
+  OUT="$OUT" timeout "${NB_TIMEOUT:-100}" $PY benchmarks/neighbors/bench_neighbors_gpu.py \
+    ${NB_ARGS:-} 2>&1 | tail -40
 else
   step "no benchmarks/neighbors/bench_neighbors_gpu.py yet: skipped"
 fi
+
+if [ "$IEEE" = 1 ]; then
+  step "headline point with IEEE fp32 matmuls"
+  timeout 60 $PY benchmarks/kernels/bench_message_passing.py --ieee --repeats 3 \
+    --configs 5e6:128:fp32:md --out "$OUT/kernels_message_passing_h100_ieee.json"
+fi
+
 step "done"
+ls -la "$OUT"

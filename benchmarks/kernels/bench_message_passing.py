@@ -171,7 +171,7 @@ SWEEP = [{}, {"warps_fwd": 4}, {"bn": 32, "stages": 1}, {"tile": 4096},
          {"persist": 4}, {"seg": 32}]
 
 
-def sweep(dev, repeats: int, budget_s: float) -> list[dict]:
+def sweep(dev, repeats: int, budget_s: float, save=lambda rows: None) -> list[dict]:
     """Launch-parameter variants (kernels.triton_message_passing.TUNING) at the headline point."""
     from atomsim.kernels import triton_message_passing as tmp
 
@@ -191,6 +191,7 @@ def sweep(dev, repeats: int, budget_s: float) -> list[dict]:
                 m = {"error": f"{type(exc).__name__}: {str(exc)[-800:]}"}
             rows.append({"dtype": dtn, "variant": variant, **m})
             print(json.dumps(rows[-1]), flush=True)
+            save(rows)  # a run cut short keeps what it measured
         del p
     tmp.TUNING.clear()
     tmp.TUNING.update(base)
@@ -217,12 +218,24 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = not args.ieee
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor()
     peaks = next((v for k, v in PEAKS.items() if k in name), None)
-    if args.sweep:
-        rows = sweep(dev, args.repeats, args.budget_s)
+    import triton
+
+    meta = {"command": " ".join([sys.executable] + sys.argv), "device": name, "peaks": peaks,
+            "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
+            "python": platform.python_version(), "host": platform.node(),
+            "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+    def save(key: str, rows: list) -> None:
+        from atomsim.kernels import triton_message_passing as tmp
+
+        doc = dict(meta, degree=DEGREE, cutoff=CUTOFF, repeats=args.repeats,
+                   tuning=dict(tmp.TUNING), kernel_resources=kernel_resources())
+        doc[key] = rows
         with open(args.out, "w") as fh:
-            json.dump({"command": " ".join([sys.executable] + sys.argv), "device": name,
-                       "torch": torch.__version__, "sweep": rows,
-                       "kernel_resources": kernel_resources()}, fh, indent=1)
+            json.dump(doc, fh, indent=1)
+
+    if args.sweep:
+        sweep(dev, args.repeats, args.budget_s, save=lambda rows: save("sweep", rows))
         return
     dts = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     if args.configs == "default":
@@ -236,7 +249,7 @@ def main() -> None:
     else:
         cfgs = [(int(float(e)), int(f), dt, m) for e, f, dt, m in
                 (c.split(":") for c in args.configs.split(","))]
-    results = []
+    results: list[dict] = []
     t_start = time.perf_counter()
     for E, F, dtn, mode in cfgs:
         if time.perf_counter() - t_start > args.budget_s:
@@ -285,19 +298,7 @@ def main() -> None:
             except Exception as exc:
                 print(f"profiler failed: {exc}", flush=True)
         del p
-    import triton
-
-    report = {
-        "benchmark": "fused Triton EGNN edge message + aggregation vs torch reference",
-        "command": " ".join([sys.executable] + sys.argv),
-        "device": name, "peaks": peaks, "torch": torch.__version__, "triton": triton.__version__,
-        "cuda": torch.version.cuda, "python": platform.python_version(),
-        "host": platform.node(), "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "degree": DEGREE, "cutoff": CUTOFF, "repeats": args.repeats, "results": results,
-        "kernel_resources": kernel_resources(),
-    }
-    with open(args.out, "w") as fh:
-        json.dump(report, fh, indent=1)
+        save("results", results)
     print(f"wrote {args.out}")
 
 

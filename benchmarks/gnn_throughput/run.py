@@ -109,6 +109,16 @@ def worker(args) -> None:
                           "matmul_peak_gflops": peak, "fraction_of_peak": fl * med / 1e9 / peak}))
 
 
+def _available_memory_bytes():
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[4000, 32000])
@@ -155,7 +165,18 @@ def main() -> None:
                   f"{100 * r['fraction_of_peak']:.1f}% of {r['matmul_peak_gflops']:.0f} GFLOP/s matmul peak",
                   flush=True)
     if args.memory_atoms:
-        m = spawn(["--n-atoms", str(args.memory_atoms), "--memory-only"], max(args.threads))
+        # probe at 1/8 of the size first: a shared machine must not be pushed into swap/OOM
+        probe = spawn(["--n-atoms", str(max(1000, args.memory_atoms // 8)), "--memory-only"], max(args.threads))
+        need = probe["bytes_per_atom_total"] * args.memory_atoms
+        avail = _available_memory_bytes()
+        if avail is not None and need > 0.6 * avail:
+            print(f"memory: {args.memory_atoms} atoms would need ~{need / 2**30:.1f} GiB, only "
+                  f"{avail / 2**30:.1f} GiB available: reporting the {probe['n_atoms']}-atom probe")
+            m = dict(probe, note=f"{args.memory_atoms} atoms skipped: ~{need / 2**30:.1f} GiB needed, "
+                                 f"{avail / 2**30:.1f} GiB available")
+        else:
+            m = spawn(["--n-atoms", str(args.memory_atoms), "--memory-only"], max(args.threads))
+        m["probe"] = probe
         results["memory"] = m
         print(f"memory at {m['n_atoms']} atoms: peak RSS {m['bytes_per_atom_total']:.0f} B/atom "
               f"(+{m['bytes_per_atom_increment']:.0f} B/atom during one step)")

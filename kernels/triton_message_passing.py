@@ -329,7 +329,8 @@ def _next_pow2(n: int, minimum: int = 16) -> int:
 # chip per program; seg: receiver runs per block summed by the one-hot dot (more -> atomics);
 # persist: persistent programs per multiprocessor in the backward kernels.
 TUNING = {"tile": 8192, "max_block_e": 64, "bn": 64, "seg": 16, "persist": 2,
-          "warps_fwd": 8, "warps_bwd": 8, "warps_w2": 8, "stages": 3, "reload_pre": True}
+          "warps_fwd": 8, "warps_bwd": 8, "warps_w2": 8, "stages": 3, "reload_pre": True,
+          "fp32_exact": "tf32x3"}
 _BLOCK_E_OVERRIDE: int | None = None  # tests set a small block to exercise block boundaries
 LAUNCHES: collections.Counter = collections.Counter()  # kernel launches by name (tests, profiling)
 
@@ -343,10 +344,15 @@ def _launch_config(F: int) -> tuple[int, int, int]:
 
 
 def _precision(dtype: torch.dtype) -> str:
-    """tl.dot input precision for fp32 operands (ignored for 16-bit): follows torch's TF32 flag."""
-    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
+    """tl.dot input precision for fp32 operands (ignored for 16-bit). Follows torch's TF32 flag:
+    'tf32' when allowed, else 'tf32x3' (three TF32 products: ~fp32 accuracy on the tensor
+    cores; Triton's 'ieee' fp32 dot runs on FMA units and spills badly at these tile sizes).
+    TUNING['fp32_exact'] = 'ieee' selects the IEEE path; the CPU interpreter is IEEE anyway."""
+    if dtype != torch.float32:
+        return "ieee"
+    if torch.backends.cuda.matmul.allow_tf32:
         return "tf32"
-    return "ieee"
+    return TUNING["fp32_exact"]
 
 
 def _n_persistent(n_blocks: int, device: torch.device) -> int:

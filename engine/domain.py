@@ -124,13 +124,17 @@ def _assign(state, arrays: dict) -> None:
     state.energies = None
 
 
-def migrate(state, decomp: Decomposition, comm) -> int:
+def migrate(state, decomp: Decomposition, comm, by: Optional[torch.Tensor] = None):
     """Send every owned atom that left this sub-box to its owner; returns atoms sent.
 
     ``comm`` is an mpi4py communicator. Collective: every rank must call it.
+    ``by`` (n, 3): positions that decide ownership instead of ``state.positions``
+    (a resumed run rebuilds at the saved reference positions); it travels with
+    the atoms and the return value is then ``(sent, by_after_migration)``.
     """
     dev = state.positions.device
-    frac, _ = decomp.wrap(state.positions.detach().cpu().numpy())
+    decide = state.positions if by is None else by
+    frac, _ = decomp.wrap(decide.detach().cpu().numpy())
     owner = decomp.owner_of(frac)
     present = {f: getattr(state, f) is not None for f in PER_ATOM_FIELDS}
     # all ranks must agree which optional fields exist (an empty rank may have forces None)
@@ -146,6 +150,11 @@ def migrate(state, decomp: Decomposition, comm) -> int:
     for r in range(decomp.size):
         sel = np.nonzero(owner == r)[0]
         outgoing.append({f: (None if a is None else a[sel]) for f, a in cpu.items()} if sel.size or r == decomp.rank else None)
+    if by is not None:
+        ref = by.detach().cpu().numpy()
+        for r, blk in enumerate(outgoing):
+            if blk is not None:
+                blk["_by"] = ref[owner == r]
     sent = int((owner != decomp.rank).sum())
     incoming = comm.alltoall(outgoing)
     merged = {}
@@ -155,8 +164,13 @@ def migrate(state, decomp: Decomposition, comm) -> int:
             merged[f] = None
         else:
             merged[f] = torch.from_numpy(np.concatenate(parts)).to(dev) if parts else None
+    carried = None
+    if by is not None:
+        ids = np.concatenate([blk["ids"] for blk in incoming if blk is not None])
+        ref = np.concatenate([blk["_by"] for blk in incoming if blk is not None])
+        carried = torch.from_numpy(ref[np.argsort(ids, kind="stable")]).to(dev)
     _assign(state, merged)
-    return sent
+    return sent if by is None else (sent, carried)
 
 
 def _empty_like_field(f: str, n: int, state):

@@ -17,6 +17,7 @@ allreduced. Halo schemes (``parallel.halo``):
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 from typing import Optional
 
 import numpy as np
@@ -61,6 +62,7 @@ class ParallelForces:
         self.compute_virial = compute_virial
         cutoff = float(potential.cutoff)
         layers = max(int(getattr(potential, "receptive_field", 1)), 1)
+        self.layers = layers
         self.list_cutoff = cutoff + self.skin
         self.depth = (layers * cutoff + self.skin) if halo == "full" else cutoff + self.skin
         # full halo: nodes whose features reach an owned atom within the receptive field need
@@ -72,6 +74,7 @@ class ParallelForces:
         self._ref_cell = None
         self._image = None  # (n_owned, 3) image of each owned atom at the last rebuild
         self._pairs = None
+        self._local_cache = None
         self.n_builds = 0
         self.n_migrated = 0
         self.timers = {"neighbor": 0.0, "halo": 0.0, "model": 0.0, "reverse": 0.0}
@@ -106,16 +109,25 @@ class ParallelForces:
         return bool(self.comm.allreduce(local, op=MPI.MAX))
 
     def rebuild(self, state) -> None:
+        """Migrate, rebuild ghosts and the local list at the current positions (collective)."""
+        self._build(state, None)
+
+    def _build(self, state, ref: Optional[torch.Tensor]) -> None:
+        """``ref``: per-atom positions to build at instead of the current ones (exact resume)."""
         t0 = time.perf_counter()
         self._ensure_decomp(state)
-        self.n_migrated += migrate(state, self.decomp, self.comm)
-        pos = state.positions.detach().cpu().numpy()
-        frac, image = self.decomp.wrap(pos)
+        if ref is None:
+            self.n_migrated += migrate(state, self.decomp, self.comm)
+            ref = state.positions
+        else:
+            sent, ref = migrate(state, self.decomp, self.comm, by=ref)
+            self.n_migrated += sent
+        frac, image = self.decomp.wrap(ref.detach().cpu().numpy())
         self._image = torch.from_numpy(image).to(state.positions.device)
         self.ghosts = build_ghosts(self.comm, self.decomp, frac, state.numbers.cpu().numpy(),
                                    state.ids.cpu().numpy(), self.depth)
         t1 = time.perf_counter()
-        local = self._local_positions(state)
+        local = self._local_positions(SimpleNamespace(positions=ref, cell=state.cell))
         i, j = _local_pairs(local.detach().cpu().numpy(), self.list_cutoff)
         n_own = state.n_local
         if self.halo == "per-layer":  # ghosts' features come from their owners: no edges into ghosts
@@ -126,7 +138,7 @@ class ParallelForces:
         i, j = i[keep], j[keep]
         dev = state.positions.device
         self._pairs = (torch.from_numpy(i).to(dev), torch.from_numpy(j).to(dev))
-        self._ref_positions = state.positions.detach().clone()
+        self._ref_positions = ref.detach().clone()
         self._ref_cell = state.cell.detach().clone()
         self._numbers = torch.cat([state.numbers, torch.from_numpy(self.ghosts.numbers).to(dev)])
         self.n_builds += 1
@@ -161,6 +173,11 @@ class ParallelForces:
         if hook is not None:
             hook.graph = graph
         out = evaluate_potential(self.potential, self._numbers, graph, compute_virial=self.compute_virial)
+        if hook is not None and hook.calls < self.layers - 1:
+            raise ValueError(
+                f"parallel.halo: per-layer needs a model that calls graph.refresh_ghosts() after each of "
+                f"its {self.layers} message-passing layers; {type(self.potential).__name__} called it "
+                f"{hook.calls} time(s). Use parallel.halo: full for this model.")
         t1 = time.perf_counter()
         forces = out.forces[:n_owned] + self.ghosts.plan.reverse(out.forces[n_owned:], n_owned)
         # one allreduce for energy + virial
@@ -185,5 +202,41 @@ class ParallelForces:
                            "halo_calls": 0 if hook is None else hook.calls}
 
     def reference_state(self) -> dict:
-        """What a restart needs to rebuild the same lists (positions at the last rebuild)."""
+        """This rank's positions (owned atoms) at the last rebuild and the cell (no communication)."""
         return {"positions": self._ref_positions, "cell": self._ref_cell}
+
+    def gathered_reference_state(self, state) -> dict:
+        """Rebuild positions of ALL atoms sorted by id (rank 0; {} elsewhere). Collective.
+
+        Same layout as SerialForces.reference_state() of a 1-rank run, so the restart
+        file does not depend on the rank count.
+        """
+        from .parallel_io import gather_by_id
+
+        if self._ref_positions is None:
+            return {}
+        g = gather_by_id(self.comm, state.ids.cpu().numpy(), positions=self._ref_positions.cpu().numpy())
+        if g is None:
+            return {}
+        return {"positions": torch.from_numpy(g["positions"]), "cell": self._ref_cell.cpu()}
+
+    def restore_reference(self, state, positions: torch.Tensor, cell: torch.Tensor) -> None:
+        """Rebuild exactly as the saved run last did: at its reference positions (all atoms, id order).
+
+        Ownership, ghosts and pair lists then match the uninterrupted run, so a resume
+        on the same rank count continues it bit for bit. Collective.
+        """
+        if not torch.equal(cell.to(state.cell), state.cell):
+            return  # the cell changed since (barostat): the next compute rebuilds anyway
+        n = int(positions.shape[0])
+        ok = n == state.n_atoms_global and (state.n_local == 0 or int(state.ids.max()) < n)
+        if not bool(self.comm.allreduce(int(ok), op=_mpi_min())):
+            return  # ids are not 0..N-1: the next compute rebuilds at the current positions
+        ref = positions.to(state.positions)[state.ids]  # restart arrays are sorted by id 0..N-1
+        self._build(state, ref)
+
+
+def _mpi_min():
+    from mpi4py import MPI
+
+    return MPI.MIN

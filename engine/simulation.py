@@ -171,6 +171,10 @@ class Simulation:
     def _restore_neighbor_list(self, restart: Restart) -> None:
         """Rebuild the list at the saved reference positions: same pairs, same order, same bits."""
         ref = restart.neighbor_state
+        if "positions" in ref and hasattr(self.forces, "restore_reference"):  # MPI: same ranks, same bits
+            self.forces.restore_reference(self.state, ref["positions"].to(self.device), ref["cell"].to(self.device))
+            self.forces.n_builds = int(restart.meta.get("n_neighbor_builds", self.forces.n_builds))
+            return
         if "positions" not in ref or not hasattr(self.forces, "rebuild"):
             return
         self.forces.rebuild(SimpleNamespace(positions=ref["positions"].to(self.device),
@@ -267,6 +271,10 @@ class Simulation:
         """Atomically write the current state to output.directory/restart.npz (rank 0)."""
         t = time.perf_counter()
         g = self._gathered()
+        nl_mpi = {}
+        if getattr(self.comm, "size", 1) > 1 and neighbor_state is None and hasattr(
+                self.forces, "gathered_reference_state"):
+            nl_mpi = self.forces.gathered_reference_state(self.state)  # collective; by id on rank 0
         path = None
         if g is not None:
             arrays = {"positions": g.positions, "velocities": g.velocities, "masses": g.masses,
@@ -274,7 +282,7 @@ class Simulation:
             nl = neighbor_state if neighbor_state is not None else (
                 self.forces.reference_state() if hasattr(self.forces, "reference_state") else {})
             if getattr(self.comm, "size", 1) > 1:
-                nl = {}  # per-rank lists are the MPI engine's business; it rebuilds on resume
+                nl = nl_mpi  # all atoms' rebuild positions by id: a resume rebuilds exactly there
             path = write_restart(
                 self.outdir, arrays, self.integrator.name,
                 integrator_state if integrator_state is not None else self.integrator.state_dict(),

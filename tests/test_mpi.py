@@ -94,13 +94,19 @@ def test_nve_200_steps_on_4_ranks_tracks_one_rank(tmp_path):
 
 
 @pytest.mark.timeout(300)
-def test_restart_written_on_4_ranks_resumes_on_2(tmp_path):
+def test_restart_written_on_4_ranks_resumes_on_2_and_on_4_exactly(tmp_path):
     a, b = tmp_path / "four", tmp_path / "two"
     shards = tmp_path / "final.shards.json"
     _ok(mpirun(4, "restart_nm.py", a, 20, "--write-shards", shards))  # restarts at steps 10 and 20
-    shutil.copytree(a, b)
-    (b / "restart.npz").unlink()  # leaves restart.prev.npz: step 10, written on 4 ranks
-    (b / "trajectory.extxyz").unlink()
+    c = tmp_path / "four_again"
+    for d in (b, c):
+        shutil.copytree(a, d)
+        (d / "restart.npz").unlink()  # leaves restart.prev.npz: step 10, written on 4 ranks
+        (d / "trajectory.extxyz").unlink()
+    _ok(mpirun(4, "restart_nm.py", c, 20, "--resume"))  # same rank count: bit for bit
+    rc = np.load(c / "restart.npz")
+    assert np.array_equal(np.load(a / "restart.npz")["positions"], rc["positions"])
+    assert np.array_equal(np.load(a / "restart.npz")["velocities"], rc["velocities"])
     _ok(mpirun(2, "restart_nm.py", b, 20, "--resume", "--check-shards", shards))
     check = json.loads(Path(str(shards) + ".check.json").read_text())  # 4 shards read on 2 ranks
     assert check["n_atoms"] == 108 and check["max_dpos_A"] < 1e-8, check

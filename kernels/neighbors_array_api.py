@@ -46,29 +46,16 @@ def _stencil(search: np.ndarray) -> np.ndarray:
     return np.stack(np.meshgrid(*r, indexing="ij"), axis=-1).reshape(-1, 3).astype(np.int64)
 
 
-def neighbor_list(positions, cell, pbc, cutoff: float, half: bool = False,
-                  max_candidates: int = 1 << 24):
-    """``(i, j, S)`` like ``kernels.neighbors.neighbor_list``, as arrays of ``positions``' library.
+def bin_sorted(xp, pos, cell_h: np.ndarray, pbc_h: np.ndarray, cutoff: float):
+    """Steps 1-2, shared with the CuPy raw-kernel list: (grid, wrap, order, start, bs, xs).
 
-    ``positions``: (N, 3) float64 numpy or cupy array; ``cell`` and ``pbc`` may be
-    host values. Sorted by i, then j, then S; S int64.
+    wrap: (N, 3) wrap counts by atom; order: atoms sorted by bin (stable);
+    start: (bins + 1,) offsets into ``order``; bs / xs: bin coordinates and
+    wrapped positions in that order.
     """
-    xp = array_namespace(positions)
-    dev = xp_device(positions)
-    pos = xp.asarray(positions, dtype=xp.float64)
+    dev = xp_device(pos)
     n = int(pos.shape[0])
-    if pos.ndim != 2 or pos.shape[1] != 3:
-        raise ValueError(f"positions must have shape (n_atoms, 3), got {tuple(pos.shape)}")
-    cell_h = as_cell(_host(cell))
-    pbc_h = np.broadcast_to(np.asarray(_host(pbc), dtype=bool), (3,)).copy()
-    cutoff = float(cutoff)
-    if not np.isfinite(cutoff) or cutoff <= 0:
-        raise ValueError(f"neighbor cutoff must be a positive number of Å, got {cutoff}")
     i64 = xp.int64
-    if n == 0:
-        z = xp.zeros((0,), dtype=i64, device=dev)
-        return z, z, xp.zeros((0, 3), dtype=i64, device=dev)
-
     eff = effective_cell(cell_h, pbc_h)
     inv = xp.asarray(np.linalg.inv(eff), device=dev)
     eff_x = xp.asarray(eff, device=dev)
@@ -102,6 +89,37 @@ def neighbor_list(positions, cell, pbc, cutoff: float, half: bool = False,
     start = xp.searchsorted(flat_s, xp.arange(total + 1, dtype=i64, device=dev))
     bs = _take(xp, b, order)
     xs = _take(xp, xw, order)
+    return grid, wrap, order, start, bs, xs
+
+
+def neighbor_list(positions, cell, pbc, cutoff: float, half: bool = False,
+                  max_candidates: int = 1 << 24):
+    """``(i, j, S)`` like ``kernels.neighbors.neighbor_list``, as arrays of ``positions``' library.
+
+    ``positions``: (N, 3) float64 numpy or cupy array; ``cell`` and ``pbc`` may be
+    host values. Sorted by i, then j, then S; S int64.
+    """
+    xp = array_namespace(positions)
+    dev = xp_device(positions)
+    pos = xp.asarray(positions, dtype=xp.float64)
+    n = int(pos.shape[0])
+    if pos.ndim != 2 or pos.shape[1] != 3:
+        raise ValueError(f"positions must have shape (n_atoms, 3), got {tuple(pos.shape)}")
+    cell_h = as_cell(_host(cell))
+    pbc_h = np.broadcast_to(np.asarray(_host(pbc), dtype=bool), (3,)).copy()
+    cutoff = float(cutoff)
+    if not np.isfinite(cutoff) or cutoff <= 0:
+        raise ValueError(f"neighbor cutoff must be a positive number of Å, got {cutoff}")
+    i64 = xp.int64
+    if n == 0:
+        z = xp.zeros((0,), dtype=i64, device=dev)
+        return z, z, xp.zeros((0, 3), dtype=i64, device=dev)
+
+    grid, wrap, order, start, bs, xs = bin_sorted(xp, pos, cell_h, pbc_h, cutoff)
+    nb_h = grid.n_bins
+    nb = xp.asarray(nb_h, dtype=i64, device=dev)
+    per = xp.asarray(pbc_h, device=dev)
+    eff_x = xp.asarray(grid.cell, device=dev)
     occupancy = start[1:] - start[:-1]
     est = float(_host(xp.sum(occupancy * occupancy))) / n  # mean candidates per (atom, offset)
 
@@ -111,7 +129,7 @@ def neighbor_list(positions, cell, pbc, cutoff: float, half: bool = False,
     ns = int((2 * search[0] + 1) * w1 * w2)
     stencil = _stencil(search)
     k_batch = int(max(1, min(len(stencil), max_candidates // max(1.0, n * (est + 1.0)))))
-    rc2 = cutoff * cutoff
+    rc2 = float(cutoff) ** 2  # as the Numba list
     cell_f = eff_x
     out_i, out_j, out_code = [], [], []
     for k0 in range(0, len(stencil), k_batch):

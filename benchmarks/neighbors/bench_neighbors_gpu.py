@@ -48,8 +48,9 @@ def _import_kernels():
         sys.modules["atomsim.kernels"] = kpkg
         pkg.kernels = kpkg
     import atomsim.kernels.neighbors_array_api as xp_nl
+    import atomsim.kernels.neighbors_cupy as raw_nl
 
-    return xp_nl
+    return xp_nl, raw_nl
 
 
 def fcc_cubic(n_target: int):
@@ -90,7 +91,7 @@ def gpu_available():
     return cp, None
 
 
-def check_random_systems(cp, xp_nl, numba_nl, n_systems=40, seed=0):
+def check_random_systems(cp, gpu_nl, numba_nl, n_systems=40, seed=0):
     """cupy list == Numba list (itself tested against ASE) on awkward random systems."""
     rng = np.random.default_rng(seed)
     bad = []
@@ -110,7 +111,7 @@ def check_random_systems(cp, xp_nl, numba_nl, n_systems=40, seed=0):
         cutoff = float(rng.uniform(0.5, 4.0))
         for half in (False, True):
             a = numba_nl(pos, cell, pbc, cutoff, half=half)
-            b = [x.get() for x in xp_nl.neighbor_list(cp.asarray(pos), cell, pbc, cutoff, half=half)]
+            b = [x.get() for x in gpu_nl(cp.asarray(pos), cell, pbc, cutoff, half=half)]
             if not all(np.array_equal(x, y) for x, y in zip(a, b)):
                 bad.append(dict(system=k, half=half, n=n, pairs_numba=len(a[0]), pairs_gpu=len(b[0])))
     return bad or True
@@ -145,7 +146,7 @@ def main(argv=None):
         doc["skipped"] = why
         write(doc, host)
         return 0
-    xp_nl = _import_kernels()
+    xp_nl, raw_nl = _import_kernels()
     props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
     doc["gpu"] = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
     doc["cupy"] = cp.__version__
@@ -161,29 +162,43 @@ def main(argv=None):
         numba_nl = None
         doc["numba_check_unavailable"] = repr(exc)
 
+    variants = {f"arrayapi-batch{mc}": (lambda p, c, b, r, half=False, mc=mc:
+                                          xp_nl.neighbor_list(p, c, b, r, half=half, max_candidates=mc))
+                for mc in args.max_candidates}
+    variants["rawkernel"] = raw_nl.neighbor_list
     if numba_nl is not None and not args.no_check:
-        doc["random_systems_identical_to_numba"] = check_random_systems(cp, xp_nl, numba_nl)
-        print(f"random systems (triclinic, mixed pbc, small cells, clusters; full+half) identical "
-              f"to the Numba list: {doc['random_systems_identical_to_numba']}", flush=True)
+        for name in ("rawkernel", f"arrayapi-batch{args.max_candidates[0]}"):
+            try:
+                res = check_random_systems(cp, variants[name], numba_nl)
+            except Exception as exc:  # noqa: BLE001 - record and go on
+                res = f"error: {exc!r}"
+            doc[f"random_systems_identical_to_numba_{name}"] = res
+            print(f"{name}: random systems (triclinic, mixed pbc, small cells, clusters; full+half) "
+                  f"identical to the Numba list: {res}", flush=True)
     # warm-up: cupy kernel compilation (cached per process) outside the timings
     pos_w, cell_w = fcc_cubic(4000)
-    xp_nl.neighbor_list(cp.asarray(pos_w), cell_w, True, CUTOFF)
+    for fn in variants.values():
+        try:
+            fn(cp.asarray(pos_w), cell_w, True, CUTOFF)
+        except Exception as exc:  # noqa: BLE001
+            print(f"warm-up failed: {exc!r}")
     for n_target in args.sizes:
         pos, cell = fcc_cubic(n_target)
         n = len(pos)
         pos_d = cp.asarray(pos)
-        for mc in args.max_candidates:
-            row = dict(n_atoms=n, max_candidates=mc)
+        ref = None
+        if numba_nl is not None and not args.no_check:
+            ref = numba_nl(pos, cell, True, CUTOFF)
+        for name, fn in variants.items():
+            row = dict(n_atoms=n, variant=name)
             try:
-                i, j, S = xp_nl.neighbor_list(pos_d, cell, True, CUTOFF, max_candidates=mc)
+                i, j, S = fn(pos_d, cell, True, CUTOFF)
                 n_pairs = int(i.shape[0])
                 row["n_pairs"] = n_pairs
-                if numba_nl is not None and not args.no_check:
-                    ci, cj, cS = numba_nl(pos, cell, True, CUTOFF)
+                if ref is not None:
                     row["pairs_identical_to_numba"] = bool(
-                        np.array_equal(ci, i.get()) and np.array_equal(cj, j.get())
-                        and np.array_equal(cS, S.get()))
-                    del ci, cj, cS
+                        np.array_equal(ref[0], i.get()) and np.array_equal(ref[1], j.get())
+                        and np.array_equal(ref[2], S.get()))
                 try:
                     import torch
 
@@ -193,19 +208,19 @@ def main(argv=None):
                     row["dlpack_zero_copy"] = f"not checked: {exc!r}"
                 del i, j, S
                 cp.get_default_memory_pool().free_all_blocks()
-                ts = time_gpu(cp, lambda: xp_nl.neighbor_list(pos_d, cell, True, CUTOFF, max_candidates=mc),
-                              args.repeats)
+                ts = time_gpu(cp, lambda: fn(pos_d, cell, True, CUTOFF), args.repeats)
                 med = statistics.median(ts)
                 row.update(wall_s=ts, median_s=med, pairs_per_s=n_pairs / med,
-                           peak_pool_bytes=int(cp.get_default_memory_pool().total_bytes()))
-                print(f"{n:9d} atoms  batch {mc:>9d}  {med * 1e3:9.2f} ms  {n_pairs / med:.3e} pairs/s  "
+                           pool_bytes=int(cp.get_default_memory_pool().total_bytes()))
+                print(f"{n:9d} atoms  {name:24s} {med * 1e3:9.2f} ms  {n_pairs / med:.3e} pairs/s  "
                       f"identical={row.get('pairs_identical_to_numba')}  dlpack={row['dlpack_zero_copy']}",
                       flush=True)
             except Exception as exc:  # noqa: BLE001 - record (e.g. out of memory) and go on
                 row["error"] = repr(exc)
-                print(f"{n} atoms, batch {mc}: {exc!r}", flush=True)
+                print(f"{n} atoms, {name}: {exc!r}", flush=True)
             doc["results"].append(row)
             cp.get_default_memory_pool().free_all_blocks()
+        del ref
     best = [r for r in doc["results"] if r.get("n_atoms", 0) >= 256_000 and "pairs_per_s" in r]
     if best:
         top = max(r["pairs_per_s"] for r in best)

@@ -18,6 +18,7 @@ deterministic for a given decomposition and atom order.
 """
 from __future__ import annotations
 
+import time
 from typing import List, Optional
 
 import numpy as np
@@ -51,11 +52,13 @@ class GhostPlan:
             requests.append(owner_index[rows].astype(np.int64) if rows.size else None)
         asked = comm.alltoall(requests)
         self.send_idx = {r: torch.from_numpy(a) for r, a in enumerate(asked) if a is not None and a.size}
-        self.bytes_sent = 0  # running total, for benchmarks
+        self.bytes_sent = 0  # running totals, for benchmarks
+        self.seconds = 0.0
 
     def _exchange(self, send: dict, recv_shapes: dict, like: Tensor) -> dict:
         from mpi4py import MPI
 
+        t0 = time.perf_counter()
         reqs, out = [], {}
         item = like.element_size()
         for r, shape in recv_shapes.items():
@@ -72,6 +75,7 @@ class GhostPlan:
         res = {}
         for r, (buf, shape) in out.items():
             res[r] = torch.from_numpy(buf).view(like.dtype).reshape(shape).to(like.device)
+        self.seconds += time.perf_counter() - t0
         return res
 
     def forward(self, owned: Tensor) -> Tensor:

@@ -14,9 +14,10 @@ with Lorentz-Berthelot rules: ``eps_ij = sqrt(eps_i eps_j)``,
 ``sigma_ij = (sigma_i + sigma_j) / 2``.
 
 Speed: the pair energy and its analytic derivative are computed in one fused
-pass (a custom autograd Function), so autograd keeps one scalar per edge
-instead of a dozen intermediates; forces and the virial still come from
-``evaluate_potential`` (autograd w.r.t. edge vectors), as for every model.
+pass (a custom autograd Function; numba kernels on CPU, ``lj_kernels``), so
+autograd keeps one scalar per edge instead of a dozen intermediates; forces
+and the virial still come from ``evaluate_potential`` (autograd w.r.t. edge
+vectors), as for every model.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from atomsim.kernels.graph import Graph
+from atomsim.kernels.graph import Graph, csr_row_ptr
 
 from .base import Potential
 from .registry import register_potential
@@ -105,6 +106,36 @@ class _LJAtomEnergy(torch.autograd.Function):
         return vec * w.unsqueeze(1), None, None, None, None, None, None, None, None, None
 
 
+class _LJAtomEnergyNumba(torch.autograd.Function):
+    """CPU version of :class:`_LJAtomEnergy`: one numba pass each way over receiver-sorted edges."""
+
+    @staticmethod
+    def forward(ctx, vec, row_ptr, senders, types, lj: "LennardJones"):
+        from . import lj_kernels
+
+        lj_kernels.set_threads(torch.get_num_threads())
+        v = vec.detach().contiguous()
+        n_nodes = row_ptr.shape[0] - 1
+        energies = torch.empty(n_nodes, dtype=v.dtype)
+        k = torch.empty(v.shape[0], dtype=v.dtype)
+        lj_kernels.lj_forward(v.numpy(), row_ptr.numpy(), senders.numpy(), types.numpy(), lj.n_types,
+                              lj.eps_pair.numpy(), lj.sig2_pair.numpy(), lj.e0_pair.numpy(),
+                              lj.cutoff**2, lj.ro**2, lj.smooth, lj.shift, energies.numpy(), k.numpy())
+        ctx.save_for_backward(v, row_ptr, k)
+        return energies
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_nodes):
+        from . import lj_kernels
+
+        v, row_ptr, k = ctx.saved_tensors
+        grad_vec = torch.empty_like(v)
+        g = grad_nodes.detach().to(v.dtype).contiguous()
+        lj_kernels.lj_backward(v.numpy(), row_ptr.numpy(), k.numpy(), g.numpy(), grad_vec.numpy())
+        return grad_vec, None, None, None, None
+
+
 class LennardJones(Potential):
     """12-6 Lennard-Jones; energies in eV, lengths in Å.
 
@@ -120,8 +151,10 @@ class LennardJones(Potential):
     ase_compatible: insist on a setting ``ase.calculators.lj.LennardJones`` can
         express (scalar epsilon/sigma, ``shift == not smooth``); raise otherwise.
     dtype: float64 (default) or float32.
-    analytic_grad: fused energy + analytic derivative (fast, first derivatives
-        only). ``False`` uses plain autograd (supports higher derivatives).
+    backend: ``"auto"`` (numba kernels on CPU, fused torch elsewhere),
+        ``"numba"``, ``"torch"`` (fused energy + analytic derivative in torch ops)
+        or ``"autograd"`` (plain torch autograd: slower, but supports higher
+        derivatives). All but ``"autograd"`` give first derivatives only.
     """
 
     receptive_field = 1
@@ -129,7 +162,7 @@ class LennardJones(Potential):
     def __init__(self, epsilon: PerElement = 1.0, sigma: PerElement = 1.0,
                  cutoff: Optional[float] = None, smooth: bool = False, ro: Optional[float] = None,
                  shift: Optional[bool] = None, ase_compatible: bool = False,
-                 dtype="float64", analytic_grad: bool = True, rc: Optional[float] = None):
+                 dtype="float64", backend: str = "auto", rc: Optional[float] = None):
         super().__init__()
         if rc is not None:
             if cutoff is not None and float(cutoff) != float(rc):
@@ -150,7 +183,9 @@ class LennardJones(Potential):
                              "set shift=False (or leave it out)")
         self.smooth = bool(smooth)
         self.shift = bool(shift)
-        self.analytic_grad = bool(analytic_grad)
+        if backend not in ("auto", "numba", "torch", "autograd"):
+            raise ValueError(f"lj: unknown backend {backend!r}; use auto, numba, torch or autograd")
+        self.backend = backend
         dt = _as_dtype(dtype)
 
         if per_element:
@@ -201,13 +236,30 @@ class LennardJones(Potential):
         return (f"cutoff={self.cutoff}, smooth={self.smooth}, shift={self.shift}, "
                 f"n_types={self.n_types}, dtype={self.dtype}")
 
+    def _types(self, numbers: Tensor) -> Tensor:
+        """Type index per node; unknown elements raise (naming them) instead of reading garbage."""
+        types = self.type_of_number.index_select(0, numbers.to(torch.int64))
+        if bool((types < 0).any()):
+            self.check_species(numbers.cpu().numpy())
+        return types
+
     def _edge_params(self, numbers: Tensor, graph: Graph):
         if self._scalar:
             return self._eps, self._sig2, self._e0
-        types = self.type_of_number.index_select(0, numbers.to(torch.int64))
+        types = self._types(numbers)
         pair = types.index_select(0, graph.receivers) * self.n_types + types.index_select(0, graph.senders)
         return (self.eps_pair.index_select(0, pair), self.sig2_pair.index_select(0, pair),
                 self.e0_pair.index_select(0, pair))
+
+    def _numba_energy(self, numbers: Tensor, graph: Graph) -> Tensor:
+        row_ptr = graph.row_ptr
+        if row_ptr is None:
+            row_ptr = csr_row_ptr(graph.receivers, graph.n_nodes)
+        if self._scalar:
+            types = torch.zeros(graph.n_nodes, dtype=torch.int64)
+        else:
+            types = self._types(numbers).cpu()
+        return _LJAtomEnergyNumba.apply(graph.edge_vectors, row_ptr.cpu(), graph.senders.cpu(), types, self)
 
     def per_atom_energy(self, numbers: Tensor, graph: Graph) -> Tensor:
         """Half of each pair energy to each atom of the pair (full edge list: 0.5 phi per edge).
@@ -217,7 +269,13 @@ class LennardJones(Potential):
         vec = graph.edge_vectors
         eps, sig2, e0 = self._edge_params(numbers, graph)
         rc2, ro2 = self.cutoff**2, self.ro**2
-        if self.analytic_grad:
+        backend = self.backend
+        if backend == "auto":
+            backend = "numba" if vec.device.type == "cpu" and vec.dtype in (torch.float32, torch.float64) \
+                else "torch"
+        if backend == "numba":
+            return self._numba_energy(numbers, graph)
+        if backend == "torch":
             return _LJAtomEnergy.apply(vec, graph.receivers, graph.n_nodes, eps, sig2, rc2, ro2,
                                        e0, self.smooth, self.shift)
         r2 = (vec * vec).sum(1)

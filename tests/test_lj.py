@@ -219,15 +219,17 @@ def test_ghost_atoms_reproduce_periodic_result():
 
 
 # --- options, dtype, input errors ----------------------------------------------
-def test_autograd_path_equals_fused_path():
+@pytest.mark.parametrize("smooth", [False, True])
+def test_backends_agree(smooth):
+    """numba kernels, fused torch ops and plain autograd give the same numbers."""
     atoms = _alloy(seed=10)
-    fused = LennardJones(epsilon=EPS, sigma=SIG, smooth=True)
-    plain = LennardJones(epsilon=EPS, sigma=SIG, smooth=True, analytic_grad=False)
-    e1, _, f1, s1 = lj_eval(fused, atoms)
-    e2, _, f2, s2 = lj_eval(plain, atoms)
-    assert e1 == pytest.approx(e2, rel=1e-13)
-    np.testing.assert_allclose(f1, f2, rtol=1e-10, atol=1e-13)
-    np.testing.assert_allclose(s1, s2, rtol=1e-10, atol=1e-15)
+    ref = lj_eval(LennardJones(epsilon=EPS, sigma=SIG, smooth=smooth, backend="autograd"), atoms)
+    for backend in ("numba", "torch"):
+        e, ea, f, s = lj_eval(LennardJones(epsilon=EPS, sigma=SIG, smooth=smooth, backend=backend), atoms)
+        assert e == pytest.approx(ref[0], rel=1e-13)
+        np.testing.assert_allclose(ea, ref[1], rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(f, ref[2], rtol=1e-10, atol=1e-13)
+        np.testing.assert_allclose(s, ref[3], rtol=1e-10, atol=1e-15)
 
 
 def test_float32_close_to_float64():
@@ -245,6 +247,8 @@ def test_bad_input_is_rejected_with_clear_messages():
     with pytest.raises(ValueError, match="Kr"):
         pot.check_species([18, 36])
     pot.check_species([18, 18])
+    with pytest.raises(ValueError, match="Kr"):  # also at evaluation, on every backend
+        lj_eval(pot, _alloy())
     with pytest.raises(ValueError, match="Kr"):
         LennardJones(epsilon={"Ar": 0.01, "Kr": 0.014}, sigma={"Ar": 3.4})
     with pytest.raises(ValueError, match="Qq"):

@@ -14,6 +14,7 @@ The edge step is exactly :func:`atomsim.kernels.message_passing.edge_message_agg
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
@@ -144,10 +145,9 @@ class EGNNPotential(Potential):
             return graph
         idx = keep.nonzero().squeeze(-1)
         recv = graph.receivers.index_select(0, idx)
-        return Graph(receivers=recv, senders=graph.senders.index_select(0, idx),
-                     edge_vectors=graph.edge_vectors.index_select(0, idx), n_nodes=graph.n_nodes,
-                     n_local=graph.n_local, row_ptr=csr_row_ptr(recv, graph.n_nodes),
-                     halo_update=graph.halo_update)
+        return dataclasses.replace(  # keeps n_nodes, n_local, the halo hook and any future fields
+            graph, receivers=recv, senders=graph.senders.index_select(0, idx),
+            edge_vectors=graph.edge_vectors.index_select(0, idx), row_ptr=csr_row_ptr(recv, graph.n_nodes))
 
     def node_features(self, numbers: Tensor, graph: Graph) -> Tensor:
         """Final node states (n_nodes, F) after all layers (ghost rows refreshed per layer)."""

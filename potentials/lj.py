@@ -113,14 +113,14 @@ class _LJAtomEnergyNumba(torch.autograd.Function):
     def forward(ctx, vec, row_ptr, senders, types, lj: "LennardJones"):
         from . import lj_kernels
 
-        lj_kernels.set_threads(torch.get_num_threads())
         v = vec.detach().contiguous()
         n_nodes = row_ptr.shape[0] - 1
         energies = torch.empty(n_nodes, dtype=v.dtype)
         k = torch.empty(v.shape[0], dtype=v.dtype)
-        lj_kernels.lj_forward(v.numpy(), row_ptr.numpy(), senders.numpy(), types.numpy(), lj.n_types,
-                              lj.eps_pair.numpy(), lj.sig2_pair.numpy(), lj.e0_pair.numpy(),
-                              lj.cutoff**2, lj.ro**2, lj.smooth, lj.shift, energies.numpy(), k.numpy())
+        lj_kernels.lj_forward(torch.get_num_threads(), v.numpy(), row_ptr.numpy(), senders.numpy(),
+                              types.numpy(), lj.n_types, lj.eps_pair.numpy(), lj.sig2_pair.numpy(),
+                              lj.e0_pair.numpy(), lj.cutoff**2, lj.ro**2, lj.smooth, lj.shift,
+                              energies.numpy(), k.numpy())
         ctx.save_for_backward(v, row_ptr, k)
         return energies
 
@@ -132,7 +132,8 @@ class _LJAtomEnergyNumba(torch.autograd.Function):
         v, row_ptr, k = ctx.saved_tensors
         grad_vec = torch.empty_like(v)
         g = grad_nodes.detach().to(v.dtype).contiguous()
-        lj_kernels.lj_backward(v.numpy(), row_ptr.numpy(), k.numpy(), g.numpy(), grad_vec.numpy())
+        lj_kernels.lj_backward(torch.get_num_threads(), v.numpy(), row_ptr.numpy(), k.numpy(),
+                               g.numpy(), grad_vec.numpy())
         return grad_vec, None, None, None, None
 
 

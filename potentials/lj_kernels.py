@@ -5,15 +5,22 @@ Why: on CPU the torch version of LJ makes ~15 passes over E-long temporaries
 each, walking the receiver-sorted edges row by row (``row_ptr``), so per-node
 sums need no atomics and the threads never share an output row. The formulas
 are the same as ``lj._pair_coefficients`` (and ASE's), term by term.
+
+Each kernel is compiled twice, parallel (``prange``) and serial: small graphs
+or one thread use the serial twin, since waking numba's thread pool costs more
+than the work (20x more for a 100-atom MD step on a busy 2-core machine).
 """
 from __future__ import annotations
+
+import types
 
 import numba
 from numba import njit, prange
 
+PARALLEL_MIN_NODES = 2048
 
-@njit(cache=True, parallel=True)
-def lj_forward(vec, row_ptr, senders, types, n_types, eps_t, sig2_t, e0_t, rc2, ro2,
+
+def _lj_forward(vec, row_ptr, senders, types, n_types, eps_t, sig2_t, e0_t, rc2, ro2,
                smooth, shift, energies, k):
     """energies[i] = sum over i's edges of 0.5*phi; k[e] with d(0.5 phi)/d vec_e = k[e] * vec_e."""
     n_nodes = row_ptr.shape[0] - 1
@@ -55,8 +62,7 @@ def lj_forward(vec, row_ptr, senders, types, n_types, eps_t, sig2_t, e0_t, rc2, 
         energies[i] = acc
 
 
-@njit(cache=True, parallel=True)
-def lj_backward(vec, row_ptr, k, grad_nodes, grad_vec):
+def _lj_backward(vec, row_ptr, k, grad_nodes, grad_vec):
     """grad_vec[e] = grad_nodes[receiver(e)] * k[e] * vec[e]."""
     n_nodes = row_ptr.shape[0] - 1
     for i in prange(n_nodes):
@@ -68,9 +74,36 @@ def lj_backward(vec, row_ptr, k, grad_nodes, grad_vec):
             grad_vec[e, 2] = w * vec[e, 2]
 
 
-def set_threads(n: int) -> None:
-    """Use at most ``n`` numba threads (follow torch's thread setting)."""
-    numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+def _twins(fn):
+    """(parallel, serial) compiled versions of one kernel, cached under distinct names."""
+    par = njit(cache=True, parallel=True)(fn)
+    ser_fn = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial",
+                                fn.__defaults__, fn.__closure__)
+    ser_fn.__qualname__ = fn.__qualname__ + "_serial"
+    return par, njit(cache=True)(ser_fn)
 
 
-__all__ = ["lj_forward", "lj_backward", "set_threads"]
+_FORWARD = _twins(_lj_forward)
+_BACKWARD = _twins(_lj_backward)
+
+
+def _pick(twins, n_nodes: int, n_threads: int):
+    """Parallel twin only for big graphs and more than one thread (capped at ``n_threads``)."""
+    n_threads = min(int(n_threads), numba.config.NUMBA_NUM_THREADS)
+    if n_threads > 1 and n_nodes >= PARALLEL_MIN_NODES:
+        numba.set_num_threads(n_threads)
+        return twins[0]
+    return twins[1]
+
+
+def lj_forward(n_threads: int, vec, row_ptr, *args) -> None:
+    """See ``_lj_forward``; ``n_threads``: the most threads to use (torch's setting)."""
+    _pick(_FORWARD, row_ptr.shape[0] - 1, n_threads)(vec, row_ptr, *args)
+
+
+def lj_backward(n_threads: int, vec, row_ptr, *args) -> None:
+    """See ``_lj_backward``."""
+    _pick(_BACKWARD, row_ptr.shape[0] - 1, n_threads)(vec, row_ptr, *args)
+
+
+__all__ = ["lj_forward", "lj_backward", "PARALLEL_MIN_NODES"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from ase import units
 from ase.cell import Cell
 from ase.calculators.calculator import PropertyNotImplementedError
@@ -17,6 +18,15 @@ from atomsim import AtomsimCalculator
 from atomsim.potentials.lj import LennardJones
 
 from conftest import AR_EPSILON, AR_SIGMA, STRUCTURES
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Systems here are tiny: a second torch thread only adds sync cost (10x on a busy box)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def _ase_results(atoms, **kw):

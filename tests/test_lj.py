@@ -220,12 +220,21 @@ def test_ghost_atoms_reproduce_periodic_result():
 
 # --- options, dtype, input errors ----------------------------------------------
 @pytest.mark.parametrize("smooth", [False, True])
-def test_backends_agree(smooth):
-    """numba kernels, fused torch ops and plain autograd give the same numbers."""
+def test_backends_agree(smooth, monkeypatch):
+    """numba kernels (serial and parallel twins), fused torch ops and plain autograd agree."""
+    from atomsim.potentials import lj_kernels
+
     atoms = _alloy(seed=10)
     ref = lj_eval(LennardJones(epsilon=EPS, sigma=SIG, smooth=smooth, backend="autograd"), atoms)
-    for backend in ("numba", "torch"):
-        e, ea, f, s = lj_eval(LennardJones(epsilon=EPS, sigma=SIG, smooth=smooth, backend=backend), atoms)
+    n_threads = torch.get_num_threads()
+    for backend, parallel in (("numba", False), ("numba", True), ("torch", False)):
+        monkeypatch.setattr(lj_kernels, "PARALLEL_MIN_NODES", 1 if parallel else 10**9)
+        torch.set_num_threads(2 if parallel else n_threads)
+        try:
+            e, ea, f, s = lj_eval(LennardJones(epsilon=EPS, sigma=SIG, smooth=smooth,
+                                               backend=backend), atoms)
+        finally:
+            torch.set_num_threads(n_threads)
         assert e == pytest.approx(ref[0], rel=1e-13)
         np.testing.assert_allclose(ea, ref[1], rtol=1e-12, atol=1e-15)
         np.testing.assert_allclose(f, ref[2], rtol=1e-10, atol=1e-13)

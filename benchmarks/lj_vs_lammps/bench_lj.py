@@ -89,6 +89,48 @@ def atomsim_op_profile(cells: int, outdir: str, steps: int = 3) -> list:
             for e in ops]
 
 
+def force_stage_breakdown(cells: int, outdir: str, repeats: int = 3) -> dict:
+    """Median seconds of each stage of one force evaluation (the steps of evaluate_potential)."""
+    import torch
+    from rich.console import Console
+
+    from atomsim.kernels.graph import csr_row_ptr
+    from atomsim.potentials.base import build_graph
+
+    from atomsim.engine.simulation import Simulation
+
+    sim = Simulation.from_config(make_config(cells, 0, outdir), console=Console(quiet=True))
+    sim.run(0)
+    st, pot = sim.state, sim.potential
+    i, j, S = sim.forces._edges
+    stages = {"edge_vectors": [], "csr_row_ptr": [], "energy_forward": [], "autograd_backward": [],
+              "force_scatter": [], "virial": []}
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        graph = build_graph(st.positions, st.cell, i, j, S, st.n_local, pot.dtype)
+        t1 = time.perf_counter()
+        csr_row_ptr(i, st.n_local)
+        t2 = time.perf_counter()
+        vec = graph.edge_vectors.detach().requires_grad_(True)
+        graph.edge_vectors = vec
+        with torch.enable_grad():
+            energy = pot.per_atom_energy(st.numbers, graph).sum()
+            t3 = time.perf_counter()
+            (g,) = torch.autograd.grad(energy, vec)
+        t4 = time.perf_counter()
+        forces = torch.zeros((graph.n_nodes, 3), dtype=g.dtype)
+        forces.index_add_(0, graph.receivers, g)
+        forces.index_add_(0, graph.senders, -g)
+        t5 = time.perf_counter()
+        vec.detach().T @ g
+        t6 = time.perf_counter()
+        for k, dt in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5)):
+            stages[k].append(dt)
+    out = {k: statistics.median(v) for k, v in stages.items()}
+    out["n_edges"] = int(i.shape[0])
+    return out
+
+
 def run_lammps(cells: int, steps: int, outdir: str) -> dict:
     """LAMMPS lj/cut on atomsim's starting arrays; timing of `run N` after a `run 0` set-up."""
     import numpy as np
@@ -215,6 +257,7 @@ def main() -> None:
         "runs": results,
     }
     if not args.no_profile:
+        report["atomsim_force_stages_s"] = force_stage_breakdown(args.cells, f"{work}/stages")
         report["atomsim_top_torch_ops"] = atomsim_op_profile(args.cells, f"{work}/profile")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
@@ -222,6 +265,9 @@ def main() -> None:
     print(f"  atomsim {med['atomsim']:.4g} atom-steps/s   LAMMPS lj/cut {med['lammps']:.4g} atom-steps/s   "
           f"LAMMPS/atomsim = {report['ratio_lammps_over_atomsim']:.2f}x")
     print("  atomsim per-step breakdown (s): " + ", ".join(f"{k} {v:.4g}" for k, v in breakdown.items()))
+    if "atomsim_force_stages_s" in report:
+        print("  atomsim force-evaluation stages (s): "
+              + ", ".join(f"{k} {v:.4g}" for k, v in report["atomsim_force_stages_s"].items()))
     print(f"  LAMMPS breakdown (% of loop): {results['lammps'][0]['timing_breakdown_pct']}")
     print(f"  initial PE: atomsim {report['initial_pe_eV']['atomsim']:.10g} eV, "
           f"LAMMPS {report['initial_pe_eV']['lammps']:.10g} eV")

@@ -13,6 +13,7 @@ export PYTHONPATH=/tmp/shim:/tmp/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERE
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 -c "import numba, numpy, cupy; print('numba', numba.__version__, 'numpy', numpy.__version__, 'cupy', cupy.__version__)"
 timeout 170 python3 benchmarks/neighbors/bench_neighbors_gpu.py 2>&1 | tee "$OUT/gpu_log.txt"
-timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_neighbors_gpu.py 2>&1 | tail -15 | tee "$OUT/gpu_pytest.txt"
+# from tests/: `python3 -m pytest` in the repo root would import ./atomsim instead of the shim
+(cd tests && timeout 90 python3 -m pytest -q -p no:cacheprovider --rootdir=. test_neighbors_gpu.py 2>&1 | tail -15) | tee "$OUT/gpu_pytest.txt"
 # shellcheck disable=SC2086
 timeout 170 python3 benchmarks/neighbors/bench_neighbors.py --out "$OUT" --tag gpu-host-cpu $CPU_ARGS 2>&1 | tee "$OUT/cpu_log.txt"

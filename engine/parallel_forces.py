@@ -135,6 +135,8 @@ class ParallelForces:
         else:  # full halo: the outermost ghosts are only senders (their own features are never used)
             need = self.receiver_depth + 1e-9
             keep = (i < n_own) | (self.ghosts.depth_A[np.maximum(i - n_own, 0)] <= need)
+            if n_own == 0:  # an empty sub-box (vacuum): nothing here reaches an owned energy
+                keep[:] = False
         i, j = i[keep], j[keep]
         dev = state.positions.device
         self._pairs = (torch.from_numpy(i).to(dev), torch.from_numpy(j).to(dev))

@@ -195,8 +195,9 @@ class LennardJones(Potential):
             if eps_map is not None and sig_map is not None and set(eps_map) != set(sig_map):
                 from ase.data import chemical_symbols
                 diff = sorted(set(eps_map) ^ set(sig_map))
+                names = ", ".join(chemical_symbols[z] for z in diff)
                 raise ValueError("lj: epsilon and sigma must name the same elements; "
-                                 f"only one of them gives {', '.join(chemical_symbols[z] for z in diff)}")
+                                 f"only one of them gives {names}")
             zs = sorted(eps_map or sig_map)
             eps_el = np.array([eps_map[z] if eps_map else float(epsilon) for z in zs])
             sig_el = np.array([sig_map[z] if sig_map else float(sigma) for z in zs])
@@ -224,7 +225,8 @@ class LennardJones(Potential):
         self.n_types = len(eps_el)
         self._scalar = not per_element
         if self._scalar:  # python floats: the hot loop needs no gathers
-            self._eps, self._sig2, self._e0 = float(eps_el[0]), float(sig_el[0]) ** 2, float(e0_pair[0, 0])
+            self._eps, self._sig2 = float(eps_el[0]), float(sig_el[0]) ** 2
+            self._e0 = float(e0_pair[0, 0])
         type_of = np.full(119, -1, dtype=np.int64)
         for t, z in enumerate(zs):
             type_of[z] = t
@@ -260,7 +262,8 @@ class LennardJones(Potential):
             types = torch.zeros(graph.n_nodes, dtype=torch.int64)
         else:
             types = self._types(numbers).cpu()
-        return _LJAtomEnergyNumba.apply(graph.edge_vectors, row_ptr.cpu(), graph.senders.cpu(), types, self)
+        return _LJAtomEnergyNumba.apply(graph.edge_vectors, row_ptr.cpu(), graph.senders.cpu(), types,
+                                        self)
 
     def per_atom_energy(self, numbers: Tensor, graph: Graph) -> Tensor:
         """Half of each pair energy to each atom of the pair (full edge list: 0.5 phi per edge).
@@ -268,14 +271,14 @@ class LennardJones(Potential):
         Edges beyond the cutoff (the engine's list reaches cutoff + skin) contribute zero.
         """
         vec = graph.edge_vectors
-        eps, sig2, e0 = self._edge_params(numbers, graph)
-        rc2, ro2 = self.cutoff**2, self.ro**2
         backend = self.backend
         if backend == "auto":
-            backend = "numba" if vec.device.type == "cpu" and vec.dtype in (torch.float32, torch.float64) \
-                else "torch"
+            on_cpu = vec.device.type == "cpu" and vec.dtype in (torch.float32, torch.float64)
+            backend = "numba" if on_cpu else "torch"
         if backend == "numba":
             return self._numba_energy(numbers, graph)
+        eps, sig2, e0 = self._edge_params(numbers, graph)
+        rc2, ro2 = self.cutoff**2, self.ro**2
         if backend == "torch":
             return _LJAtomEnergy.apply(vec, graph.receivers, graph.n_nodes, eps, sig2, rc2, ro2,
                                        e0, self.smooth, self.shift)

@@ -19,9 +19,28 @@ from typing import Optional
 import numpy as np
 import torch
 from ase import units
-from scipy.linalg import expm, expm_frechet
+
 
 from .base import Integrator, register_integrator
+
+
+def expm(x: np.ndarray) -> np.ndarray:
+    """Matrix exponential of a 3x3 (torch's Padé: small-matrix LAPACK-free, same on every rank)."""
+    return torch.linalg.matrix_exp(torch.as_tensor(x, dtype=torch.float64)).numpy()
+
+
+def expm_frechet_basis(x: np.ndarray) -> np.ndarray:
+    """L[m, n] = Fréchet derivative of expm at ``x`` in the direction E_mn, shape (3, 3, 3, 3).
+
+    Uses expm([[X, E], [0, X]]) = [[e^X, L(X, E)], [0, e^X]] for all nine E at once.
+    """
+    xt = torch.as_tensor(x, dtype=torch.float64)
+    big = torch.zeros((9, 6, 6), dtype=torch.float64)
+    big[:, :3, :3] = xt
+    big[:, 3:, 3:] = xt
+    idx = torch.arange(9)
+    big[idx, idx // 3, 3 + idx % 3] = 1.0
+    return torch.linalg.matrix_exp(big)[:, :3, 3:].reshape(3, 3, 3, 3).numpy()
 
 
 @register_integrator("fire")
@@ -75,13 +94,8 @@ class FIRE(Integrator):
         vol = state.volume
         w = state.virial.detach().cpu().numpy() + self.scalar_pressure * vol * np.eye(3)
         dHdF = w @ np.linalg.inv(F).T
-        g = np.empty((3, 3))
-        for mu in range(3):
-            for nu in range(3):
-                e = np.zeros((3, 3))
-                e[mu, nu] = 1.0
-                g[mu, nu] = np.sum(dHdF * expm_frechet(self.log_f, e, compute_expm=False))
-        return -g / self.exp_cell_factor
+        # dH/dlogF_{mu nu} = sum_ij dH/dF_ij * L(log F, E_{mu nu})_ij, L the Frechet derivative of expm
+        return -np.einsum("ij,mnij->mn", dHdF, expm_frechet_basis(self.log_f)) / self.exp_cell_factor
 
     def _forces(self, state):
         F = self._deform() if self.relax_cell else np.eye(3)

@@ -23,6 +23,18 @@ from atomsim.potentials.base import Potential
 EPS, SIGMA, RC = 0.0104, 3.4, 8.5  # LJ argon (eV, Å, Å)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_blas_thread():
+    """Tiny 3x3 LAPACK calls (ASE's FrechetCellFilter, eigh) crawl when BLAS threads fight over busy cores."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(1):
+        yield
+
+
 class ShiftedLJ(Potential):
     """Truncated-and-shifted LJ, the same function as ase LennardJones(smooth=False)."""
 

@@ -36,6 +36,9 @@ class SerialForces:
         vl.build(state.positions.detach().cpu().numpy(), state.cell.detach().cpu().numpy(), state.pbc)
         dev = state.positions.device
         self._edges = tuple(torch.from_numpy(np.ascontiguousarray(a)).to(dev) for a in (vl.i, vl.j, vl.S))
+        # Constant until the next rebuild (a cell change forces one): cache them.
+        self._shifts = self._edges[2].to(state.cell.dtype) @ state.cell
+        self._row_ptr = torch.from_numpy(np.ascontiguousarray(vl.row_ptr)).to(dev)
         self._ref_positions = state.positions.detach().clone()
         self._ref_cell = state.cell.detach().clone()
         self.n_builds += 1
@@ -48,7 +51,8 @@ class SerialForces:
         if self.needs_rebuild(state):
             self.rebuild(state)
         i, j, S = self._edges
-        graph = build_graph(state.positions, state.cell, i, j, S, state.n_local, self.potential.dtype)
+        graph = build_graph(state.positions, state.cell, i, j, S, state.n_local, self.potential.dtype,
+                            shifts=self._shifts, row_ptr=self._row_ptr)
         out = evaluate_potential(self.potential, state.numbers, graph, compute_virial=self.compute_virial)
         state.forces = out.forces[: state.n_local]
         state.energies = out.energies

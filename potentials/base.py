@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from atomsim.kernels.edge_ops import edge_vectors, scatter_edge_forces
 from atomsim.kernels.graph import Graph, csr_row_ptr
 
 
@@ -82,15 +83,22 @@ class PotentialOutput:
 
 def build_graph(
     positions: Tensor, cell: Tensor, i: Tensor, j: Tensor, S: Tensor,
-    n_local: int, dtype: torch.dtype, halo_update=None,
+    n_local: int, dtype: torch.dtype, halo_update=None, shifts: Optional[Tensor] = None,
+    row_ptr: Optional[Tensor] = None,
 ) -> Graph:
-    """Edge vectors in float64 from positions + integer shifts, cast to the model dtype."""
-    shifts = S.to(positions.dtype) @ cell
-    vec = positions.index_select(0, j) - positions.index_select(0, i) + shifts
-    vec = vec.to(dtype)
+    """Edge vectors in float64 from positions + integer shifts, cast to the model dtype.
+
+    ``shifts`` (= S @ cell) and ``row_ptr`` may be passed in by callers that
+    cache them between neighbor-list rebuilds.
+    """
+    if shifts is None:
+        shifts = S.to(positions.dtype) @ cell
+    vec = edge_vectors(positions, i, j, shifts).to(dtype)
     n_nodes = int(positions.shape[0])
+    if row_ptr is None:
+        row_ptr = csr_row_ptr(i, n_nodes)
     return Graph(receivers=i, senders=j, edge_vectors=vec, n_nodes=n_nodes, n_local=n_local,
-                 row_ptr=csr_row_ptr(i, n_nodes), halo_update=halo_update)
+                 row_ptr=row_ptr, halo_update=halo_update)
 
 
 def evaluate_potential(
@@ -116,19 +124,14 @@ def evaluate_potential(
             (g,) = torch.autograd.grad(energy, vec, allow_unused=True)
         if g is None:
             g = torch.zeros_like(vec)
-    acc = torch.float64 if g.dtype == torch.float64 else torch.float32
-    g_acc = g.to(acc)
-    forces = torch.zeros((graph.n_nodes, 3), dtype=acc, device=g.device)
-    forces.index_add_(0, graph.receivers, g_acc)  # dE/dx_i = -g  ->  F_i = +g
-    forces.index_add_(0, graph.senders, -g_acc)  # dE/dx_j = +g  ->  F_j = -g
-    virial = None
-    if compute_virial:
-        virial = vec.detach().to(torch.float64).T @ g.to(torch.float64)
+    forces, virial = scatter_edge_forces(g.detach(), vec.detach(), graph.receivers, graph.senders,
+                                         graph.n_nodes, compute_virial)
+    if virial is not None:
         virial = 0.5 * (virial + virial.T)
     return PotentialOutput(
         energy=float(energy.detach()),
         energies=e_local.detach().cpu().numpy(),
-        forces=forces.to(torch.float64),
+        forces=forces,
         virial=virial,
         edge_gradients=g.detach() if keep_edge_gradients else None,
     )

@@ -1,0 +1,71 @@
+"""CPU kernels for the two per-edge passes every potential shares.
+
+Why: on CPU, torch's index_select/index_add_ over millions of edges cost more
+than a cheap pair potential itself (LJ at 32k atoms: ~130-280 ms to build edge
+vectors and ~95 ms to scatter forces, vs ~18 ms and ~31 ms in these loops).
+The serial loops are also deterministic (fixed summation order), which the
+bit-for-bit restart relies on.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+import torch
+from torch import Tensor
+
+
+@numba.njit(cache=True, fastmath=False)
+def _edge_vectors(pos, i, j, shifts, out):
+    for e in range(i.shape[0]):
+        a = i[e]
+        b = j[e]
+        for k in range(3):
+            out[e, k] = pos[b, k] - pos[a, k] + shifts[e, k]
+
+
+@numba.njit(cache=True, fastmath=False)
+def _scatter_forces(g, vec, i, j, forces, virial, want_virial):
+    for e in range(i.shape[0]):
+        a = i[e]
+        b = j[e]
+        for k in range(3):
+            gk = np.float64(g[e, k])
+            forces[a, k] += gk  # dE/dx_i = -g  ->  F_i = +g
+            forces[b, k] -= gk  # dE/dx_j = +g  ->  F_j = -g
+        if want_virial:
+            for p in range(3):
+                vp = np.float64(vec[e, p])
+                for q in range(3):
+                    virial[p, q] += vp * np.float64(g[e, q])
+
+
+def _cpu_plain(*tensors: Tensor) -> bool:
+    return all(t.device.type == "cpu" and not t.requires_grad for t in tensors)
+
+
+def edge_vectors(positions: Tensor, i: Tensor, j: Tensor, shifts: Tensor) -> Tensor:
+    """x_j - x_i + shift (float64), numba on CPU, torch elsewhere or under autograd."""
+    if _cpu_plain(positions, shifts) and positions.dtype == torch.float64 and shifts.dtype == torch.float64:
+        out = np.empty((i.shape[0], 3), dtype=np.float64)
+        _edge_vectors(np.ascontiguousarray(positions.numpy()), i.numpy(), j.numpy(),
+                      np.ascontiguousarray(shifts.numpy()), out)
+        return torch.from_numpy(out)
+    return positions.index_select(0, j) - positions.index_select(0, i) + shifts
+
+
+def scatter_edge_forces(g: Tensor, vec: Tensor, i: Tensor, j: Tensor, n_nodes: int,
+                        want_virial: bool) -> tuple[Tensor, Tensor | None]:
+    """Forces (n_nodes, 3) float64 from dE/dr_e and, optionally, sum_e r_e (x) g_e."""
+    if _cpu_plain(g, vec) and g.dtype in (torch.float32, torch.float64) and vec.dtype == g.dtype:
+        forces = np.zeros((n_nodes, 3), dtype=np.float64)
+        virial = np.zeros((3, 3), dtype=np.float64)
+        _scatter_forces(np.ascontiguousarray(g.numpy()), np.ascontiguousarray(vec.numpy()),
+                        i.numpy(), j.numpy(), forces, virial, want_virial)
+        return torch.from_numpy(forces), (torch.from_numpy(virial) if want_virial else None)
+    acc = torch.float64 if g.dtype == torch.float64 else torch.float32
+    g_acc = g.to(acc)
+    forces = torch.zeros((n_nodes, 3), dtype=acc, device=g.device)
+    forces.index_add_(0, i, g_acc)
+    forces.index_add_(0, j, -g_acc)
+    virial = vec.to(torch.float64).T @ g.to(torch.float64) if want_virial else None
+    return forces.to(torch.float64), virial

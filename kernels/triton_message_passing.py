@@ -60,6 +60,27 @@ _ENV_C = -_ENV_P * (_ENV_P + 1) / 2.0
 # device helpers
 # ---------------------------------------------------------------------------------------------
 @triton.jit
+def _sincos(x):
+    """sin(x), cos(x) for 0 <= x < ~1e3: Cody-Waite reduction to [-pi/4, pi/4] and short
+    Taylor polynomials (abs. error ~1e-7). Why not tl.sin/tl.cos: libdevice inlines its
+    Payne-Hanek slow path for huge arguments at every call, which costs a local-memory array
+    and most of the registers of the backward kernel."""
+    q = tl.floor(x * 0.6366197723675814 + 0.5)  # nearest multiple of pi/2
+    r = x - q * 1.5703125
+    r = r - q * 4.837512969970703125e-4
+    r = r - q * 7.54978995489188216e-8
+    r2 = r * r
+    s = r * (1.0 + r2 * (-1.6666666666666666e-1 + r2 * (8.333333333333333e-3 + r2 * (
+        -1.984126984126984e-4 + r2 * 2.7557319223985893e-6))))
+    c = 1.0 + r2 * (-0.5 + r2 * (4.1666666666666664e-2 + r2 * (-1.388888888888889e-3 + r2 * (
+        2.48015873015873e-5 + r2 * -2.755731922398589e-7))))
+    quad = q.to(tl.int32) & 3
+    sin_x = tl.where(quad == 0, s, tl.where(quad == 1, c, tl.where(quad == 2, -s, -c)))
+    cos_x = tl.where(quad == 0, c, tl.where(quad == 1, -s, tl.where(quad == 2, -c, s)))
+    return sin_x, cos_x
+
+
+@triton.jit
 def _edge_geometry(r_ptr, offs_e, emask, offs_k, kmask, cutoff, pref,
                    ENV_A: tl.constexpr, ENV_B: tl.constexpr, ENV_C: tl.constexpr):
     """Load edge vectors; return (rx, ry, rz, d, rbf (BLOCK_E, KP) fp32, env, x)."""
@@ -69,7 +90,8 @@ def _edge_geometry(r_ptr, offs_e, emask, offs_k, kmask, cutoff, pref,
     d = tl.sqrt(rx * rx + ry * ry + rz * rz)
     freq = (offs_k + 1).to(tl.float32) * (3.141592653589793 / cutoff)
     arg = d[:, None] * freq[None, :]
-    rbf = pref * tl.sin(arg) / d[:, None]
+    sin_arg, cos_arg = _sincos(arg)
+    rbf = pref * sin_arg / d[:, None]
     rbf = tl.where(kmask[None, :], rbf, 0.0)
     x = d / cutoff
     x2 = x * x
@@ -250,8 +272,9 @@ def _bwd_edge_kernel(a_ptr, b_ptr, r_ptr, snd_ptr, rcv_ptr, wr_ptr, b1_ptr, w2_p
             drbf = tl.dot(dpre.to(DT), tl.trans(wr), input_precision=PREC)  # (BLOCK_E, KP)
             freq = (offs_k + 1).to(tl.float32) * (3.141592653589793 / cutoff)
             arg = d[:, None] * freq[None, :]
+            sin_arg, cos_arg = _sincos(arg)
             inv_d = 1.0 / d
-            drbf_dd = pref * (freq[None, :] * tl.cos(arg) - tl.sin(arg) * inv_d[:, None]) \
+            drbf_dd = pref * (freq[None, :] * cos_arg - sin_arg * inv_d[:, None]) \
                 * inv_d[:, None]
             drbf_dd = tl.where(kmask[None, :], drbf_dd, 0.0)
             x2 = x * x

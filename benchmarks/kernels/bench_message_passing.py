@@ -166,9 +166,8 @@ def profile_once(p: dict, mode: str) -> str:
     return prof.key_averages().table(sort_by="cuda_time_total", row_limit=12)
 
 
-SWEEP = [{}, {"warps_fwd": 4}, {"bn": 32, "stages": 1}, {"tile": 4096},
-         {"tile": 16384, "max_block_e": 128}, {"reload_pre": False}, {"persist": 1},
-         {"persist": 4}, {"seg": 32}]
+SWEEP = [{}, {"tile": 4096}, {"reload_pre": False}, {"bn": 32, "stages": 1}, {"warps_fwd": 4},
+         {"persist": 4}, {"tile": 16384, "max_block_e": 128}, {"persist": 1}, {"seg": 32}]
 
 
 def sweep(dev, repeats: int, budget_s: float, save=lambda rows: None) -> list[dict]:
@@ -258,8 +257,11 @@ def main() -> None:
         dtype = dts[dtn]
         p = make_problem(E, F, dtype, dev)
         N = p["a"].shape[0]
+        from atomsim.kernels.triton_message_passing import _precision
+
         row = {"E": E, "F": F, "N": N, "K": K_RBF, "dtype": dtn, "mode": mode,
-               "fp32_matmul": "ieee" if args.ieee else "tf32"}
+               "reference_fp32_matmul": "ieee" if args.ieee else "tf32",
+               "fused_fp32_dot": _precision(torch.float32)}
         row.update(work(E, F, N, dtype, mode))
         try:
             row["fused"] = measure(edge_message_aggregate_triton, p, mode, args.repeats)

@@ -11,6 +11,10 @@ Cost is O(N) for a fixed density: a cell list built in fractional coordinates
 (triclinic cells via face distances, many periodic images when the cell is
 thinner than the cutoff, the atoms' bounding box along non-periodic
 directions). See ``cell_grid`` and ``neighbors_numba`` for the details.
+
+Related modules: ``neighbors_verlet.VerletList`` (skin reuse),
+``neighbors_array_api`` (the same list under numpy or cupy) and
+``neighbors_cupy`` (CUDA raw kernels); all return the same pairs in the same order.
 """
 from __future__ import annotations
 

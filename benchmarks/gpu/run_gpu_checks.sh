@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The project's one GPU check, made for a single device-machine call (~5-6 min):
 #   1. the machine: nvidia-smi, python / torch / triton / cupy versions;
-#   2. tests/test_triton_kernels.py on the real GPU (no interpreter; adds bf16);
+#   2. tests/test_triton_kernels.py on the real GPU (no interpreter; adds bf16), and alongside
+#      it the bf16/fp16 force error against float32 on an EGNN;
 #   3. the fused message-passing kernel benchmark (issue sizes, time-boxed), a launch-parameter
 #      sweep at the headline point (SWEEP_BUDGET=0 skips it), the headline point with IEEE fp32;
-#   4. bf16/fp16 force error against float32 on an EGNN;
-#   5. benchmarks/neighbors/bench_neighbors_gpu.py, when it exists.
+#   4. benchmarks/neighbors/bench_neighbors_gpu.py, when it exists.
 # Everything lands in $OUT (at most 8 files come back). Run from the repo root:
 #   OUT=/tmp/gpu_out BENCH_BUDGET=150 SWEEP_BUDGET=60 bash benchmarks/gpu/run_gpu_checks.sh
 # The bare GPU image lacks atomsim's pure-Python deps (ase): carry them as wheels in
@@ -49,24 +49,20 @@ for pkg in engine kernels potentials integrators; do ln -sfn "$PWD/$pkg" "$SITE/
 export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 $PY -c "import atomsim.kernels.triton_message_passing as m; print('ok', m.__file__)"
 
-step "triton kernel tests on the GPU"
+step "triton kernel tests on the GPU (+ mixed-precision force error alongside: both untimed)"
+timeout 120 $PY benchmarks/gpu/mixed_precision_forces.py --out "$OUT/mixed_precision_forces.json" \
+  > /tmp/mixed_precision.log 2>&1 &
+MIXED_PID=$!
 ATOMSIM_TRITON_REPORT="$OUT/gpu_tests.json" timeout 200 $PY -m pytest -q -p no:cacheprovider \
   tests/test_triton_kernels.py 2>&1 | tail -25
 head -c 3000 "$OUT/gpu_tests.json" 2>/dev/null
+wait $MIXED_PID
+step "mixed precision force error"
+tail -45 /tmp/mixed_precision.log
 
 step "kernel benchmark (budget ${BENCH_BUDGET}s)"
 timeout $((BENCH_BUDGET + 60)) $PY benchmarks/kernels/bench_message_passing.py --profile \
   --budget-s "$BENCH_BUDGET" --repeats 5 --out "$OUT/kernels_message_passing_h100.json"
-
-if [ "$SWEEP_BUDGET" -gt 0 ]; then
-  step "launch-parameter sweep (budget ${SWEEP_BUDGET}s)"
-  timeout $((SWEEP_BUDGET + 40)) $PY benchmarks/kernels/bench_message_passing.py --sweep \
-    --budget-s "$SWEEP_BUDGET" --repeats 3 --out "$OUT/kernels_sweep_h100.json"
-fi
-
-step "mixed precision force error"
-timeout 60 $PY benchmarks/gpu/mixed_precision_forces.py --out "$OUT/mixed_precision_forces.json" \
-  | tail -40
 
 if [ -f benchmarks/neighbors/bench_neighbors_gpu.py ]; then
   step "neighbor-list GPU benchmark"
@@ -75,6 +71,12 @@ if [ -f benchmarks/neighbors/bench_neighbors_gpu.py ]; then
     ${NB_ARGS:-} 2>&1 | tail -40
 else
   step "no benchmarks/neighbors/bench_neighbors_gpu.py yet: skipped"
+fi
+
+if [ "$SWEEP_BUDGET" -gt 0 ]; then
+  step "launch-parameter sweep (budget ${SWEEP_BUDGET}s)"
+  timeout $((SWEEP_BUDGET + 40)) $PY benchmarks/kernels/bench_message_passing.py --sweep \
+    --budget-s "$SWEEP_BUDGET" --repeats 3 --out "$OUT/kernels_sweep_h100.json"
 fi
 
 if [ "$IEEE" = 1 ]; then

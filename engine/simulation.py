@@ -19,7 +19,6 @@ from typing import Iterable, Optional
 import numpy as np
 import torch
 
-from .comm import SerialComm
 from .config import RunConfig
 from .forces import SerialForces
 from .progress import RunProgress

@@ -166,8 +166,9 @@ def profile_once(p: dict, mode: str) -> str:
     return prof.key_averages().table(sort_by="cuda_time_total", row_limit=12)
 
 
-SWEEP = [{}, {"tile": 4096}, {"reload_pre": False}, {"bn": 32, "stages": 1}, {"warps_fwd": 4},
-         {"persist": 4}, {"tile": 16384, "max_block_e": 128}, {"persist": 1}, {"seg": 32}]
+SWEEP = [{}, {"tile": 4096, "bn": 32, "stages": 1}, {"tile": 4096}, {"reload_pre": False},
+         {"bn": 32, "stages": 1}, {"warps_fwd": 4}, {"persist": 4},
+         {"tile": 16384, "max_block_e": 128}, {"persist": 1}, {"seg": 32}]
 
 
 def sweep(dev, repeats: int, budget_s: float, save=lambda rows: None) -> list[dict]:

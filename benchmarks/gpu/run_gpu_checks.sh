@@ -64,7 +64,7 @@ step "kernel benchmark (budget ${BENCH_BUDGET}s)"
 timeout $((BENCH_BUDGET + 60)) $PY benchmarks/kernels/bench_message_passing.py --profile \
   --budget-s "$BENCH_BUDGET" --repeats 5 --out "$OUT/kernels_message_passing_h100.json"
 
-if [ -f benchmarks/neighbors/bench_neighbors_gpu.py ]; then
+if [ "${NEIGHBORS:-1}" = 1 ] && [ -f benchmarks/neighbors/bench_neighbors_gpu.py ]; then
   step "neighbor-list GPU benchmark"
   # it writes its JSON to $OUT itself (benchmarks/results when OUT is unset)
   OUT="$OUT" timeout "${NB_TIMEOUT:-100}" $PY benchmarks/neighbors/bench_neighbors_gpu.py \

@@ -218,12 +218,84 @@ def _cmd_datagen(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------- lammps --
+
+def _add_lammps(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="lammps_command", metavar="ACTION")
+    sub.required = True
+    ex = sub.add_parser("export", help="write a pair_style mliap unified model file and print the input lines",
+                        description="write a pair_style mliap unified model file and print the input lines")
+    ex.add_argument("--model", default="default", help="bundled name, file, `lj` or plugin (default: default)")
+    ex.add_argument("-o", "--output", default="model.pkl", help="model file (.pkl; .pt uses torch.save)")
+    ex.add_argument("--dtype", default="float64", help="float64 (default) | float32")
+    ex.add_argument("--elements", default=None, help="LAMMPS types in order, e.g. Cu or Cu,Ag (default: model's)")
+    ex.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                    help="model parameter, e.g. --param epsilon=0.0104 (repeatable)")
+    ex.add_argument("--skin", type=float, default=2.0, help="LAMMPS neighbor skin in Å (default 2, metal)")
+    ex.add_argument("--threads", type=int, default=1, help="torch threads in the callback (default 1)")
+    ex.add_argument("--check", metavar="INPUT", default=None, help="a LAMMPS input to check against the model")
+    ex.set_defaults(handler=_cmd_lammps_export)
+    ck = sub.add_parser("check", help="check a LAMMPS input's mliap/ghost/comm settings against a model",
+                        description="check a LAMMPS input's mliap/ghost/comm settings against a model")
+    ck.add_argument("input", help="LAMMPS input file")
+    ck.add_argument("--model", default="default", help="bundled name, file, `lj` or plugin; or a model .pkl")
+    ck.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+    ck.set_defaults(handler=_cmd_lammps_check)
+
+
+def _lammps_params(pairs) -> dict:
+    import yaml
+
+    params = {}
+    for item in pairs:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--param: KEY=VALUE expected, got {item!r}")
+        params[key.strip()] = yaml.safe_load(value)
+    return params
+
+
+def _cmd_lammps_export(args: argparse.Namespace) -> int:
+    from atomsim.potentials.lammps_mliap import (build_for_export, export_model, lammps_input_problems,
+                                                lammps_lines)
+
+    elements = [e.strip() for e in args.elements.split(",") if e.strip()] if args.elements else None
+    potential, symbols = build_for_export(args.model, args.dtype, elements, _lammps_params(args.param))
+    model = export_model(potential, symbols, args.output, num_threads=args.threads)
+    print(f"# wrote {args.output}: {args.model} ({args.dtype}), cutoff {model.cutoff:g} A, "
+          f"{model.receptive_field} message-passing layer(s)")
+    print("# LAMMPS input lines (pair_coeff: one element per atom type, in type order):")
+    for line in lammps_lines(model, args.output, skin=args.skin):
+        print(line)
+    if args.check:
+        with open(args.check) as fh:
+            problems = lammps_input_problems(fh.read(), model.receptive_field, model.cutoff)
+        if problems:
+            raise ValueError(f"{args.check}: " + " | ".join(problems))
+        print(f"# {args.check}: consistent with this model")
+    return EXIT_OK
+
+
+def _cmd_lammps_check(args: argparse.Namespace) -> int:
+    from atomsim.potentials.lammps_mliap import lammps_input_problems, model_shape
+
+    receptive_field, cutoff = model_shape(args.model, _lammps_params(args.param))
+    with open(args.input) as fh:
+        problems = lammps_input_problems(fh.read(), receptive_field, cutoff)
+    if problems:
+        raise ValueError(f"{args.input}: " + " | ".join(problems))
+    print(f"{args.input}: consistent with {args.model} ({receptive_field} layer(s), cutoff {cutoff:g} A)")
+    return EXIT_OK
+
+
 COMMANDS: List[Command] = [
     Command("run", "run molecular dynamics from an input YAML file", _add_run, _cmd_run),
     Command("info", "versions, devices, MPI, registered potentials and bundled models", _add_info, _cmd_info),
     Command("train", "train an EGNN potential on extxyz data (mpiexec for data parallelism)", _add_train, _cmd_train),
     Command("datagen", "label diverse structures with an ASE calculator (EMT default) into extxyz", _add_datagen,
             _cmd_datagen),
+    Command("lammps", "LAMMPS front end: `lammps export` (pair_style mliap unified model) and `lammps check`",
+            _add_lammps, _cmd_lammps_export),
 ]
 
 

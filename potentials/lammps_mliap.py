@@ -1,0 +1,325 @@
+"""Any atomsim Potential as a LAMMPS ``pair_style mliap unified`` model.
+
+Why: LAMMPS users keep their input files and run atomsim's GNNs through the
+pair style they know. LAMMPS hands the model a full pair list (``pair_i`` the
+center, ``pair_j`` the neighbor, ``rij = x_j - x_i``) over owned + ghost atoms;
+that is exactly atomsim's graph convention (receiver i, sender j, edge vector
+x_j - x_i), so no positions, cell or shifts are needed. ``evaluate_potential``
+returns dE/dr_ij per pair, which ``data.update_pair_forces`` turns into forces
+(f_i += dE/dr_ij, f_j -= dE/dr_ij, ghost forces reverse-communicated by LAMMPS)
+and into LAMMPS's own virial tally.
+
+Two ways to get multi-layer message passing right across LAMMPS's ghosts:
+
+* per-layer exchange (``data.forward_exchange``/``reverse_exchange``, only in
+  newer LAMMPS builds with KOKKOS): node features of ghosts are refreshed from
+  their owners after every layer and their gradients sent back. Used
+  automatically when ``data`` offers both. NOT TESTED here: the Debian
+  20250204 build has neither method.
+* deep halo (every other build): LAMMPS must list neighbors of ghost atoms too
+  (``pair_style mliap unified FILE 1``) and keep ghosts out to
+  ``receptive_field * cutoff + skin`` (``comm_modify cutoff``). Energies count
+  only the first ``nlocal`` atoms; ghost-centered edges still carry messages.
+  Either setting missing gives silently wrong forces: see
+  :func:`lammps_input_problems` (behind ``atomsim lammps check``).
+"""
+from __future__ import annotations
+
+import math
+import pickle
+import re
+from pathlib import Path
+from typing import List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from atomsim.kernels.graph import Graph, csr_row_ptr
+
+from .base import Potential, evaluate_potential
+
+try:  # the LAMMPS python module is optional: the class also works (and pickles) without it
+    from lammps.mliap.mliap_unified_abc import MLIAPUnified as _Base
+except Exception:  # noqa: BLE001  (ImportError, or OSError from lammps.mliap's libpython probe)
+    _Base = object
+
+
+class _LammpsLayerExchange(torch.autograd.Function):
+    """Ghost rows <- owners after a layer (forward); ghost gradients -> owners (backward)."""
+
+    @staticmethod
+    def forward(ctx, feats: Tensor, data) -> Tensor:  # type: ignore[override]
+        ctx.data = data
+        out = torch.empty_like(feats)
+        data.forward_exchange(feats, out, feats.shape[-1])
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        out = torch.empty_like(grad)
+        ctx.data.reverse_exchange(grad.contiguous(), out, grad.shape[-1])
+        return out, None
+
+
+def has_layer_exchange(data) -> bool:
+    """True when this LAMMPS build offers per-layer ghost exchange (KOKKOS ML-IAP, newer than 20250204)."""
+    return hasattr(data, "forward_exchange") and hasattr(data, "reverse_exchange")
+
+
+class AtomsimMLIAP(_Base):
+    """ML-IAP unified model wrapping an atomsim :class:`Potential`.
+
+    ``element_types`` are the element symbols in the order of ``pair_coeff * *``
+    (LAMMPS type -> element through that line). ``num_threads`` sets torch's
+    intra-op threads inside the callback (1 by default: measured 3.5x faster
+    than torch's default there, because LAMMPS ranks already own the cores);
+    None leaves torch alone. ``exchange``: "auto" (per-layer when the build has
+    it, else deep halo), "per-layer" or "deep-halo".
+    """
+
+    def __init__(self, potential: Potential, element_types: Sequence[str],
+                 num_threads: Optional[int] = 1, exchange: str = "auto"):
+        from ase.data import atomic_numbers
+
+        if exchange not in ("auto", "per-layer", "deep-halo"):
+            raise ValueError(f"exchange: 'auto', 'per-layer' or 'deep-halo', got {exchange!r}")
+        unknown = [s for s in element_types if s not in atomic_numbers]
+        if unknown or not element_types:
+            raise ValueError(f"element_types: element symbols expected (e.g. ['Cu']), got {list(element_types)}")
+        if potential.species is not None:
+            missing = [s for s in element_types if atomic_numbers[s] not in set(int(z) for z in potential.species)]
+            if missing:
+                raise ValueError(f"the potential does not cover element(s) {', '.join(missing)}")
+        # LAMMPS: pair cutoff = 2 * rcutfac for every element pair (radelem = 1)
+        init_args = dict(interface=None, element_types=list(element_types), ndescriptors=1, nparams=1,
+                         rcutfac=0.5 * float(potential.cutoff))
+        if _Base is object:
+            for k, v in init_args.items():
+                setattr(self, k, v)
+        else:
+            super().__init__(**init_args)
+        self.potential = potential.eval()
+        self.numbers_of_type = torch.tensor([atomic_numbers[s] for s in element_types], dtype=torch.int64)
+        self.num_threads = num_threads
+        self.exchange = exchange
+        self.last_energies: Optional[np.ndarray] = None
+
+    # -- what the export prints ---------------------------------------------------------
+    @property
+    def cutoff(self) -> float:
+        return float(self.potential.cutoff)
+
+    @property
+    def receptive_field(self) -> int:
+        return int(getattr(self.potential, "receptive_field", 1))
+
+    def needs_ghost_neighbors(self) -> bool:
+        """Deep halo: a message-passing model needs the neighbors of ghost atoms listed."""
+        return self.receptive_field > 1
+
+    def comm_cutoff(self, skin: float) -> float:
+        """The smallest ``comm_modify cutoff`` (Å) that keeps the deep-halo forces exact."""
+        return self.receptive_field * self.cutoff + float(skin)
+
+    # -- pickling: LAMMPS attaches a (non-picklable) interface object after loading ------
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["interface"] = None
+        state["last_energies"] = None
+        return state
+
+    # -- the ML-IAP unified callbacks ------------------------------------------------------
+    def compute_descriptors(self, data) -> None:
+        """Unused: the model maps pairs straight to energies."""
+
+    def compute_gradients(self, data) -> None:
+        """Unused: forces come from compute_forces."""
+
+    def compute_forces(self, data) -> None:
+        """Energies of local atoms, dE/dr_ij per pair -> LAMMPS (forces and virial tally)."""
+        if self.num_threads is not None and torch.get_num_threads() != self.num_threads:
+            torch.set_num_threads(int(self.num_threads))
+        nlocal, ntotal = int(data.nlocal), int(data.ntotal)
+        npairs = int(data.npairs)
+        per_layer = self.exchange == "per-layer" or (self.exchange == "auto" and has_layer_exchange(data))
+        if npairs:
+            pair_i = torch.from_numpy(np.asarray(data.pair_i, dtype=np.int64))
+            pair_j = torch.from_numpy(np.asarray(data.pair_j, dtype=np.int64))
+            rij = torch.from_numpy(np.array(data.rij, dtype=np.float64))
+        else:
+            pair_i = pair_j = torch.zeros(0, dtype=torch.int64)
+            rij = torch.zeros((0, 3), dtype=torch.float64)
+        if per_layer:  # only local centers: ghosts get their features from the exchange
+            keep = pair_i < nlocal
+            if not bool(keep.all()):
+                pair_i, pair_j, rij = pair_i[keep], pair_j[keep], rij[keep]
+            index = keep.nonzero().squeeze(-1)
+        else:
+            index = None
+        order = None
+        if pair_i.numel() > 1 and bool((pair_i[1:] < pair_i[:-1]).any()):
+            order = torch.argsort(pair_i, stable=True)  # receiver-sorted, as the Graph contract says
+            pair_i, pair_j, rij = pair_i[order], pair_j[order], rij[order]
+        elems = torch.from_numpy(np.asarray(data.elems, dtype=np.int64))
+        numbers = self.numbers_of_type[elems]
+        pot = self.potential
+        halo = (lambda feats: _LammpsLayerExchange.apply(feats, data)) if per_layer else None
+        graph = Graph(receivers=pair_i.to(pot.device), senders=pair_j.to(pot.device),
+                      edge_vectors=rij.to(device=pot.device, dtype=pot.dtype), n_nodes=ntotal, n_local=nlocal,
+                      row_ptr=csr_row_ptr(pair_i.to(pot.device), ntotal), halo_update=halo)
+        out = evaluate_potential(pot, numbers.to(pot.device), graph, compute_virial=False,
+                                 keep_edge_gradients=True)
+        g = out.edge_gradients.to(device="cpu", dtype=torch.float64)
+        if order is not None:
+            g = torch.empty_like(g).index_copy_(0, order, g)
+        if index is not None and index.numel() != npairs:
+            full = torch.zeros((npairs, 3), dtype=torch.float64)
+            full.index_copy_(0, index, g)
+            g = full
+        data.update_pair_forces(np.ascontiguousarray(g.numpy()))
+        energies = np.asarray(out.energies, dtype=np.float64)
+        self.last_energies = energies
+        # eatoms rows follow the list's local atoms (iatoms[:nlistatoms]); energy = sum over local atoms
+        n_list = int(data.nlistatoms)
+        if n_list:
+            iat = np.asarray(data.iatoms)[:n_list]
+            data.eatoms = np.ascontiguousarray(energies[iat])
+        data.energy = float(energies.sum())
+
+
+# ---------------------------------------------------------------- export and checks --
+
+def export_model(potential: Potential, element_types: Sequence[str], path: Union[str, Path],
+                 num_threads: Optional[int] = 1) -> AtomsimMLIAP:
+    """Write the ML-IAP unified model file (pickle; ``.pt`` via torch.save) and return the model.
+
+    LAMMPS 20250204 loads ``.pt``/``.pth`` with a bare ``torch.load`` (weights_only
+    since torch 2.6, which refuses this class), anything else with ``pickle.load``:
+    ``.pkl`` is the extension that works. Loading either runs the class's code
+    from the installed atomsim, like every ML-IAP unified model.
+    """
+    model = AtomsimMLIAP(potential, element_types, num_threads=num_threads)
+    path = Path(path)
+    if path.suffix in (".pt", ".pth"):
+        torch.save(model, path)
+    else:
+        with open(path, "wb") as fh:
+            pickle.dump(model, fh)
+    return model
+
+
+def lammps_lines(model: AtomsimMLIAP, path: Union[str, Path], skin: float = 2.0) -> List[str]:
+    """The exact input lines that run ``model`` from ``path`` (metal units; skin = LAMMPS's default 2 Å)."""
+    ghost = 1 if model.needs_ghost_neighbors() else 0
+    lines = [
+        "units metal",
+        "newton on",
+        f"neighbor {skin:g} bin",
+        f"pair_style mliap unified {path} {ghost}",
+        f"pair_coeff * * {' '.join(model.element_types)}",
+    ]
+    if ghost:
+        lines.append(f"comm_modify cutoff {_ceil3(model.comm_cutoff(skin))}")
+    return lines
+
+
+def _ceil3(x: float) -> str:
+    return f"{math.ceil(x * 1000 - 1e-9) / 1000:g}"
+
+
+def lammps_input_problems(text: str, receptive_field: int, cutoff: float) -> List[str]:
+    """What is wrong, for a model of ``receptive_field`` layers and ``cutoff`` Å, in a LAMMPS input.
+
+    Reads ``pair_style mliap unified FILE [0|1]``, ``neighbor SKIN``,
+    ``comm_modify cutoff X`` and ``newton``. Returns one message per problem,
+    each saying what to set; [] when the input is consistent (or uses no
+    mliap unified pair style). Variables (``${...}``) are not expanded: those
+    lines are reported as unchecked.
+    """
+    lines = []
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line:
+            lines.append(line.split())
+    problems: List[str] = []
+    skin = 2.0  # LAMMPS metal default
+    ghost = None
+    comm_cut = None
+    pair_seen = False
+    for words in lines:
+        cmd = words[0]
+        if cmd == "neighbor" and len(words) >= 2:
+            try:
+                skin = float(words[1])
+            except ValueError:
+                problems.append(f"could not check the skin: `neighbor {words[1]}` is not a number")
+        elif cmd == "pair_style" and words[1:3] == ["mliap", "unified"]:
+            pair_seen = True
+            ghost = words[4] if len(words) >= 5 else "0"
+        elif cmd == "pair_style" and "mliap" in words[1:] and "unified" in words[1:]:
+            pair_seen = True  # hybrid: take the word after the file name
+            k = words.index("unified")
+            ghost = words[k + 2] if len(words) > k + 2 and re.fullmatch(r"[01]|yes|no|true|false", words[k + 2]) \
+                else "0"
+        elif cmd == "comm_modify":
+            for k in range(1, len(words) - 1):
+                if words[k] == "cutoff":
+                    try:
+                        comm_cut = float(words[k + 1])
+                    except ValueError:
+                        problems.append(f"could not check `comm_modify cutoff {words[k + 1]}`: not a number")
+        elif cmd == "newton" and len(words) >= 2 and words[1] in ("off", "no", "0", "false"):
+            problems.append("`newton off`: pair_style mliap needs `newton on` (the default); remove the line")
+    if not pair_seen:
+        return problems
+    need = receptive_field * cutoff + skin
+    if receptive_field > 1:
+        if ghost not in ("1", "yes", "true", "on"):
+            problems.append(
+                f"pair_style mliap unified FILE {ghost}: this model passes messages over {receptive_field} "
+                f"layers, so LAMMPS must list neighbors of ghost atoms; without them the forces are silently "
+                f"wrong. Set `pair_style mliap unified FILE 1`.")
+        if comm_cut is None or comm_cut < need - 1e-9:
+            have = "LAMMPS's default (pair cutoff + skin)" if comm_cut is None else f"{comm_cut:g} Å"
+            problems.append(
+                f"comm_modify cutoff is {have}, but a {receptive_field}-layer model with cutoff {cutoff:g} Å "
+                f"and skin {skin:g} Å needs ghosts out to receptive_field*cutoff + skin = {need:g} Å; "
+                f"otherwise the forces are silently wrong. Set `comm_modify cutoff {_ceil3(need)}` "
+                f"(after the neighbor line).")
+    return problems
+
+
+def build_for_export(model: str, dtype: str = "float64", elements: Optional[Sequence[str]] = None,
+                     params: Optional[dict] = None) -> tuple:
+    """(potential, element symbols) for ``atomsim lammps export``: the model by name, cast to ``dtype``."""
+    from ase.data import chemical_symbols
+
+    from .lj import _as_dtype
+    from .registry import load_potential
+
+    potential = load_potential(model, **(params or {})).to(_as_dtype(dtype)).eval()
+    if elements:
+        symbols = list(elements)
+    elif potential.species is not None:
+        symbols = [chemical_symbols[int(z)] for z in sorted(potential.species)]
+    else:
+        raise ValueError(f"model {model!r} takes any element: name the LAMMPS types in order with "
+                         f"--elements (e.g. --elements Ar or --elements Cu,Ag)")
+    return potential, symbols
+
+
+def model_shape(model: str, params: Optional[dict] = None) -> tuple:
+    """(receptive_field, cutoff Å) of a model name/path or of an exported ``.pkl``/``.pt`` model file."""
+    path = Path(model)
+    if path.suffix in (".pkl", ".pt", ".pth") and path.is_file():
+        if path.suffix == ".pkl":
+            with open(path, "rb") as fh:
+                obj = pickle.load(fh)  # an exported ML-IAP model file: the user's own, like LAMMPS loads it
+        else:
+            obj = torch.load(path, weights_only=False)
+        return int(obj.receptive_field), float(obj.cutoff)
+    from .registry import load_potential
+
+    pot = load_potential(model, **(params or {}))
+    return int(getattr(pot, "receptive_field", 1)), float(pot.cutoff)

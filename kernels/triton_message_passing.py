@@ -351,7 +351,12 @@ def _next_pow2(n: int, minimum: int = 16) -> int:
 # Launch parameters (the benchmark's --sweep varies them). tile: BLOCK_E x FP elements kept on
 # chip per program; seg: receiver runs per block summed by the one-hot dot (more -> atomics);
 # persist: persistent programs per multiprocessor in the backward kernels.
-TUNING = {"tile": 8192, "max_block_e": 64, "bn": 64, "seg": 16, "persist": 2,
+# Defaults measured on an H100 (benchmarks/results/kernels_sweep_h100.json): at F=128 bf16 a
+# 32-edge block (tile 4096) beat 64 edges (fwd 3.6 vs 6.2 ms, fwd+bwd 18.8 vs 21.9 ms, E=5M).
+# max_fused_width: wider layers use the reference path -- at F=512 the fused backward (one
+# program holding 512-wide rows) spilled so badly it ran 13x slower than the reference.
+TUNING = {"tile": 4096, "min_block_e": 32, "max_block_e": 64, "bn": 64, "seg": 16, "persist": 2,
+          "max_fused_width": 256,
           "warps_fwd": 8, "warps_bwd": 8, "warps_w2": 8, "stages": 3, "reload_pre": True,
           "fp32_exact": "tf32x3"}
 _BLOCK_E_OVERRIDE: int | None = None  # tests set a small block to exercise block boundaries
@@ -361,7 +366,8 @@ LAUNCHES: collections.Counter = collections.Counter()  # kernel launches by name
 def _launch_config(F: int) -> tuple[int, int, int]:
     """(BLOCK_E, FP, BN): keep the on-chip (BLOCK_E x FP) tiles at TUNING['tile'] elements."""
     FP = _next_pow2(F)
-    block_e = _BLOCK_E_OVERRIDE or max(16, min(TUNING["max_block_e"], TUNING["tile"] // FP))
+    block_e = _BLOCK_E_OVERRIDE or max(TUNING["min_block_e"],
+                                       min(TUNING["max_block_e"], TUNING["tile"] // FP))
     bn = min(FP, TUNING["bn"] if FP <= 256 else TUNING["bn"] // 2)
     return block_e, FP, bn
 
@@ -540,6 +546,7 @@ def edge_message_aggregate_triton(
     ``row_ptr`` is accepted for the shared signature; the kernels find the
     receiver segments of each edge block from the sorted ``receivers`` themselves
     (unsorted receivers still give the right sum, just with more atomics).
+    Widths above ``TUNING['max_fused_width']`` (256) run the reference path.
     """
     if a.dim() != 2 or b.shape != a.shape:
         raise ValueError(f"a and b must be (n_nodes, F) of the same shape, got {tuple(a.shape)} "
@@ -547,6 +554,9 @@ def edge_message_aggregate_triton(
     if w2.shape != (a.shape[1], a.shape[1]) or w_rbf.shape[1] != a.shape[1]:
         raise ValueError(f"weights do not match F={a.shape[1]}: w_rbf {tuple(w_rbf.shape)}, "
                          f"w2 {tuple(w2.shape)}")
+    if a.shape[1] > TUNING["max_fused_width"]:  # see TUNING: the fused backward is slower there
+        return edge_message_aggregate_reference(a, b, edge_vectors, senders, receivers, w_rbf, b1,
+                                                w2, b2, cutoff, row_ptr)
     del row_ptr  # see docstring
     return _FusedEdgeMessageAggregate.apply(a, b, edge_vectors, senders, receivers, w_rbf, b1,
                                             w2, b2, float(cutoff))

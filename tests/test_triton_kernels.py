@@ -113,6 +113,12 @@ def _check_kernels(device) -> dict:
     results["fp32/md_mode"] = _compare(p, s, r, rc, ("a", "b", "edge_vectors"), seed=2)
     results["fp32/edge_only"] = _compare(p, s, r, rc, ("edge_vectors",), seed=3)
     results["fp32/skips_unused_weight_grads"] = _skips_unused_weight_grads(p, s, r, rc)
+    # layers wider than TUNING['max_fused_width'] take the reference path (no kernel launch)
+    tmp.TUNING["max_fused_width"], saved = 16, tmp.TUNING["max_fused_width"]
+    before = sum(tmp.LAUNCHES.values())
+    results["fp32/wide_falls_back"] = _compare(p, s, r, rc, ("a", "edge_vectors"), seed=5)
+    results["fp32/wide_falls_back"]["kernel_launches"] = sum(tmp.LAUNCHES.values()) - before
+    tmp.TUNING["max_fused_width"] = saved
     # double backward (training on forces) through the differentiable fallback
     results["fp32/double_backward"] = _double_backward(p, s, r, rc)
     # half precision inputs vs the fp32 reference on the same (rounded) inputs
@@ -257,6 +263,7 @@ def test_md_mode_gradient_subsets(report):
     assert set(report["kernels"]["fp32/edge_only"]) == {"out", "d_edge_vectors"}
     skip = report["kernels"]["fp32/skips_unused_weight_grads"]
     assert skip["w2_kernel_launches"] == 0, skip
+    assert report["kernels"]["fp32/wide_falls_back"]["kernel_launches"] == 0
 
 
 def test_double_backward_falls_back_to_differentiable_recompute(report):

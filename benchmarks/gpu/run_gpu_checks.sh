@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# The project's one GPU check, made for a single device-machine call (~5-6 min):
+# The project's one GPU check, made for a single device-machine call (~2-6 min by budgets).
+# Used on 2026-11-27 (H100) as:
+#   OUT=$OUT BENCH_BUDGET=35 SWEEP_BUDGET=0 IEEE=0 NEIGHBORS=0 bash benchmarks/gpu/run_gpu_checks.sh
+# (107 s; results in benchmarks/results/kernels_*_h100.*). Steps:
 #   1. the machine: nvidia-smi, python / torch / triton / cupy versions;
 #   2. tests/test_triton_kernels.py on the real GPU (no interpreter; adds bf16), and alongside
 #      it the bf16/fp16 force error against float32 on an EGNN;
@@ -47,7 +50,7 @@ fi
 for f in atomsim/*.py; do ln -sf "$PWD/$f" "$SITE/atomsim/"; done
 for pkg in engine kernels potentials integrators; do ln -sfn "$PWD/$pkg" "$SITE/atomsim/$pkg"; done
 export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
-$PY -c "import atomsim.kernels.triton_message_passing as m; print('ok', m.__file__)"
+(cd /tmp && $PY -c "import atomsim.kernels.triton_message_passing as m; print('ok', m.__file__)")
 
 step "triton kernel tests on the GPU (+ mixed-precision force error alongside: both untimed)"
 timeout 120 $PY benchmarks/gpu/mixed_precision_forces.py --out "$OUT/mixed_precision_forces.json" \
@@ -70,7 +73,7 @@ if [ "${NEIGHBORS:-1}" = 1 ] && [ -f benchmarks/neighbors/bench_neighbors_gpu.py
   OUT="$OUT" timeout "${NB_TIMEOUT:-100}" $PY benchmarks/neighbors/bench_neighbors_gpu.py \
     ${NB_ARGS:-} 2>&1 | tail -40
 else
-  step "no benchmarks/neighbors/bench_neighbors_gpu.py yet: skipped"
+  step "neighbor-list GPU benchmark skipped (NEIGHBORS=0 or no benchmarks/neighbors/bench_neighbors_gpu.py)"
 fi
 
 if [ "$SWEEP_BUDGET" -gt 0 ]; then

@@ -323,3 +323,75 @@ def model_shape(model: str, params: Optional[dict] = None) -> tuple:
 
     pot = load_potential(model, **(params or {}))
     return int(getattr(pot, "receptive_field", 1)), float(pot.cutoff)
+
+
+# ------------------------------------------------------------- python driver --
+
+METAL_BAR_PER_EV_A3 = 1.602176634e6  # LAMMPS metal pressure (bar) per eV/Å^3
+
+
+def lammps_from_atoms(atoms, model: AtomsimMLIAP, *, skin: float = 1.0, cmdargs: Optional[List[str]] = None,
+                      comm_cutoff: Optional[float] = None, ghost_neighbors: Optional[bool] = None):
+    """A ``lammps.lammps`` (metal units) holding ``atoms`` (velocities too) with ``model`` as its pair style.
+
+    The cell must be in LAMMPS's form (a along x, b in the xy plane: lower
+    triangular) with tilts within LAMMPS's limits. ``comm_cutoff`` and
+    ``ghost_neighbors`` default to what the model needs; they are exposed so
+    tests can show what a wrong setting does. Call on every MPI rank.
+    """
+    import lammps
+    from lammps.mliap import activate_mliappy, load_unified
+
+    cell = np.asarray(atoms.cell.array, dtype=np.float64)
+    if abs(cell[0, 1]) > 1e-12 or abs(cell[0, 2]) > 1e-12 or abs(cell[1, 2]) > 1e-12:
+        raise ValueError("cell: LAMMPS needs a lower-triangular cell (a along x, b in the xy plane); "
+                         "rotate it first, e.g. with ase.calculators.lammps.Prism")
+    elements = list(model.element_types)
+    symbols = atoms.get_chemical_symbols()
+    missing = sorted(set(symbols) - set(elements))
+    if missing:
+        raise ValueError(f"element(s) {', '.join(missing)} are not in the model's element_types {elements}")
+    lmp = lammps.lammps(cmdargs=cmdargs if cmdargs is not None else ["-log", "none", "-screen", "none", "-nocite"])
+    activate_mliappy(lmp)  # must come before load_unified and pair_style
+    load_unified(model)
+    from ase.data import atomic_masses, atomic_numbers
+
+    (lx, _, _), (xy, ly, _), (xz, yz, lz) = cell
+    ghost = model.needs_ghost_neighbors() if ghost_neighbors is None else bool(ghost_neighbors)
+    lmp.commands_list([
+        "units metal", "atom_style atomic", "atom_modify map yes", "boundary p p p", "newton on",
+        f"region box prism 0 {lx!r} 0 {ly!r} 0 {lz!r} {xy!r} {xz!r} {yz!r} units box",
+        f"create_box {len(elements)} box",
+        *[f"mass {k + 1} {atomic_masses[atomic_numbers[s]]!r}" for k, s in enumerate(elements)],
+    ])
+    wrapped = atoms.copy()
+    wrapped.wrap(eps=0.0)
+    n = len(atoms)
+    types = [elements.index(s) + 1 for s in symbols]
+    from ase import units
+
+    v = atoms.get_velocities() * (1000.0 * units.fs)  # Å/ASE-time -> Å/ps
+    lmp.create_atoms(n, list(range(1, n + 1)), types, wrapped.positions.ravel().tolist(), v.ravel().tolist())
+    lmp.commands_list([
+        f"neighbor {skin!r} bin", "neigh_modify every 1 delay 0 check yes",
+        f"pair_style mliap unified EXISTS {1 if ghost else 0}",
+        f"pair_coeff * * {' '.join(elements)}",
+        "thermo_style custom step pe ke pxx pyy pzz pyz pxz pxy", "thermo_modify norm no",
+    ])
+    cut = model.comm_cutoff(skin) if comm_cutoff is None and ghost else comm_cutoff
+    if cut is not None:
+        lmp.command(f"comm_modify cutoff {cut!r}")
+    return lmp
+
+
+def lammps_results(lmp) -> dict:
+    """Energy (eV), forces (eV/Å, by atom id), ASE stress (Voigt, eV/Å^3) and positions of the current state."""
+    lmp.command("run 0")
+    n = int(lmp.get_natoms())
+    forces = np.ctypeslib.as_array(lmp.gather_atoms("f", 1, 3), shape=(n * 3,)).reshape(n, 3).copy()
+    positions = np.ctypeslib.as_array(lmp.gather_atoms("x", 1, 3), shape=(n * 3,)).reshape(n, 3).copy()
+    # thermo pressure includes the kinetic part; stress = -(virial pressure): ask for the virial only
+    p = np.array([lmp.get_thermo(k) for k in ("pxx", "pyy", "pzz", "pyz", "pxz", "pxy")])
+    ke = lmp.get_thermo("ke")
+    return {"energy": float(lmp.get_thermo("pe")), "forces": forces, "pressure_bar": p, "ke": float(ke),
+            "stress": -p / METAL_BAR_PER_EV_A3, "positions": positions}

@@ -133,3 +133,15 @@ def test_failure_on_one_rank_aborts_the_job():
     assert proc.returncode != 0
     assert "[rank 1/3]" in proc.stderr and "forced failure on purpose" in proc.stderr, proc.stderr[-2000:]
     assert took < 30, f"abort took {took:.1f} s"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_sevennet_per_layer_halo_on_2_ranks_matches_one_rank(tmp_path):
+    pytest.importorskip("sevenn")
+    out = tmp_path / "sevenn.json"
+    _ok(mpirun(2, "check_sevenn.py", out))
+    res = json.loads(out.read_text())
+    assert res["layers"] == 5
+    for q in ("energy", "forces", "virial", "energies"):  # float32 model
+        assert res[q] < 1e-5, res

@@ -146,6 +146,17 @@ def test_calculator_by_name_and_list_reuse(reference_calc):
     assert calc.n_neighbor_builds == 1
 
 
+def test_float64_model_matches(reference_calc):
+    """dtype=float64 casts sevenn's float32 one-hot features too; agrees with the float32 reference."""
+    atoms = _nacl()
+    ref = _reference(reference_calc, atoms)
+    atoms.calc = AtomsimCalculator(model="sevennet-0", device="cpu", dtype="float64")
+    assert atoms.calc.potential.dtype == torch.float64
+    assert rel(atoms.get_potential_energy(), ref["energy"]) < TOL
+    assert rel(atoms.get_forces(), ref["forces"]) < TOL
+    assert rel(atoms.get_stress(), ref["stress"]) < TOL
+
+
 def test_evaluate_potential_matches(potential, reference_calc):
     """The bare contract: atomsim list at exactly the cutoff -> evaluate_potential."""
     atoms = _triclinic()

@@ -1,7 +1,7 @@
 """MD throughput of SevenNet-0: atomsim (plugin, `atomsim run` loop) vs sevenn's ASE calculator + ASE VelocityVerlet.
 
     .venv/bin/python benchmarks/sevenn/bench_md.py [--repeat 6 6 6] [--steps 5] [--warmup 1]
-        [--threads 2] [--repeats 2] [--malloc both|plain|tuned]
+        [--threads 2] [--repeats 2]
 
 Same system (fcc Cu, a = 3.61 Å, cubic cell repeated 6x6x6 = 864 atoms), same
 start (atomsim's structure builder and Maxwell-Boltzmann velocities at 300 K,
@@ -16,12 +16,18 @@ neighbor build are not timed on either side). The two engines alternate
 - ``sevenn_ase``: ``sevenn.calculator.SevenNetCalculator('7net-0')`` driven by
   ``ase.md.verlet.VelocityVerlet`` (a fresh neighbor list every step).
 
-``--malloc tuned`` runs both under the same glibc malloc settings
-(GLIBC_TUNABLES, see /work/shared/ARCHITECTURE.md), ``both`` runs plain and
-tuned pairs. Reported: seconds per step and atom-steps/s (median over
-repeats), process CPU seconds per step, the speed-up, and the final-state
-difference between the two engines (they integrate the same trajectory).
-JSON goes to benchmarks/results/sevenn_md.json.
+Allocator settings matter on CPU (see atomsim_sevenn/malloc.py), so four runs
+per repeat separate the engine's gain from the allocator's:
+
+- ``sevenn_ase/plain`` and ``atomsim/plain`` (plugin's malloc tuning off,
+  ``ATOMSIM_SEVENN_MALLOC=0``): the engine alone, glibc defaults on both sides;
+- ``atomsim/default``: atomsim as shipped (the plugin applies mallopt);
+- ``sevenn_ase/tuned``: sevenn under the same settings via GLIBC_TUNABLES.
+
+Reported: seconds per step and atom-steps/s (median over repeats), process CPU
+seconds per step, speed-ups (engine only; equal allocator settings; as
+shipped), and the final-state difference between the two engines (they
+integrate the same trajectory). JSON goes to benchmarks/results/sevenn_md.json.
 """
 from __future__ import annotations
 
@@ -141,7 +147,6 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--malloc", choices=["plain", "tuned", "both"], default="both")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sevenn_md.json"))
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--engine", choices=["atomsim", "sevenn_ase"], help=argparse.SUPPRESS)
@@ -152,12 +157,15 @@ def main() -> None:
 
     import numpy as np
 
-    def spawn(engine: str, tuned: bool) -> dict:
+    def spawn(engine: str, mode: str) -> dict:
         t = str(args.threads)
         env = dict(os.environ, OMP_NUM_THREADS=t, MKL_NUM_THREADS=t, NUMBA_NUM_THREADS=t, PYTHONWARNINGS="ignore")
         env.pop("GLIBC_TUNABLES", None)
-        if tuned:
+        env.pop("ATOMSIM_SEVENN_MALLOC", None)
+        if mode == "tuned":
             env["GLIBC_TUNABLES"] = TUNABLES
+        if engine == "atomsim" and mode == "plain":
+            env["ATOMSIM_SEVENN_MALLOC"] = "0"
         cmd = [sys.executable, __file__, "--worker", "--engine", engine, "--repeat", *map(str, args.repeat),
                "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", t]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
@@ -165,46 +173,42 @@ def main() -> None:
             raise SystemExit(f"{engine} run failed:\n{proc.stderr[-3000:]}")
         line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
         res = json.loads(line[len("RESULT "):])
-        res["glibc_tunables"] = TUNABLES if tuned else None
-        print(f"  {engine:10s} {'tuned' if tuned else 'plain'}: {res['s_per_step']:.2f} s/step "
+        res["mode"] = mode
+        res["env"] = {k: env[k] for k in ("GLIBC_TUNABLES", "ATOMSIM_SEVENN_MALLOC") if k in env}
+        print(f"  {engine + '/' + mode:18s}: {res['s_per_step']:.2f} s/step "
               f"(cpu {res['cpu_s_per_step']:.2f} s/step), {res['atom_steps_per_s']:.1f} atom-steps/s", flush=True)
         return res
 
-    modes = {"plain": [False], "tuned": [True], "both": [False, True]}[args.malloc]
-    runs = {m: {"atomsim": [], "sevenn_ase": []} for m in ("tuned" if t else "plain" for t in modes)}
+    combos = [("sevenn_ase", "plain"), ("atomsim", "plain"), ("atomsim", "default"), ("sevenn_ase", "tuned")]
+    runs = {f"{e}/{m}": [] for e, m in combos}
     for r in range(args.repeats):
-        for tuned in modes:
-            order = ("sevenn_ase", "atomsim") if r % 2 == 0 else ("atomsim", "sevenn_ase")
-            for engine in order:
-                runs["tuned" if tuned else "plain"][engine].append(spawn(engine, tuned))
+        for engine, mode in (combos if r % 2 == 0 else combos[::-1]):
+            runs[f"{engine}/{mode}"].append(spawn(engine, mode))
 
-    def med(rs, key):
-        return statistics.median(x[key] for x in rs)
+    def med(key, q="s_per_step"):
+        return statistics.median(x[q] for x in runs[key])
 
-    summary = {}
-    for mode, by in runs.items():
-        a, s = by["atomsim"], by["sevenn_ase"]
-        pa = np.array(a[0]["final"]["positions"])
-        ps = np.array(s[0]["final"]["positions"])
-        summary[mode] = {
-            "atomsim_s_per_step": med(a, "s_per_step"), "sevenn_ase_s_per_step": med(s, "s_per_step"),
-            "atomsim_cpu_s_per_step": med(a, "cpu_s_per_step"), "sevenn_ase_cpu_s_per_step": med(s, "cpu_s_per_step"),
-            "speedup_wall": med(s, "s_per_step") / med(a, "s_per_step"),
-            "speedup_cpu": med(s, "cpu_s_per_step") / med(a, "cpu_s_per_step"),
-            "final_max_position_difference_A": float(np.abs(pa - ps).max()),
-            "final_energy_difference_eV": abs(a[0]["final"]["energy_eV"] - s[0]["final"]["energy_eV"]),
-        }
-        print(f"{mode}: atomsim {summary[mode]['atomsim_s_per_step']:.2f} s/step, sevenn+ASE "
-              f"{summary[mode]['sevenn_ase_s_per_step']:.2f} s/step -> {summary[mode]['speedup_wall']:.2f}x wall, "
-              f"{summary[mode]['speedup_cpu']:.2f}x cpu; final positions differ by "
-              f"{summary[mode]['final_max_position_difference_A']:.1e} Å")
-    if "plain" in runs and "tuned" in runs:
-        summary["atomsim_tuned_vs_sevenn_plain_wall"] = (summary["plain"]["sevenn_ase_s_per_step"]
-                                                         / summary["tuned"]["atomsim_s_per_step"])
-    for by in runs.values():  # keep the JSON small: positions only in the summary check
-        for rs in by.values():
-            for x in rs:
-                x["final"].pop("positions", None)
+    def ratio(slow, fast):
+        return {"wall": med(slow) / med(fast), "cpu": med(slow, "cpu_s_per_step") / med(fast, "cpu_s_per_step")}
+
+    pos = {k: np.array(v[0]["final"]["positions"]) for k, v in runs.items()}
+    summary = {
+        "s_per_step_median": {k: med(k) for k in runs},
+        "cpu_s_per_step_median": {k: med(k, "cpu_s_per_step") for k in runs},
+        "atom_steps_per_s_median": {k: med(k, "atom_steps_per_s") for k in runs},
+        "speedup_engine_only_plain_malloc": ratio("sevenn_ase/plain", "atomsim/plain"),
+        "speedup_equal_malloc_settings": ratio("sevenn_ase/tuned", "atomsim/default"),
+        "speedup_as_shipped": ratio("sevenn_ase/plain", "atomsim/default"),
+        "final_max_position_difference_A": float(np.abs(pos["atomsim/default"] - pos["sevenn_ase/plain"]).max()),
+        "final_energy_difference_eV": abs(runs["atomsim/default"][0]["final"]["energy_eV"]
+                                          - runs["sevenn_ase/plain"][0]["final"]["energy_eV"]),
+    }
+    for name in ("speedup_engine_only_plain_malloc", "speedup_equal_malloc_settings", "speedup_as_shipped"):
+        print(f"{name}: {summary[name]['wall']:.2f}x wall, {summary[name]['cpu']:.2f}x cpu")
+    print(f"final positions differ by {summary['final_max_position_difference_A']:.1e} Å")
+    for rs in runs.values():  # keep the JSON small: positions only in the summary check
+        for x in rs:
+            x["final"].pop("positions", None)
     try:
         load = os.getloadavg()
     except OSError:

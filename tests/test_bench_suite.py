@@ -59,7 +59,9 @@ def test_smoke_json_is_consistent(smoke):
     # independent reference: a perfect lattice repeated twice has the 1-rank energy per atom
     assert pts[2]["initial_energy_per_atom_eV"] == pytest.approx(pts[1]["initial_energy_per_atom_eV"], rel=1e-10)
     assert pts[1]["efficiency"] == pytest.approx(1.0)
-    assert 0 < pts[2]["efficiency"] <= 1.5
+    assert 0 < pts[2]["efficiency"] <= 1.5 and 0 < pts[2]["efficiency_cpu_time"] <= 1.5
+    for p in pts.values():  # CPU seconds of a 1-thread rank cannot exceed its wall seconds (+ timer slack)
+        assert all(0 < r["step_cpu_s"] <= 1.05 * r["step_total_s"] for r in p["per_rank"])
     two = pts[2]["per_rank"]
     assert all(r["bytes_sent_offrank_per_step"] > 0 and r["offrank_messages_per_step"] > 0 for r in two)
     assert all(r["bytes_sent_offrank_per_step"] == 0 for r in pts[1]["per_rank"])  # 1 rank: only self-copies
@@ -69,7 +71,7 @@ def test_smoke_json_is_consistent(smoke):
     assert net["allreduce"]["ranks"] == 2
     # the model was fitted and predicts the 10-billion-atom run; plots written
     m = res["model"]
-    assert m["check"]["fitted"] and m["ten_billion"]
+    assert m["clock"] == "cpu" and m["check"]["fitted"] and m["ten_billion"] and res["model_on_wall_clock_check"]
     for key in ("breakdown", "efficiency", "model"):
         assert Path(res["plots"][key]).stat().st_size > 1000
     for k in ("machine", "command", "load_average_start", "launches"):

@@ -646,4 +646,5 @@ def _print_summary(res: dict) -> None:
         m = res["model"]
         console.print(f"model: fitted points max error {m['check']['fitted_max_rel_error']:.1%}, "
                         f"held-out max error {m['check'].get('heldout_max_rel_error')}")
-    print(f"wrote {res.get('plots', {}).get('json', '')}")
+    plots = res.get("plots") or {}
+    print("wrote " + ", ".join([plots.get("json") or "the JSON"] + [v for k, v in plots.items() if k != "json"]))

@@ -46,7 +46,7 @@ def write_all(result: dict, stem: Path) -> dict:
     fig.savefig(out["breakdown"], dpi=110)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for k, n in enumerate(sorted({p["atoms_requested"] for p in pts})):
         s = [p for p in pts if p["atoms_requested"] == n and p["efficiency"] is not None]
         for over, marker in ((False, "o"), (True, "x")):
@@ -63,8 +63,8 @@ def write_all(result: dict, stem: Path) -> dict:
     ax.set_xscale("log", base=2)
     ax.set_xlabel("ranks")
     ax.set_ylabel("parallel efficiency")
-    ax.set_ylim(0, 1.3)
-    ax.legend(fontsize=7)
+    ax.set_ylim(0, 1.4)
+    ax.legend(fontsize=6, loc="lower left", ncol=2)
     ax.set_title(f"load avg {result['load_average_start'][0]:.1f} -> {result['load_average_end'][0]:.1f} "
                  f"on {result['machine']['physical_cores']} cores", fontsize=8)
     fig.tight_layout()

@@ -25,7 +25,7 @@ import numpy as np
 from numba import njit, prange
 
 # Below these sizes the serial twin is used.
-PARALLEL_MIN_ATOMS = 4096
+PARALLEL_MIN_ATOMS = 2048
 PARALLEL_MIN_ATOMS_DISPLACEMENT = 65536
 
 

@@ -206,7 +206,7 @@ def test_hypothesis_matches_ase(system):
 
 @pytest.mark.parametrize("half", [False, True])
 def test_parallel_kernels_match_serial_and_ase(monkeypatch, half):
-    """The prange twins (used from 4096 atoms up) give the identical list."""
+    """The prange twins (used from PARALLEL_MIN_ATOMS atoms up) give the identical list."""
     from atomsim.kernels import neighbors_numba
 
     rng = np.random.default_rng(7)

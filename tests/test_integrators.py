@@ -87,6 +87,11 @@ class AffineSerialForces(SerialForces):
         dmax = float((disp**2).sum(1).max().sqrt())
         return dmax + 0.5 * self.list_cutoff * strain > 0.5 * self.skin
 
+    def compute(self, state) -> None:
+        if not self.needs_rebuild(state) and hasattr(self, "_shifts"):
+            self._shifts = self._edges[2].to(state.cell.dtype) @ state.cell  # SerialForces caches S @ cell
+        super().compute(state)
+
 
 class Runner:
     """A tiny serial MD loop: the engine's contract with an integrator."""

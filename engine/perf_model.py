@@ -201,8 +201,11 @@ def fit(points: List[dict], network: dict, gpu_cost: Optional[dict] = None,
 
 
 ASSUMPTIONS = [
-    "Compute per owned/ghost atom (c_own, c_ghost) is the one measured here (1 thread per rank, this CPU); "
-    "a CPU rank = one core.",
+    "CPU rank = one core of this machine's CPU, 1 thread: c_own etc. are fitted on dedicated-core times "
+    "(each rank's CPU seconds per step), not on the wall clock of this shared 2-core box.",
+    "GPU rank = one H100: model cost per atom = edges/atom x layers x measured fused-kernel time per edge "
+    "(x1.5 for node/readout/scatter work) + 10% of that per ghost + 2 ms per step of launches/host work; "
+    "neighbor list at the measured H100 cell-list rate; 20 us per exchange for device-side packing.",
     "Ghosts fill the shell of depth h around a cubic sub-box at the crystal's density; all ghosts come from other "
     "ranks once P >= 27 (3D grid), exchanging with (2k+1)^3-1 neighbours, k = ceil(h/L).",
     "Full halo: ghosts within (layers-1) x cutoff + skin of the sub-box also run the message-passing layers "

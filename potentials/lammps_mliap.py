@@ -401,13 +401,13 @@ def lammps_from_atoms(atoms, model: AtomsimMLIAP, *, skin: float = 1.0, cmdargs:
     load_unified(model)
     from ase.data import atomic_masses, atomic_numbers
 
-    (lx, _, _), (xy, ly, _), (xz, yz, lz) = cell
+    (lx, _, _), (xy, ly, _), (xz, yz, lz) = cell.tolist()
     ghost = model.needs_ghost_neighbors() if ghost_neighbors is None else bool(ghost_neighbors)
     lmp.commands_list([
         "units metal", "atom_style atomic", "atom_modify map yes", "boundary p p p", "newton on",
         f"region box prism 0 {lx!r} 0 {ly!r} 0 {lz!r} {xy!r} {xz!r} {yz!r} units box",
         f"create_box {len(elements)} box",
-        *[f"mass {k + 1} {atomic_masses[atomic_numbers[s]]!r}" for k, s in enumerate(elements)],
+        *[f"mass {k + 1} {float(atomic_masses[atomic_numbers[s]])!r}" for k, s in enumerate(elements)],
     ])
     wrapped = atoms.copy()
     wrapped.wrap(eps=0.0)
@@ -418,14 +418,14 @@ def lammps_from_atoms(atoms, model: AtomsimMLIAP, *, skin: float = 1.0, cmdargs:
     v = atoms.get_velocities() * (1000.0 * units.fs)  # Å/ASE-time -> Å/ps
     lmp.create_atoms(n, list(range(1, n + 1)), types, wrapped.positions.ravel().tolist(), v.ravel().tolist())
     lmp.commands_list([
-        f"neighbor {skin!r} bin", "neigh_modify every 1 delay 0 check yes",
+        f"neighbor {float(skin)!r} bin", "neigh_modify every 1 delay 0 check yes",
         f"pair_style mliap unified EXISTS {1 if ghost else 0}",
         f"pair_coeff * * {' '.join(elements)}",
         "thermo_style custom step pe ke pxx pyy pzz pyz pxz pxy", "thermo_modify norm no",
     ])
     cut = model.comm_cutoff(skin) if comm_cutoff is None and ghost else comm_cutoff
     if cut is not None:
-        lmp.command(f"comm_modify cutoff {cut!r}")
+        lmp.command(f"comm_modify cutoff {float(cut)!r}")
     return lmp
 
 

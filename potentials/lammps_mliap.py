@@ -438,5 +438,6 @@ def lammps_results(lmp) -> dict:
     # thermo pressure includes the kinetic part; stress = -(virial pressure): ask for the virial only
     p = np.array([lmp.get_thermo(k) for k in ("pxx", "pyy", "pzz", "pyz", "pxz", "pxy")])
     ke = lmp.get_thermo("ke")
+    nktv2p = lmp.extract_global("nktv2p") or METAL_BAR_PER_EV_A3  # LAMMPS's own (rounded) bar per eV/Å^3
     return {"energy": float(lmp.get_thermo("pe")), "forces": forces, "pressure_bar": p, "ke": float(ke),
-            "stress": -p / METAL_BAR_PER_EV_A3, "positions": positions}
+            "stress": -p / nktv2p, "positions": positions}

@@ -151,6 +151,8 @@ class Restart:
                                  f"is not {FORMAT_VERSION}; it was written by another atomsim version")
             self.arrays = {k: np.array(data[k]) for k in
                            ("positions", "velocities", "masses", "numbers", "ids", "cell", "pbc")}
+            if "fixed" in data.files:  # optional: only runs with a dynamics.fix group
+                self.arrays["fixed"] = np.array(data["fixed"])
             self.integrator_state = _decode_state_dict(self.meta["integrator_state"], data, "integ/", device)
             self.neighbor_state = _decode_state_dict(self.meta["neighbor_state"], data, "nl/", device)
 
@@ -182,6 +184,7 @@ class Restart:
             numbers=t(a["numbers"], torch.int64), ids=t(a["ids"], torch.int64), cell=t(a["cell"]),
             pbc=tuple(bool(p) for p in a["pbc"]), n_atoms_global=int(len(a["ids"])),
             step=self.step, comm=comm or SerialComm(),
+            fixed=t(a["fixed"], torch.bool) if "fixed" in a else None,
         )
 
 

@@ -158,9 +158,13 @@ class Simulation:
         dyn = config.dynamics
         target_T = dyn.temperature_K if dyn.temperature_K is not None else config.system.temperature_K
         from atomsim.integrators import make_integrator
+        from atomsim.integrators.base import integrator_kwargs
+        from atomsim.integrators.constraints import fixed_from_config
 
-        self.integrator = make_integrator(dyn.integrator, dyn.timestep_fs, temperature_K=target_T,
-                                          tdamp_fs=dyn.tdamp_fs, seed=config.system.seed)
+        self.integrator = make_integrator(dyn.integrator, dyn.timestep_fs,
+                                          **integrator_kwargs(dyn, target_T, config.system.seed))
+        if restart is None:  # a restart carries its own mask (atoms may since have entered a z range)
+            fixed_from_config(self.state, dyn.fix)
         if forces is None and getattr(self.comm, "size", 1) > 1:  # domain decomposition
             from .abort import install_abort_handler
             from .parallel_forces import ParallelForces
@@ -260,6 +264,7 @@ class Simulation:
         mpi = self.comm.comm  # mpi4py communicator (engine.comm.MPIComm)
         part = {k: getattr(st, k).detach().cpu().numpy() for k in ("positions", "velocities", "masses", "numbers", "ids")}
         part["forces"] = st.forces.detach().cpu().numpy() if st.forces is not None else None
+        part["fixed"] = st.fixed.detach().cpu().numpy() if st.fixed is not None else None
         part["energies"] = np.asarray(st.energies) if st.energies is not None else None
         parts = mpi.gather(part, root=0)
         energy = float(st.energy)  # global on every rank (MDState contract)
@@ -274,6 +279,8 @@ class Simulation:
                     energy=energy)
         if all(p["forces"] is not None for p in parts):
             g.forces = t(np.concatenate([p["forces"] for p in parts]))
+        if all(p["fixed"] is not None for p in parts):
+            g.fixed = torch.from_numpy(np.concatenate([p["fixed"] for p in parts])[order])
         if all(p["energies"] is not None for p in parts):
             g.energies = np.concatenate([p["energies"] for p in parts])[order]
         return g
@@ -306,6 +313,8 @@ class Simulation:
         if g is not None:
             arrays = {"positions": g.positions, "velocities": g.velocities, "masses": g.masses,
                       "numbers": g.numbers, "ids": g.ids, "cell": g.cell, "pbc": np.array(g.pbc, dtype=bool)}
+            if g.fixed is not None:
+                arrays["fixed"] = g.fixed
             nl = neighbor_state if neighbor_state is not None else (
                 self.forces.reference_state() if hasattr(self.forces, "reference_state") else {})
             if getattr(self.comm, "size", 1) > 1:

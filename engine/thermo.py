@@ -2,7 +2,8 @@
 
 The CSV columns are fixed (ARCHITECTURE.md): step, time_ps, temperature_K, pe_eV,
 ke_eV, etotal_eV, pressure_GPa, then volume_A3, conserved_eV, atom_steps_per_s,
-n_neighbor_builds. Values are written with repr() so a resumed run's rows can be
+n_neighbor_builds, and the pressure tensor pxx..pxy_GPa (Voigt order, kinetic
+part included; -ASE stress when velocities are zero). Values are written with repr() so a resumed run's rows can be
 compared with an uninterrupted run's bit for bit. Only rank 0 writes.
 """
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import Optional
 from ase import units
 
 COLUMNS = ("step", "time_ps", "temperature_K", "pe_eV", "ke_eV", "etotal_eV", "pressure_GPa",
-           "volume_A3", "conserved_eV", "atom_steps_per_s", "n_neighbor_builds")
+           "volume_A3", "conserved_eV", "atom_steps_per_s", "n_neighbor_builds",
+           "pxx_GPa", "pyy_GPa", "pzz_GPa", "pyz_GPa", "pxz_GPa", "pxy_GPa")
 
 # (column, header, width, format) of the terminal table: fits 80 columns (pipes, CI logs)
 _TERMINAL = (("step", "Step", 8, "{:d}"), ("time_ps", "Time ps", 8, "{:.3f}"),
@@ -30,6 +32,13 @@ def thermo_row(state, integrator, timestep_fs: float, atom_steps_per_s: float, n
     vir = 0.0 if state.virial is None else float(state.virial.trace())  # global (MDState contract)
     pressure = (2.0 * ke - vir) / (3.0 * vol) / units.GPa
     etot = pe + ke
+    # pressure tensor (K - W) / V, K = sum m v (x) v, W = dE/dstrain; Voigt order like ASE
+    ptens = state.kinetic_tensor().detach().cpu().double()
+    if state.virial is not None:
+        ptens = ptens - state.virial.detach().cpu().double()
+    ptens = ptens / vol / units.GPa
+    voigt = {f"p{a}_GPa": float(ptens[i, j]) for a, (i, j) in
+             zip(("xx", "yy", "zz", "yz", "xz", "xy"), ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1)))}
     return {
         "step": int(state.step),
         "time_ps": state.step * timestep_fs * 1e-3,
@@ -42,6 +51,7 @@ def thermo_row(state, integrator, timestep_fs: float, atom_steps_per_s: float, n
         "conserved_eV": etot + float(integrator.conserved_energy_extra(state)),
         "atom_steps_per_s": float(atom_steps_per_s),
         "n_neighbor_builds": int(n_builds),
+        **voigt,
     }
 
 

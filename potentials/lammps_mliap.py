@@ -440,4 +440,5 @@ def lammps_results(lmp) -> dict:
     ke = lmp.get_thermo("ke")
     nktv2p = lmp.extract_global("nktv2p") or METAL_BAR_PER_EV_A3  # LAMMPS's own (rounded) bar per eV/Å^3
     return {"energy": float(lmp.get_thermo("pe")), "forces": forces, "pressure_bar": p, "ke": float(ke),
-            "stress": -p / nktv2p, "positions": positions}
+            "stress": -p / nktv2p, "positions": positions,
+            "nprocs": int(lmp.extract_setting("world_size")), "nlocal": int(lmp.extract_setting("nlocal"))}

@@ -113,5 +113,5 @@ exec "$BUILD/lmp" "\$@"
 EOF
 chmod +x "$VENV/bin/lmp"
 "$PY" -c "import mpi4py.MPI, lammps; l = lammps.lammps(cmdargs=['-log','none','-screen','none']); \
-assert l.has_package('ML-IAP') and l.has_package('PYTHON'), l.installed_packages; \
-print('[build_lammps] ok: LAMMPS', l.version(), 'packages', l.installed_packages); l.close()"
+assert l.has_package('ML-IAP') and l.has_package('PYTHON') and l.has_mpi_support, l.installed_packages; \
+print('[build_lammps] ok: LAMMPS', l.version(), 'MPI', l.has_mpi_support, 'packages', l.installed_packages); l.close()"

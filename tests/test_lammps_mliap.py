@@ -295,6 +295,8 @@ def test_lammps_two_ranks_match_calculator(tmp_path):
     got = json.loads(out.read_text())
     assert got["nprocs"] == 2
     for name, atoms, make, _ in cases():
+        dec = got[f"{name}-decomposition"]  # LAMMPS itself ran on 2 ranks, each owning part of the atoms
+        assert dec["lammps_procs"] == 2 and sum(dec["nlocal"]) == len(atoms) and min(dec["nlocal"]) > 0, dec
         res = {k: np.asarray(v) if k != "energy" else v for k, v in got[name].items()}
         assert_close(res, reference(atoms, make()), f"{name} on 2 ranks")
 
@@ -338,6 +340,7 @@ def test_lammps_nve_tracks_atomsim_nve(tmp_path):
     d = (frac - np.round(frac)) @ atoms.cell.array  # LAMMPS wraps atoms into the box
     moved = np.abs(x_atomsim - atoms.positions).max()
     assert moved > 0.05  # the atoms did move
+    print(f"NVE: max |x_lammps - x_atomsim| = {np.abs(d).max():.3e} A after {steps} steps; max displacement {moved:.3f} A")
     assert np.abs(d).max() < 1e-6, np.abs(d).max()
 
 
@@ -351,6 +354,8 @@ def _driver(out_path: str) -> None:
         res = lammps_case(atoms, make(), elements)
         results[name] = {"energy": res["energy"], "forces": res["forces"].tolist(),
                          "stress": res["stress"].tolist()}
+        results[f"{name}-decomposition"] = {"lammps_procs": res["nprocs"],
+                                            "nlocal": MPI.COMM_WORLD.allgather(res["nlocal"])}
     if MPI.COMM_WORLD.Get_rank() == 0:
         Path(out_path).write_text(json.dumps(results))
 

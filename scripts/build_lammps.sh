@@ -109,6 +109,8 @@ cat > "$VENV/bin/lmp" <<EOF
 #!/bin/sh
 # LAMMPS $VERSION (ML-IAP + PYTHON + MPI) built by scripts/build_lammps.sh
 export PYTHONPATH="$CACHE/pyboot\${PYTHONPATH:+:\$PYTHONPATH}"
+# libmpi of this venv's mpich wheel (the cached build may have been linked from another venv)
+export LD_LIBRARY_PATH="$VENV/lib\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
 exec "$BUILD/lmp" "\$@"
 EOF
 chmod +x "$VENV/bin/lmp"

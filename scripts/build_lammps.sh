@@ -35,7 +35,11 @@ if [ ! -f "$STAMP" ]; then
         SRC_LIST=/etc/apt/sources.list.d/atomsim-trixie-src.list
         if ! grep -qs "trixie main" "$SRC_LIST"; then
             log "adding deb-src line for trixie to $SRC_LIST"
-            echo "deb-src http://deb.debian.org/debian trixie main" > "$SRC_LIST"
+            # the machine's own configured Debian mirror, trixie suite, source packages
+            MIRROR=$(grep -hoE '^(URIs:|deb) +[^ ]+/debian( |$)' /etc/apt/sources.list.d/*.sources \
+                     /etc/apt/sources.list 2>/dev/null | head -1 | awk '{print $2}')
+            [ -n "$MIRROR" ] || { echo "no Debian mirror configured in /etc/apt" >&2; exit 1; }
+            echo "deb-src $MIRROR trixie main" > "$SRC_LIST"
         fi
         command -v dpkg-source >/dev/null || apt-get install -y -q dpkg-dev
         apt-get update -q

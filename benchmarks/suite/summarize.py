@@ -19,7 +19,7 @@ def main(path: str) -> None:
     print("| ranks | atoms/rank | step s (wall) | " + " | ".join(PARTS)
           + " | ghost/owned | MB sent/step | mem kB/atom | step CPU s | core share | eff. wall | eff. CPU-time "
             "| repeats wall s | note |")
-    print("|" + "---|" * (len(PARTS) + 13))
+    print("|" + "---|" * (len(PARTS) + 12))
     for p in d["points"]:
         r = max(p["per_rank"], key=lambda x: x["step_total_s"])
         b = p["breakdown_s"]

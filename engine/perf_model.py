@@ -130,6 +130,8 @@ def fit(points: List[dict], network: dict, gpu_cost: Optional[dict] = None,
     # caches, so c_own is the MARGINAL cost per atom (slope) and t_model may be negative (the
     # in-cache discount of small blocks): the slope is what carries over to large blocks
     c_own, t_model = _linear_marginal([r["n_owned"] for r in S], [r["breakdown_s"]["model"] for r in S])
+    # below the measured sizes the line would go to zero: never cheaper per atom than the smallest block
+    c_min = min(r["breakdown_s"]["model"] / max(r["n_owned"], 1) for r in S)
     c_gh = 0.0
     c_nb, = _nnls([[r["n_owned"] + r["n_ghost"]] for r in S], [r["rebuild_s"]["neighbor"] for r in S])
     c_gb, t_gb = _nnls([[r["n_ghost"], 1.0] for r in S], [r["rebuild_s"]["ghosts"] for r in S])
@@ -155,6 +157,7 @@ def fit(points: List[dict], network: dict, gpu_cost: Optional[dict] = None,
 
     p0 = fitted[0]
     coef = {"c_own_s_per_atom": float(c_own), "c_ghost_s_per_atom": float(c_gh), "t_model_s": float(t_model),
+            "c_own_min_s_per_atom": float(c_min),
             "t_wait_exchange_s": float(t_wait),
             "c_neighbor_s_per_atom_per_build": float(c_nb), "c_ghost_build_s_per_ghost": float(c_gb),
             "t_ghost_build_s": float(t_gb), "t_exchange_s": float(t_ex), "k_exchange_s_per_ghost": float(k_row),
@@ -184,7 +187,7 @@ def fit(points: List[dict], network: dict, gpu_cost: Optional[dict] = None,
                     ghost_count(rq["n_owned"], q["density_per_A3"], depth), 1.0)
         net = msgs * alpha + nbytes / beta
         multi = p["ranks"] > 1
-        return (c_own * n + c_gh * g + t_model + (c_nb * (n + g) + c_gb * g + t_gb) / p["rebuild_every"]
+        return (max(c_own * n + t_model, c_min * n) + c_gh * g + (c_nb * (n + g) + c_gb * g + t_gb) / p["rebuild_every"]
                 + E * (t_ex + k_row * g) + f_net * net + c_int * n + t_io
                 + (t_sync + t_wait if multi else t_sync1))
 
@@ -342,7 +345,8 @@ def step_time(model: dict, n: float, P: int, scheme: str = "per-layer", device: 
         sync = 0.0
         mem = gp["memory_context_B"] + gp["memory_B_per_local_atom"] * (recv + g)
     else:
-        compute = c["c_own_s_per_atom"] * recv + c["c_ghost_s_per_atom"] * g + c["t_model_s"]
+        compute = (max(c["c_own_s_per_atom"] * recv + c["t_model_s"], c.get("c_own_min_s_per_atom", 0.0) * recv)
+                   + c["c_ghost_s_per_atom"] * g)
         neighbor = (c["c_neighbor_s_per_atom_per_build"] * (n + g) + c["c_ghost_build_s_per_ghost"] * g
                     + c["t_ghost_build_s"]) / s["rebuild_every"]
         local = E * (c["t_exchange_s"] + c["k_exchange_s_per_ghost"] * g) + c["c_integrate_io_s_per_atom"] * n + c["t_io_s"]

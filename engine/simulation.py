@@ -99,13 +99,13 @@ def set_threads(setting, n_atoms: int, n_ranks: int) -> int:
         n = max(1, min(cores_per_rank, (n_atoms // max(1, n_ranks)) // 1000))
     else:
         n = int(setting)
-    torch.set_num_threads(n)
-    try:
+    try:  # numba first: starting its OpenMP layer resets OpenMP's (and so torch's) thread count
         import numba
 
         numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
     except Exception:  # numba absent or its threading layer already fixed
         pass
+    torch.set_num_threads(n)
     return n
 
 

@@ -77,3 +77,21 @@ def test_dynamics_keys_reach_the_integrator_and_fixed_atoms_survive_resume(tmp_p
     assert resumed.state.fixed is not None and int(resumed.state.fixed.sum()) == 3
     resumed.run()
     assert torch.equal(resumed.state.positions, full)
+
+
+def test_thread_setting_is_what_torch_uses(tmp_path, monkeypatch):
+    """parallel.threads reaches torch even after numba's OpenMP layer starts (it used to reset
+    OpenMP's count behind torch's back, leaving small systems on 2 threads: ~7x slower here)."""
+    import numba
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    try:
+        cfg = _config(tmp_path, steps=2)
+        cfg.parallel.threads = 1
+        sim = Simulation(cfg)
+        sim.run()
+        assert sim.threads == 1
+        assert torch.get_num_threads() == 1 and numba.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -239,7 +239,8 @@ class Simulation:
         self._thermo = ThermoWriter(self.outdir / "thermo.csv", console=self.console, enabled=self.is_root,
                                     resume_step=self.restart.step if resumed else None)
         self._traj = TrajectoryWriter(self.outdir / "trajectory.extxyz", cfg.dynamics.timestep_fs,
-                                      enabled=self.is_root and out.trajectory_every > 0, append=resumed)
+                                      enabled=self.is_root and out.trajectory_every > 0, append=resumed,
+                                      resume_step=self.restart.step if resumed else None)
         self._compute_forces(virial=True)
         self._check_safety(prev=None)
         self.integrator.setup(st)

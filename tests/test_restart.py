@@ -143,3 +143,20 @@ def test_cli_resume_langevin_bit_for_bit(tmp_path):
     res = subprocess.run(exe + ["run", str(inp), "--resume", "--set", "dynamics.tdamp_fs=60"], cwd=tmp_path,
                          env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and "dynamics.tdamp_fs" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_resume_drops_trajectory_frames_written_after_the_restart(tmp_path):
+    """A run cut after its last restart left frames past it; resuming rewrites them once,
+    so the trajectory equals the uninterrupted run's frame for frame."""
+    from ase.io import read
+
+    run(make_config(tmp_path / "full", trajectory_every=10))
+    run(make_config(tmp_path / "cut", steps=100, trajectory_every=10))
+    (tmp_path / "cut" / RESTART_NAME).unlink()  # as if killed after step 100: newest restart is step 90
+    assert find_restart(tmp_path / "cut").step == 90
+    run(make_config(tmp_path / "cut", trajectory_every=10), resume=True)
+    full = read(tmp_path / "full" / "trajectory.extxyz", ":")
+    cut = read(tmp_path / "cut" / "trajectory.extxyz", ":")
+    assert [a.info["step"] for a in cut] == [a.info["step"] for a in full] == list(range(0, 201, 10))
+    for a, b in zip(full, cut):
+        assert np.array_equal(a.positions, b.positions)

@@ -204,24 +204,6 @@ def measure_point(comm, potential_name: str = "default", atoms: int = 4000, mode
         return r
 
     prov.needs_rebuild = timed_check
-    # ParallelForces counts every plan exchange inside compute() as per-layer halo, the force
-    # reverse too (which it also times as "reverse"): track the force reverse (rows of 3) and move it back
-    rev_force = [0.0]
-
-    def wrap_plan(pl):
-        if getattr(pl, "_bench_wrapped", False):
-            return
-        inner_rev = pl.reverse
-
-        def reverse(ghost, n_owned, _inner=inner_rev, _pl=pl):
-            s0 = _pl.seconds
-            out = _inner(ghost, n_owned)
-            if tuple(ghost.shape[1:]) == (3,):
-                rev_force[0] += _pl.seconds - s0
-            return out
-
-        pl.reverse = reverse
-        pl._bench_wrapped = True
     plan = prov.ghosts.plan
     thermo_path = Path(tempfile.gettempdir()) / f"atomsim_bench_thermo_{os.getpid()}.csv"
     rows = []
@@ -229,9 +211,8 @@ def measure_point(comm, potential_name: str = "default", atoms: int = 4000, mode
     comm.Barrier()
     with open(thermo_path, "w") as thermo_fh:
         for k in range(steps):
-            wrap_plan(prov.ghosts.plan)
             plan = prov.ghosts.plan
-            tim0, s0, b0, rf0 = dict(prov.timers), sync[0], plan.bytes_sent, rev_force[0]
+            tim0, s0, b0 = dict(prov.timers), sync[0], plan.bytes_sent
             ta, ca = time.perf_counter(), time.process_time()
             integ.initial_integrate(state)
             tb = time.perf_counter()
@@ -246,8 +227,6 @@ def measure_point(comm, potential_name: str = "default", atoms: int = 4000, mode
                 thermo_fh.flush()
             te = time.perf_counter()
             r = {p: prov.timers[p] - tim0[p] for p in ("neighbor", "halo", "model", "reverse")}
-            r["halo"] -= rev_force[0] - rf0
-            r["model"] += rev_force[0] - rf0
             r["sync"] = sync[0] - s0
             r["integrate"] = (tb - ta) + (td - tc)
             r["io"] = te - td

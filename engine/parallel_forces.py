@@ -182,6 +182,7 @@ class ParallelForces:
                 f"its {self.layers} message-passing layers; {type(self.potential).__name__} called it "
                 f"{hook.calls} time(s). Use parallel.halo: full for this model.")
         t1 = time.perf_counter()
+        layer_halo = self.ghosts.plan.seconds - comm_s  # per-layer feature exchanges inside the model
         forces = out.forces[:n_owned] + self.ghosts.plan.reverse(out.forces[n_owned:], n_owned)
         # one allreduce for energy + virial
         buf = np.zeros(10)
@@ -194,8 +195,7 @@ class ParallelForces:
         virial = None
         if out.virial is not None:
             virial = torch.from_numpy(tot[1:].reshape(3, 3).copy()).to(state.positions.device)
-        t2 = time.perf_counter()
-        layer_halo = self.ghosts.plan.seconds - comm_s  # per-layer feature exchanges inside the model
+        t2 = time.perf_counter()  # (the reverse exchange's own seconds count under "reverse" only)
         self.timers["model"] += t1 - t0 - layer_halo
         self.timers["halo"] += layer_halo
         self.timers["reverse"] += t2 - t1

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -193,29 +192,12 @@ def _lammps_breakdown(log: Path):
 
 
 def machine_info() -> dict:
-    import ase
-    import numba
-    import numpy
+    """The suite's machine record (engine.benchmarking) plus this run's torch threads."""
     import torch
 
-    import atomsim
+    from atomsim.engine.benchmarking import machine_info as suite_machine_info
 
-    cpu = ""
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    try:
-        from importlib.metadata import version
-
-        lmp_version = version("lammps")
-    except Exception:
-        lmp_version = None
-    return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
-            "load_average_at_start": os.getloadavg(), "python": platform.python_version(),
-            "versions": {"atomsim": atomsim.__version__, "torch": torch.__version__, "numpy": numpy.__version__,
-                         "ase": ase.__version__, "numba": numba.__version__, "lammps": lmp_version},
-            "torch_threads": torch.get_num_threads()}
+    return {**suite_machine_info(), "torch_threads": torch.get_num_threads()}
 
 
 def main() -> None:

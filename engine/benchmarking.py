@@ -25,7 +25,6 @@ quantities; this module is the importable home of that loop.
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import resource
@@ -157,7 +156,6 @@ def measure_point(comm, potential_name: str = "default", atoms: int = 4000, mode
                   halo: str = "per-layer", steps: int = 5, rebuilds: int = 2, rebuild_every: int = 20,
                   skin: float = 1.0, timestep_fs: float = 1.0, seed: int = 0) -> Optional[dict]:
     """Time the MD step on ``comm``'s ranks; returns the merged record on rank 0 (None elsewhere)."""
-    import torch
     from mpi4py import MPI
 
     from .comm import MPIComm

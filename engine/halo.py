@@ -19,7 +19,7 @@ deterministic for a given decomposition and atom order.
 from __future__ import annotations
 
 import time
-from typing import List, Optional
+from typing import Optional
 
 import numpy as np
 import torch

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 from scipy.optimize import nnls
@@ -261,8 +261,8 @@ def gpu_per_atom_cost(shape: dict, coef: dict, results_dir: Optional[Path] = Non
     if per_edge_layer is None:
         # forward + input-gradient backward of the edge MLP touches ~12 F-wide fp32 rows per edge per layer
         per_edge_layer = 12 * F * 4 / (0.5 * H100["hbm_B_per_s"])
-        src = (f"estimate: 12 x F x 4 B moved per edge per layer (fwd+bwd) at 50% of the H100's 3.35 TB/s "
-               f"(no measured H100 GNN step in benchmarks/results)")
+        src = ("estimate: 12 x F x 4 B moved per edge per layer (fwd+bwd) at 50% of the H100's 3.35 TB/s "
+               "(no measured H100 GNN step in benchmarks/results)")
     per_atom = edges * L * per_edge_layer * 1.5  # x1.5: node updates, readout, force scatter
     nb = pairs / pairs_per_s / shape["rebuild_every"]
     return {"s_per_atom_step": per_atom + nb, "model_s_per_atom": per_atom, "neighbor_s_per_atom": nb,

@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F_
 from torch import Tensor, nn
 
 from atomsim.kernels.graph import Graph, csr_row_ptr

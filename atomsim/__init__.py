@@ -8,7 +8,7 @@ __all__ = ["AtomsimCalculator", "load_potential", "Simulation", "__version__"]
 
 def __getattr__(name):  # lazy: `import atomsim` stays cheap for the CLI
     if name == "AtomsimCalculator":
-        from atomsim.potentials.calculator import AtomsimCalculator
+        from atomsim.calculator import AtomsimCalculator
 
         return AtomsimCalculator
     if name == "load_potential":

@@ -189,7 +189,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from atomsim.potentials.training import main as train_main
+    from atomsim.training.trainer import main as train_main
 
     return train_main(args.config, resume=args.resume)
 
@@ -205,7 +205,7 @@ def _add_datagen(p: argparse.ArgumentParser) -> None:
 def _cmd_datagen(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
-    from atomsim.potentials.datagen import write_dataset
+    from atomsim.training.datagen import write_dataset
 
     if args.n < 1:
         raise ValueError(f"--n: must be >= 1, got {args.n}")
@@ -256,7 +256,7 @@ def _lammps_params(pairs) -> dict:
 
 
 def _cmd_lammps_export(args: argparse.Namespace) -> int:
-    from atomsim.potentials.lammps_mliap import (build_for_export, export_model, lammps_input_problems,
+    from atomsim.lammps_mliap import (build_for_export, export_model, lammps_input_problems,
                                                 lammps_lines)
 
     elements = [e.strip() for e in args.elements.split(",") if e.strip()] if args.elements else None
@@ -277,7 +277,7 @@ def _cmd_lammps_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_lammps_check(args: argparse.Namespace) -> int:
-    from atomsim.potentials.lammps_mliap import lammps_input_problems, model_shape
+    from atomsim.lammps_mliap import lammps_input_problems, model_shape
 
     receptive_field, cutoff = model_shape(args.model, _lammps_params(args.param))
     with open(args.input) as fh:
@@ -291,7 +291,7 @@ def _cmd_lammps_check(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------- bench --
 
 def _add_bench(p: argparse.ArgumentParser) -> None:
-    from atomsim.engine.benchmarking import add_arguments
+    from atomsim.bench.weak_scaling import add_arguments
 
     sub = p.add_subparsers(dest="bench_command", metavar="SUITE")
     sub.required = True
@@ -303,7 +303,7 @@ def _add_bench(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from atomsim.engine.benchmarking import cli_main
+    from atomsim.bench.weak_scaling import cli_main
 
     return cli_main(args)
 

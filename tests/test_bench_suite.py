@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from atomsim.engine import perf_model
-from atomsim.engine.benchmarking import block_repeat, efficiencies, fit_latency_bandwidth
+from atomsim.bench import perf_model
+from atomsim.bench.weak_scaling import block_repeat, efficiencies, fit_latency_bandwidth
 
 MPIEXEC = Path(sys.executable).parent / "mpiexec"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}

@@ -33,7 +33,7 @@ from scipy.spatial import cKDTree
 from atomsim import AtomsimCalculator
 from atomsim.potentials import load_potential
 from atomsim.potentials.egnn import build_egnn
-from atomsim.potentials.lammps_mliap import AtomsimMLIAP, lammps_input_problems, lammps_lines
+from atomsim.lammps_mliap import AtomsimMLIAP, lammps_input_problems, lammps_lines
 
 RTOL = 1e-6
 LJ = dict(epsilon=0.0104, sigma=3.4, cutoff=8.5, shift=False)  # = LAMMPS lj/cut 8.5
@@ -265,7 +265,7 @@ def cases():
 
 
 def lammps_case(atoms, potential, elements, **kw) -> dict:
-    from atomsim.potentials.lammps_mliap import lammps_from_atoms, lammps_results
+    from atomsim.lammps_mliap import lammps_from_atoms, lammps_results
 
     lmp = lammps_from_atoms(atoms, AtomsimMLIAP(potential, elements), **kw)
     out = lammps_results(lmp)
@@ -309,7 +309,7 @@ def test_lammps_nve_tracks_atomsim_nve(tmp_path):
 
     from atomsim.engine.config import RunConfig
     from atomsim.engine.simulation import Simulation
-    from atomsim.potentials.lammps_mliap import lammps_from_atoms, lammps_results
+    from atomsim.lammps_mliap import lammps_from_atoms, lammps_results
 
     atoms = cu_ortho(seed=5)
     rng = np.random.default_rng(5)

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from atomsim.potentials.base import build_graph, evaluate_potential
-from atomsim.potentials.datagen import KINDS, generate_structures, write_dataset
-from atomsim.potentials.training import (
+from atomsim.training.datagen import KINDS, generate_structures, write_dataset
+from atomsim.training.trainer import (
     TrainConfig, collate, fit_species_energies, load_config, predict, read_samples, train,
 )
 
@@ -118,7 +118,7 @@ def test_bad_config_names_the_key(tmp_path):
 DP_SCRIPT = textwrap.dedent("""
     import sys, numpy as np, torch
     torch.set_num_threads(1)
-    from atomsim.potentials.training import TrainConfig, train
+    from atomsim.training.trainer import TrainConfig, train
     data, out, npz = sys.argv[1:4]
     cfg = TrainConfig(data=data, output=out, model={"width": 8, "depth": 2, "n_rbf": 4, "cutoff": 4.0,
                       "readout_hidden": 4}, batch_size=6, epochs=1, val_fraction=0.0, test_fraction=0.0,

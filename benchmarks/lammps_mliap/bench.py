@@ -39,7 +39,7 @@ def crystal(n: int, temperature_K: float = 300.0):
 
 
 def time_lammps(atoms, pot, steps: int, threads: int, dt_fs: float, skin: float) -> float:
-    from atomsim.potentials.lammps_mliap import AtomsimMLIAP, lammps_from_atoms
+    from atomsim.lammps_mliap import AtomsimMLIAP, lammps_from_atoms
 
     lmp = lammps_from_atoms(atoms, AtomsimMLIAP(pot, ["Cu"], num_threads=threads), skin=skin)
     lmp.commands_list([f"timestep {dt_fs / 1000.0!r}", "fix nve all nve", "thermo 0", "run 3"])

@@ -192,10 +192,10 @@ def _lammps_breakdown(log: Path):
 
 
 def machine_info() -> dict:
-    """The suite's machine record (engine.benchmarking) plus this run's torch threads."""
+    """The suite's machine record (atomsim.bench.weak_scaling) plus this run's torch threads."""
     import torch
 
-    from atomsim.engine.benchmarking import machine_info as suite_machine_info
+    from atomsim.bench.weak_scaling import machine_info as suite_machine_info
 
     return {**suite_machine_info(), "torch_threads": torch.get_num_threads()}
 

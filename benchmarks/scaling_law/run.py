@@ -6,7 +6,7 @@
 
 The paper's question (does error fall as a power law in model and data size?)
 asked with the same EGNN family and the same EMT data (``atomsim datagen``).
-Every run trains with the same recipe (atomsim.potentials.training) under the
+Every run trains with the same recipe (atomsim.training.trainer) under the
 same per-run time/epoch budget and is scored on one fixed held-out test set:
 L = E_RMSE(eV/atom)^2 + w_F * F_RMSE(eV/Å)^2, the training loss's weighting.
 Fits L(N) = a N^-alpha + c and L(D) = b D^-beta + c' (scipy curve_fit), plots
@@ -57,7 +57,7 @@ def run_one(samples, test, *, width, depth, n_train, args) -> dict:
     import torch
 
     from atomsim.potentials.egnn import count_parameters
-    from atomsim.potentials.training import TrainConfig, evaluate, train
+    from atomsim.training.trainer import TrainConfig, evaluate, train
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = TrainConfig(data=args.data, output=tmp, model={"width": width, "depth": depth, "n_rbf": 8,
@@ -95,7 +95,7 @@ def main() -> None:
 
     import torch
 
-    from atomsim.potentials.training import read_samples
+    from atomsim.training.trainer import read_samples
 
     samples = read_samples(args.data, args.cutoff, index=f":{max(args.sizes) + args.test}")
     order = np.random.default_rng(args.seed).permutation(len(samples))

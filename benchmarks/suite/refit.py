@@ -8,14 +8,15 @@ import json
 import sys
 from pathlib import Path
 
-from atomsim.engine import bench_plots, perf_model
+from atomsim.bench import perf_model
+from atomsim.bench import plots as bench_plots
 
 
 def main(path: str) -> None:
     p = Path(path)
     d = json.loads(p.read_text())
-    d["model"] = perf_model.fit(d["points"], d["network"], clock="cpu")
-    d["model_on_wall_clock_check"] = perf_model.fit(d["points"], d["network"], clock="wall")["check"]
+    d["model"] = perf_model.fit(d["points"], d["network"], clock="cpu", results_dir=p.parent)
+    d["model_on_wall_clock_check"] = perf_model.fit(d["points"], d["network"], clock="wall", results_dir=p.parent)["check"]
     d.setdefault("model_refits", []).append(" ".join([Path(sys.executable).name, *sys.argv]))
     d["plots"] = bench_plots.write_all(d, p.with_suffix(""))
     p.write_text(json.dumps(d, indent=1, default=float))

@@ -7,4 +7,4 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 export OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1
 .venv/bin/atomsim bench weak-scaling --ranks 1,2,4 --atoms-per-rank 2000,4000 --heldout 3000 \
-    --steps 6 --repeats 3 --anchors --out benchmarks/results/bench_weak_default.json "$@"
+    --steps 6 --repeats 3 --anchors --lj-script benchmarks/lj_vs_lammps/bench_lj.py --out benchmarks/results/bench_weak_default.json "$@"

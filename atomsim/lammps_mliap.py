@@ -39,7 +39,7 @@ from torch import Tensor
 
 from atomsim.kernels.graph import Graph, csr_row_ptr
 
-from .base import Potential, evaluate_potential
+from atomsim.potentials.base import Potential, evaluate_potential
 
 try:  # the LAMMPS python module is optional: the class also works (and pickles) without it
     from lammps.mliap.mliap_unified_abc import MLIAPUnified as _Base
@@ -329,8 +329,8 @@ def build_for_export(model: str, dtype: str = "float64", elements: Optional[Sequ
     """(potential, element symbols) for ``atomsim lammps export``: the model by name, cast to ``dtype``."""
     from ase.data import chemical_symbols
 
-    from .lj import _as_dtype
-    from .registry import load_potential
+    from atomsim.potentials.lj import _as_dtype
+    from atomsim.potentials.registry import load_potential
 
     potential = load_potential(model, **(params or {})).to(_as_dtype(dtype)).eval()
     if elements:
@@ -353,7 +353,7 @@ def model_shape(model: str, params: Optional[dict] = None) -> tuple:
         else:
             obj = torch.load(path, weights_only=False)
         return int(obj.receptive_field), float(obj.cutoff)
-    from .registry import load_potential
+    from atomsim.potentials.registry import load_potential
 
     pot = load_potential(model, **(params or {}))
     return int(getattr(pot, "receptive_field", 1)), float(pot.cutoff)

@@ -17,9 +17,9 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from atomsim.engine.forces import SerialForces
 from atomsim.engine.state import MDState
 
-from .base import Potential
-from .lj import _as_dtype
-from .registry import load_potential
+from atomsim.potentials.base import Potential
+from atomsim.potentials.lj import _as_dtype
+from atomsim.potentials.registry import load_potential
 
 
 def _resolve_device(device: Union[str, torch.device]) -> torch.device:

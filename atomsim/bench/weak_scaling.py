@@ -16,7 +16,7 @@ Two layers:
   it probes the network (ping-pong latency/bandwidth, allreduce).
 - ``drive`` runs OUTSIDE MPI: it launches the workers for each rank count and
   size itself, merges their JSON, computes parallel efficiencies (marking
-  oversubscribed points), and hands the result to engine.perf_model.
+  oversubscribed points), and hands the result to atomsim.bench.perf_model.
 
 The per-step loop mirrors benchmarks/halo/bench_halo.py (timer deltas of
 ParallelForces around integrate/compute/integrate) so both report the same
@@ -158,10 +158,10 @@ def measure_point(comm, potential_name: str = "default", atoms: int = 4000, mode
     """Time the MD step on ``comm``'s ranks; returns the merged record on rank 0 (None elsewhere)."""
     from mpi4py import MPI
 
-    from .comm import MPIComm
-    from .parallel_forces import ParallelForces
-    from .state import MDState
-    from .thermo import thermo_row
+    from atomsim.engine.comm import MPIComm
+    from atomsim.engine.parallel_forces import ParallelForces
+    from atomsim.engine.state import MDState
+    from atomsim.engine.thermo import thermo_row
     from atomsim.integrators.verlet import VelocityVerlet
 
     size, rank = comm.Get_size(), comm.Get_rank()
@@ -363,7 +363,7 @@ def worker_main(args) -> int:
     """Body of ``mpiexec -n N atomsim bench weak-scaling --worker``: one point (+ probes), JSON on rank 0."""
     from mpi4py import MPI
 
-    from .abort import install_abort_handler
+    from atomsim.engine.abort import install_abort_handler
 
     comm = MPI.COMM_WORLD
     install_abort_handler(comm)
@@ -522,15 +522,16 @@ def drive(ranks: Sequence[int], atoms: Sequence[int], opts: dict, out_json: Path
     if network is not None:
         # the model is fitted on dedicated-core (CPU-second) step times: on this shared machine the
         # wall clock mostly measures the other jobs; the same fit on wall times is kept for reference
-        result["model"] = perf_model.fit(points, network, gpu_cost=gpu_cost, clock="cpu")
-        result["model_on_wall_clock_check"] = perf_model.fit(points, network, gpu_cost=gpu_cost,
-                                                             clock="wall")["check"]
+        result["model"] = perf_model.fit(points, network, gpu_cost=gpu_cost, clock="cpu",
+                                         results_dir=out_json.parent)
+        result["model_on_wall_clock_check"] = perf_model.fit(points, network, gpu_cost=gpu_cost, clock="wall",
+                                                             results_dir=out_json.parent)["check"]
     if anchors:
         result["anchors"] = anchors
     result["wall_s"] = time.time() - t_start
     _write_json(out_json, result)
     if plots:
-        from . import bench_plots
+        from . import plots as bench_plots
 
         result["plots"] = bench_plots.write_all(result, out_json.with_suffix(""))
         _write_json(out_json, result)
@@ -559,7 +560,9 @@ def add_arguments(p) -> None:
     p.add_argument("--repeats", type=int, default=1,
                    help="driver: launch every (non-oversubscribed) rank count this many times, interleaved")
     p.add_argument("--anchors", action="store_true",
-                   help="driver: also run the throughput anchors (atomsim vs ASE; LJ vs LAMMPS if installed)")
+                   help="driver: also run the throughput anchors (atomsim vs ASE; LJ vs LAMMPS with --lj-script)")
+    p.add_argument("--lj-script", default=None,
+                   help="driver, with --anchors: the LJ-vs-LAMMPS script (benchmarks/lj_vs_lammps/bench_lj.py)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--timeout", type=float, default=1800.0, help="driver: seconds per mpiexec launch")
     p.add_argument("--out", default=None,
@@ -592,9 +595,9 @@ def cli_main(args) -> int:
             "timestep_fs": args.timestep_fs, "seed": args.seed, "no_probe": args.no_probe}
     anchors = None
     if args.anchors:
-        from . import bench_anchors
+        from . import anchors as bench_anchors
 
-        anchors = bench_anchors.run_all()
+        anchors = bench_anchors.run_all(args.lj_script)
     res = drive(ranks, _int_list(args.atoms_per_rank), opts, Path(args.out), _int_list(args.heldout),
                 timeout=args.timeout, plots=not args.no_plots, anchors=anchors, repeats=args.repeats)
     _print_summary(res)

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from atomsim.kernels.graph import Graph, csr_row_ptr
 from atomsim.kernels.neighbors import neighbor_list
 
-from .egnn import EGNNConfig, EGNNPotential, count_parameters
+from atomsim.potentials.egnn import EGNNConfig, EGNNPotential, count_parameters
 
 
 # --------------------------------------------------------------------------- config
@@ -495,7 +495,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, samples: Optional[l
                       if vm else "") + f" | {elapsed / 60:.1f} min, ETA {eta / 60:.1f} min")
             log(msg)
             if improved:
-                from .checkpoint import save_checkpoint
+                from atomsim.potentials.checkpoint import save_checkpoint
 
                 save_checkpoint(ema, out / "best", {"name": cfg.name})
             torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
@@ -521,7 +521,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, samples: Optional[l
 
 def finalize(cfg: TrainConfig, result: dict, card: Optional[dict] = None, log=print) -> dict:
     """Evaluate the best EMA model on the test split, write checkpoint + card + parity plot."""
-    from .checkpoint import load_checkpoint, save_checkpoint, write_reference
+    from atomsim.potentials.checkpoint import load_checkpoint, save_checkpoint, write_reference
 
     out = Path(cfg.output)
     best_dir = out / "best"

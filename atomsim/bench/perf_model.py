@@ -274,8 +274,10 @@ def gpu_per_atom_cost(shape: dict, coef: dict, results_dir: Optional[Path] = Non
 
 
 def json_find(results_dir: Optional[Path], name: str) -> Optional[dict]:
-    d = results_dir or Path(__file__).resolve().parents[1] / "benchmarks" / "results"
-    f = d / name
+    """A measured result the caller points at (the suite passes its output folder); None when absent."""
+    if results_dir is None:
+        return None
+    f = Path(results_dir) / name
     if not f.exists():
         return None
     try:

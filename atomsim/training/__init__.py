@@ -1,0 +1,1 @@
+"""Training and data generation: ``atomsim train`` and ``atomsim datagen``."""

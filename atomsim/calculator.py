@@ -16,19 +16,9 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from atomsim.engine.forces import SerialForces
 from atomsim.engine.state import MDState
-
+from atomsim.kernels.dtypes import resolve_device, torch_dtype
 from atomsim.potentials.base import Potential
-from atomsim.potentials.lj import _as_dtype
 from atomsim.potentials.registry import load_potential
-
-
-def _resolve_device(device: Union[str, torch.device]) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} asked for CUDA but none is available; use 'cpu' or 'auto'")
-    return dev
 
 
 class AtomsimCalculator(Calculator):
@@ -52,7 +42,7 @@ class AtomsimCalculator(Calculator):
         Calculator.__init__(self)
         if skin < 0:
             raise ValueError(f"skin must be >= 0 Å, got {skin}")
-        self.device = _resolve_device(device)
+        self.device = torch.device(resolve_device(device))
         if isinstance(model, Potential):
             if params:
                 raise ValueError("params are for building a potential by name; "
@@ -62,7 +52,7 @@ class AtomsimCalculator(Calculator):
             potential = load_potential(model, **params)
         potential = potential.to(self.device)
         if dtype is not None:
-            potential = potential.to(_as_dtype(dtype))
+            potential = potential.to(torch_dtype(dtype))
         potential.eval()
         self.potential = potential
         self.skin = float(skin)

@@ -329,10 +329,10 @@ def build_for_export(model: str, dtype: str = "float64", elements: Optional[Sequ
     """(potential, element symbols) for ``atomsim lammps export``: the model by name, cast to ``dtype``."""
     from ase.data import chemical_symbols
 
-    from atomsim.potentials.lj import _as_dtype
+    from atomsim.kernels.dtypes import torch_dtype
     from atomsim.potentials.registry import load_potential
 
-    potential = load_potential(model, **(params or {})).to(_as_dtype(dtype)).eval()
+    potential = load_potential(model, **(params or {})).to(torch_dtype(dtype)).eval()
     if elements:
         symbols = list(elements)
     elif potential.species is not None:

@@ -11,9 +11,10 @@ from typing import Any
 
 import torch
 
+from atomsim.kernels.dtypes import resolve_device, torch_dtype
+
 FORMAT = "atomsim-egnn"
 FORMAT_VERSION = 1
-_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 
 
 def save_checkpoint(model, directory: str | Path, card: dict | None = None) -> Path:
@@ -71,22 +72,10 @@ def load_checkpoint(path: str | Path, dtype: str | torch.dtype | None = None,
     model.card = meta.get("card", {})
     model.checkpoint_path = str(folder)
     if dtype is not None:
-        model = model.to(_resolve_dtype(dtype))
+        model = model.to(torch_dtype(dtype, "potential.dtype"))
     if device is not None:
-        dev = str(device)
-        if dev == "auto":
-            dev = "cuda" if torch.cuda.is_available() else "cpu"
-        model = model.to(dev)
+        model = model.to(resolve_device(device, "potential.device"))
     return model.eval()
-
-
-def _resolve_dtype(dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    key = str(dtype).replace("torch.", "")
-    if key not in _DTYPES:
-        raise ValueError(f"potential.dtype: {dtype!r}; use one of {', '.join(_DTYPES)}")
-    return _DTYPES[key]
 
 
 def _jsonable(obj):

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from atomsim.kernels.dtypes import torch_dtype
 from atomsim.kernels.graph import Graph, csr_row_ptr
 
 from .base import Potential
@@ -34,19 +35,6 @@ from .registry import register_potential
 
 Scalar = Union[float, int]
 PerElement = Union[Scalar, Mapping[str, Scalar]]
-
-_DTYPES = {"float64": torch.float64, "float32": torch.float32, "double": torch.float64,
-           "float": torch.float32, "bfloat16": torch.bfloat16}
-
-
-def _as_dtype(dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    try:
-        return _DTYPES[str(dtype).lower().replace("torch.", "")]
-    except KeyError:
-        raise ValueError(f"lj: unknown dtype {dtype!r}; use float64 or float32") from None
-
 
 def _element_numbers(values: Mapping[str, Scalar], key: str) -> Dict[int, float]:
     from ase.data import atomic_numbers
@@ -187,7 +175,7 @@ class LennardJones(Potential):
         if backend not in ("auto", "numba", "torch", "autograd"):
             raise ValueError(f"lj: unknown backend {backend!r}; use auto, numba, torch or autograd")
         self.backend = backend
-        dt = _as_dtype(dtype)
+        dt = torch_dtype(dtype, "lj")
 
         if per_element:
             eps_map = _element_numbers(epsilon, "epsilon") if isinstance(epsilon, Mapping) else None

@@ -88,10 +88,10 @@ def main() -> None:
     import lammps
 
     from atomsim.potentials import load_potential
-    from atomsim.potentials.lj import _as_dtype
+    from atomsim.kernels.dtypes import torch_dtype
 
     atoms = crystal(args.size)
-    pot = load_potential("default").to(_as_dtype(args.dtype)).eval()
+    pot = load_potential("default").to(torch_dtype(args.dtype)).eval()
     dt_fs = 2.0
     runs = {"lammps_mliap": [], "atomsim_run": []}
     for r in range(args.repeat):  # interleaved, so load changes hit both alike

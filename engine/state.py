@@ -61,15 +61,31 @@ class MDState:
             dof -= 3
         return max(dof, 1)
 
-    def temperature(self, remove_com: bool = True) -> float:
+    def temperature(self, remove_com: bool = True, kinetic_energy: Optional[float] = None) -> float:
+        """Instantaneous temperature in K: 2 KE / (N_dof kB).
+
+        ``kinetic_energy``: this step's global KE when the caller already has it (saves a collective).
+        """
         from ase.units import kB
 
-        return 2.0 * self.kinetic_energy() / (self.degrees_of_freedom(remove_com) * kB)
+        ke = self.kinetic_energy() if kinetic_energy is None else kinetic_energy
+        return 2.0 * ke / (self.degrees_of_freedom(remove_com) * kB)
 
-    def pressure(self) -> float:
+    def pressure(self, kinetic_energy: Optional[float] = None) -> float:
         """Instantaneous pressure in eV/Å^3: (2 KE - tr(virial)) / (3 V) (ASE sign of virial)."""
+        ke = self.kinetic_energy() if kinetic_energy is None else kinetic_energy
         vir = 0.0 if self.virial is None else float(torch.trace(self.virial))
-        return (2.0 * self.kinetic_energy() - vir) / (3.0 * self.volume)
+        return (2.0 * ke - vir) / (3.0 * self.volume)
+
+    def pressure_tensor(self) -> Tensor:
+        """Global pressure tensor (K - W) / V in eV/Å^3, (3, 3) float64 (collective).
+
+        K = sum m v (x) v, W = dE/dstrain (``virial``); with zero velocities it is -ASE stress.
+        """
+        p = self.kinetic_tensor().detach().double()
+        if self.virial is not None:
+            p = p - self.virial.detach().double()
+        return p / self.volume
 
     @classmethod
     def from_atoms(cls, atoms, device="cpu", comm=None) -> "MDState":

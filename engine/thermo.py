@@ -26,27 +26,21 @@ _TERMINAL = (("step", "Step", 8, "{:d}"), ("time_ps", "Time ps", 8, "{:.3f}"),
 
 def thermo_row(state, integrator, timestep_fs: float, atom_steps_per_s: float, n_builds: int) -> dict:
     """One row of global quantities (collective: every rank must call it)."""
-    ke = state.kinetic_energy()
+    ke = state.kinetic_energy()  # one collective; reused for temperature and pressure
     pe = float(state.energy)  # already global (MDState contract; the MPI provider allreduces it)
     vol = state.volume
-    vir = 0.0 if state.virial is None else float(state.virial.trace())  # global (MDState contract)
-    pressure = (2.0 * ke - vir) / (3.0 * vol) / units.GPa
     etot = pe + ke
-    # pressure tensor (K - W) / V, K = sum m v (x) v, W = dE/dstrain; Voigt order like ASE
-    ptens = state.kinetic_tensor().detach().cpu().double()
-    if state.virial is not None:
-        ptens = ptens - state.virial.detach().cpu().double()
-    ptens = ptens / vol / units.GPa
+    ptens = state.pressure_tensor().cpu() / units.GPa  # Voigt order like ASE
     voigt = {f"p{a}_GPa": float(ptens[i, j]) for a, (i, j) in
              zip(("xx", "yy", "zz", "yz", "xz", "xy"), ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1)))}
     return {
         "step": int(state.step),
         "time_ps": state.step * timestep_fs * 1e-3,
-        "temperature_K": 2.0 * ke / (state.degrees_of_freedom() * units.kB),
+        "temperature_K": state.temperature(kinetic_energy=ke),
         "pe_eV": pe,
         "ke_eV": ke,
         "etotal_eV": etot,
-        "pressure_GPa": pressure,
+        "pressure_GPa": state.pressure(kinetic_energy=ke) / units.GPa,
         "volume_A3": vol,
         "conserved_eV": etot + float(integrator.conserved_energy_extra(state)),
         "atom_steps_per_s": float(atom_steps_per_s),

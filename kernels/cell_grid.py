@@ -102,8 +102,13 @@ def effective_cell(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
 
 
 def face_distances(cell: np.ndarray) -> np.ndarray:
-    """Distance between opposite faces of the cell along each fractional direction."""
-    inv = np.linalg.inv(cell)
+    """Distance (Å) between opposite faces of the cell, per cell vector: V / |b x c|, V / |c x a|, V / |a x b|.
+
+    Computed as 1 / |reciprocal vector| (the columns of the inverse cell), the same
+    quantity; it is the thickness of the cell along a fractional direction, which
+    is what bins (kernels) and sub-domain halos (engine/domain.py) are sized by.
+    """
+    inv = np.linalg.inv(np.asarray(cell, dtype=np.float64))
     return 1.0 / np.linalg.norm(inv, axis=0)
 
 

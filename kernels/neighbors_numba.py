@@ -29,8 +29,12 @@ PARALLEL_MIN_ATOMS = 2048
 PARALLEL_MIN_ATOMS_DISPLACEMENT = 65536
 
 
-def _twins(fn):
-    """(parallel, serial) compiled versions of one kernel, cached under distinct names."""
+def numba_twins(fn):
+    """(parallel, serial) compiled versions of one kernel, cached under distinct names.
+
+    Why both: waking numba's thread pool costs more than a small input's work, so
+    callers pick the serial twin below a size threshold (the LJ kernels use it too).
+    """
     par = njit(cache=True, parallel=True)(fn)
     ser_fn = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial",
                                 fn.__defaults__, fn.__closure__)
@@ -290,11 +294,11 @@ def _max_displacement_sq(positions, reference):
     return best
 
 
-_BIN = _twins(_bin_atoms)
-_GATHER = _twins(_gather_soa)
-_PAIRS = _twins(_pairs_pass)
-_EXPAND = _twins(_expand_rows)
-_MAXDISP = _twins(_max_displacement_sq)
+_BIN = numba_twins(_bin_atoms)
+_GATHER = numba_twins(_gather_soa)
+_PAIRS = numba_twins(_pairs_pass)
+_EXPAND = numba_twins(_expand_rows)
+_MAXDISP = numba_twins(_max_displacement_sq)
 
 
 @njit(cache=True)

@@ -12,10 +12,10 @@ than the work (20x more for a 100-atom MD step on a busy 2-core machine).
 """
 from __future__ import annotations
 
-import types
-
 import numba
-from numba import njit, prange
+from numba import prange
+
+from atomsim.kernels.neighbors_numba import numba_twins
 
 PARALLEL_MIN_NODES = 2048
 
@@ -74,17 +74,8 @@ def _lj_backward(vec, row_ptr, k, grad_nodes, grad_vec):
             grad_vec[e, 2] = w * vec[e, 2]
 
 
-def _twins(fn):
-    """(parallel, serial) compiled versions of one kernel, cached under distinct names."""
-    par = njit(cache=True, parallel=True)(fn)
-    ser_fn = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial",
-                                fn.__defaults__, fn.__closure__)
-    ser_fn.__qualname__ = fn.__qualname__ + "_serial"
-    return par, njit(cache=True)(ser_fn)
-
-
-_FORWARD = _twins(_lj_forward)
-_BACKWARD = _twins(_lj_backward)
+_FORWARD = numba_twins(_lj_forward)
+_BACKWARD = numba_twins(_lj_backward)
 
 
 def _pick(twins, n_nodes: int, n_threads: int):

@@ -5,9 +5,6 @@ test_integrators_ensembles.py.
 """
 from __future__ import annotations
 
-import copy
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -16,6 +13,7 @@ from ase.build import bulk
 from ase.calculators.lj import LennardJones
 
 from atomsim.engine.forces import SerialForces
+from atomsim.kernels.neighbor_list import NeighborList
 from atomsim.engine.state import MDState
 from atomsim.integrators import make_integrator
 from atomsim.potentials.base import Potential
@@ -69,28 +67,29 @@ def argon(rep=2, a=5.26, temperature_K=60.0, seed=1, rattle=0.0):
     return atoms
 
 
-class AffineSerialForces(SerialForces):
-    """SerialForces whose Verlet list survives small cell changes (barostats, cell relaxation).
+class AffineNeighborList(NeighborList):
+    """A Verlet list that survives small cell changes (barostats, cell relaxation).
 
     Pair vectors deform affinely with the cell, so the list built at cutoff + skin stays
     complete while  max|non-affine displacement| + (cutoff + skin) ||A - 1|| / 2 < skin / 2,
     where A maps the reference cell to the current one (h = h_ref A). With a fixed cell this
-    is SerialForces' own criterion; it only saves list rebuilds (CPU time of these tests).
+    is NeighborList's own criterion; it only saves list rebuilds (CPU time of these tests).
     """
 
-    def needs_rebuild(self, state) -> bool:
-        if self._edges is None or self._ref_positions.shape != state.positions.shape:
+    def needs_rebuild(self, positions, cell, pbc) -> bool:
+        ref = self.reference_positions
+        if ref is None or ref.shape != positions.shape or tuple(bool(p) for p in pbc) != self.reference_pbc:
             return True
-        A = torch.linalg.solve(self._ref_cell, state.cell)
+        A = torch.linalg.solve(self.reference_cell, cell)
         strain = float(torch.linalg.matrix_norm(A - torch.eye(3, dtype=A.dtype), ord=2))
-        disp = state.positions - self._ref_positions @ A
+        disp = positions - ref @ A
         dmax = float((disp**2).sum(1).max().sqrt())
         return dmax + 0.5 * self.list_cutoff * strain > 0.5 * self.skin
 
-    def compute(self, state) -> None:
-        if not self.needs_rebuild(state) and hasattr(self, "_shifts"):
-            self._shifts = self._edges[2].to(state.cell.dtype) @ state.cell  # SerialForces caches S @ cell
-        super().compute(state)
+
+def AffineSerialForces(potential, skin=1.0) -> SerialForces:
+    """SerialForces over an :class:`AffineNeighborList` (edge vectors use the current cell)."""
+    return SerialForces(potential, skin=skin, neighbor_list=AffineNeighborList(float(potential.cutoff), skin))
 
 
 class Runner:
@@ -100,15 +99,20 @@ class Runner:
         self.state = MDState.from_atoms(atoms)
         self.forces = AffineSerialForces(ShiftedLJ(), skin=skin)
         self.integ = integ
-        self.forces.compute(self.state)
+        self.compute()
         integ.setup(self.state)
+
+    def compute(self, state=None):
+        """Forces at the current positions into the state (what engine/step.py's md_step does)."""
+        state = self.state if state is None else state
+        state.apply_forces(self.forces.compute(state))
 
     def step(self, n=1, every=None, fn=None):
         out = []
         s = self.state
         for k in range(n):
             self.integ.initial_integrate(s)
-            self.forces.compute(s)
+            self.compute()
             self.integ.final_integrate(s)
             s.step += 1
             if fn is not None and (k + 1) % every == 0:
@@ -243,8 +247,42 @@ def _all_integrators():
     }
 
 
+def save_restart(runner: "Runner", directory) -> None:
+    """Write the runner's state through engine/restart.py, as Simulation.write_restart does."""
+    from atomsim.engine.restart import write_restart
+
+    st = runner.state
+    arrays = {"positions": st.positions, "velocities": st.velocities, "masses": st.masses,
+              "numbers": st.numbers, "ids": st.ids, "cell": st.cell, "pbc": torch.tensor(st.pbc)}
+    ref = runner.forces.reference_state(st)
+    nl = {"positions": ref["positions"], "cell": ref["cell"]} if ref else {}
+    write_restart(directory, arrays, runner.integ.name, runner.integ.state_dict(), nl, st.step,
+                  {"test": "restart"}, runner.forces.n_builds)
+
+
+def resume_runner(directory, integ, skin: float = 1.0) -> "Runner":
+    """A Runner continuing the newest restart in ``directory`` (what Simulation does with --resume)."""
+    from atomsim.engine.restart import find_restart
+
+    rs = find_restart(directory)
+    r = Runner.__new__(Runner)
+    r.state = rs.to_state()
+    r.forces = AffineSerialForces(ShiftedLJ(), skin=skin)
+    r.integ = integ
+    ref = rs.neighbor_state
+    if "positions" in ref:
+        r.forces.restore_reference(r.state, ref["positions"], ref["cell"])
+    r.compute()
+    integ.load_state_dict(rs.integrator_state)
+    integ.setup(r.state)
+    return r
+
+
 @pytest.mark.parametrize("key", list(_all_integrators()))
-def test_restart_is_bit_for_bit(key):
+def test_restart_is_bit_for_bit(key, tmp_path):
+    """Run 2N steps, or N steps + the restart FILE (engine/restart.py) + N steps: the same bits
+    (positions, velocities, cell, and the integrator's state: thermostat chains, barostat momenta,
+    FIRE's cell and mixing state, Langevin's noise counter)."""
     params = dict(_all_integrators()[key])
     name = params.pop("_name", key)
     atoms = argon(a=5.3, temperature_K=60, seed=8, rattle=0.03)
@@ -254,25 +292,20 @@ def test_restart_is_bit_for_bit(key):
 
     first = Runner(atoms, make_integrator(name, 5.0, **params))
     first.step(N)
-    # what a restart file holds: the state arrays, the integrator's state_dict (JSON-safe),
-    # and the neighbor-list reference (SerialForces.reference_state) for an identical list
-    saved = json.loads(json.dumps(first.integ.state_dict()))
-    st = first.state
-    # (not through ase.Atoms: set_velocities stores m*v, which does not round-trip v bit for bit)
-    restored = MDState(positions=st.positions.clone(), velocities=st.velocities.clone(), masses=st.masses.clone(),
-                       numbers=st.numbers.clone(), ids=st.ids.clone(), cell=st.cell.clone(), pbc=st.pbc,
-                       n_atoms_global=st.n_atoms_global, step=st.step)
-    resumed = copy.copy(first)
-    resumed.state = restored
-    resumed.forces = copy.deepcopy(first.forces)
-    resumed.forces.compute(restored)
-    resumed.integ = make_integrator(name, 5.0, **params)
-    resumed.integ.load_state_dict(saved)
-    resumed.integ.setup(restored)
+    save_restart(first, tmp_path)
+    del first
+    resumed = resume_runner(tmp_path, make_integrator(name, 5.0, **params))
+    assert resumed.state.step == N
     resumed.step(N)
     for attr in ("positions", "velocities", "cell"):
-        assert torch.equal(getattr(full.state, attr), getattr(restored, attr)), attr
-    assert full.integ.state_dict() == resumed.integ.state_dict()
+        assert torch.equal(getattr(full.state, attr), getattr(resumed.state, attr)), attr
+    assert full.integ.state_dict().keys() == resumed.integ.state_dict().keys()
+    for k, v in full.integ.state_dict().items():
+        w = resumed.integ.state_dict()[k]
+        if isinstance(v, (np.ndarray, torch.Tensor)):
+            assert np.array_equal(np.asarray(v), np.asarray(w)), k
+        else:
+            assert v == w, k
 
 
 # ----------------------------------------------------------------- fixed atoms
@@ -317,7 +350,7 @@ def test_fire_cell_gradient_matches_finite_differences():
         F = __import__("scipy.linalg", fromlist=["expm"]).expm(logf)
         s.cell.copy_(torch.as_tensor(cell0 @ F.T))
         s.positions.copy_(r0 @ torch.as_tensor(F.T))
-        r.forces.compute(s)
+        r.compute(s)
         return s.energy + 0.2 * units.GPa * s.volume
 
     enthalpy(f.log_f)

@@ -1,7 +1,7 @@
 """ASE calculator front end: any atomsim Potential behind ``ase.calculators.calculator.Calculator``.
 
 Why: users drive atomsim potentials from ASE (ase.md, ase.optimize, cell
-filters). The neighbor list is the engine's (``engine.forces.SerialForces``):
+filters). The force provider is the engine's (``engine/forces.py``'s SerialForces):
 built at cutoff + skin and reused between calls until an atom moved more than
 skin/2, so an MD or relaxation step does not rebuild it every time.
 """
@@ -70,16 +70,15 @@ class AtomsimCalculator(Calculator):
         atoms = self.atoms
         if self._forces is None or "numbers" in system_changes or "pbc" in system_changes:
             self.potential.check_species(atoms.numbers)
-            self._forces = SerialForces(self.potential, skin=self.skin, compute_virial=True)
-        state = self._state(atoms)
-        self._forces.compute(state)
+            self._forces = SerialForces(self.potential, skin=self.skin)
+        out = self._forces.compute(self._state(atoms), virial=atoms.cell.rank == 3)
 
-        self.results["energy"] = float(state.energy)
-        self.results["free_energy"] = float(state.energy)
-        self.results["energies"] = np.asarray(state.energies, dtype=np.float64).copy()
-        self.results["forces"] = state.forces.detach().to(torch.float64).cpu().numpy()
+        self.results["energy"] = float(out.energy)
+        self.results["free_energy"] = float(out.energy)
+        self.results["energies"] = np.asarray(out.energies, dtype=np.float64).copy()
+        self.results["forces"] = out.forces.detach().to(torch.float64).cpu().numpy()
         if atoms.cell.rank == 3:
-            virial = state.virial.detach().cpu().numpy()
+            virial = out.virial.detach().cpu().numpy()
             self.results["stress"] = full_3x3_to_voigt_6_stress(virial / atoms.get_volume())
 
     def _state(self, atoms) -> MDState:

@@ -1,60 +1,119 @@
-"""Serial force provider: Verlet list with skin reuse + the potential, into an MDState.
+"""Force providers: the one contract between the MD step and whatever computes forces.
 
-The MPI engine provides the same ``compute(state)`` contract with ghosts.
+A provider turns the state a rank owns into a :class:`ForceResult`; it owns
+its neighbor list (``kernels/neighbor_list.py``) and, under MPI, the halo.
+``md_step`` (``engine/step.py``) is its only caller in the run loop. Two
+implementations ship: :class:`SerialForces` here and ``ParallelForces``
+(``engine/parallel_forces.py``, domain decomposition); a plugin may bring its
+own by implementing :class:`ForceProvider`.
 """
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+from typing import Dict, Optional, Protocol, runtime_checkable
+
 import numpy as np
 import torch
+from torch import Tensor
 
-from atomsim.kernels.neighbors_verlet import VerletList
+from atomsim.kernels.neighbor_list import NeighborList
 from atomsim.potentials.base import Potential, build_graph, evaluate_potential
+
+__all__ = ["ForceResult", "ForceProvider", "SerialForces"]
+
+
+@dataclass
+class ForceResult:
+    """What one force evaluation gives the step: all global quantities are already reduced."""
+
+    energy: float  # eV, whole system (every rank holds the same value)
+    energies: np.ndarray  # (n_owned,) eV per owned atom
+    forces: Tensor  # (n_owned, 3) float64, eV/Å
+    virial: Optional[Tensor]  # (3, 3) float64, whole system, dE/d(strain); None when not asked
+    rebuilt: bool = False  # the neighbor list (and halo) was rebuilt for this evaluation
+
+
+@runtime_checkable
+class ForceProvider(Protocol):
+    """The contract every force provider meets (serial, MPI, or a plugin's own).
+
+    - ``compute(state, virial=...)`` evaluates forces at ``state``'s positions and cell.
+      It may reorder or migrate the atoms ``state`` owns (MPI), never anything else
+      of the state; collective under MPI.
+    - ``prepare(state)`` is called once before the first step (MPI: keep the atoms
+      this rank owns).
+    - ``reference_state(state)`` is what a restart needs to rebuild the identical
+      neighbor list: ``{"positions": (n_owned, 3), "ids": (n_owned,), "cell": (3, 3)}``
+      for the atoms this rank owns (``{}`` before the first build). No communication.
+    - ``restore_reference(state, positions, cell)`` rebuilds exactly there
+      (``positions`` for ALL atoms, sorted by id); collective under MPI.
+    - ``n_builds`` counts neighbor-list builds; ``timers`` accumulates seconds by part
+      (at least ``neighbor``; the MPI provider adds ``halo``, ``model``, ``reverse``, ``sync``).
+    """
+
+    potential: Potential
+    n_builds: int
+    timers: Dict[str, float]
+
+    def prepare(self, state) -> None: ...
+
+    def compute(self, state, *, virial: bool = True) -> ForceResult: ...
+
+    def reference_state(self, state) -> dict: ...
+
+    def restore_reference(self, state, positions: Tensor, cell: Tensor) -> None: ...
 
 
 class SerialForces:
-    """Builds the neighbor list at cutoff + skin and reuses it until an atom moved > skin/2."""
+    """One rank, periodic images through the neighbor list's cell shifts."""
 
-    def __init__(self, potential: Potential, skin: float = 1.0, compute_virial: bool = True):
+    def __init__(self, potential: Potential, skin: float = 1.0, neighbor_list: Optional[NeighborList] = None):
         self.potential = potential
-        self.skin = float(skin)
-        self.compute_virial = compute_virial
-        self.list_cutoff = float(potential.cutoff) + self.skin
-        self._ref_positions = None
-        self._ref_cell = None
-        self._edges = None
-        self._vlist = VerletList(float(potential.cutoff), self.skin)
-        self.n_builds = 0
+        self.nlist = neighbor_list if neighbor_list is not None else NeighborList(float(potential.cutoff), skin)
+        self.timers: Dict[str, float] = {"neighbor": 0.0, "model": 0.0}
+        self._shift_cache = None  # (cell, cell_shifts @ cell): constant between rebuilds and cell changes
 
-    def needs_rebuild(self, state) -> bool:
-        if self._edges is None:
-            return True
-        return self._vlist.needs_update(state.positions.detach().cpu().numpy(),
-                                        state.cell.detach().cpu().numpy(), state.pbc)
+    @property
+    def n_builds(self) -> int:
+        return self.nlist.n_builds
 
-    def rebuild(self, state) -> None:
-        vl = self._vlist
-        vl.build(state.positions.detach().cpu().numpy(), state.cell.detach().cpu().numpy(), state.pbc)
-        dev = state.positions.device
-        self._edges = tuple(torch.from_numpy(np.ascontiguousarray(a)).to(dev) for a in (vl.i, vl.j, vl.S))
-        # Constant until the next rebuild (a cell change forces one): cache them.
-        self._shifts = self._edges[2].to(state.cell.dtype) @ state.cell
-        self._row_ptr = torch.from_numpy(np.ascontiguousarray(vl.row_ptr)).to(dev)
-        self._ref_positions = state.positions.detach().clone()
-        self._ref_cell = state.cell.detach().clone()
-        self.n_builds += 1
+    @n_builds.setter
+    def n_builds(self, value: int) -> None:
+        self.nlist.n_builds = int(value)
 
-    def reference_state(self) -> dict:
-        """What a restart needs to rebuild exactly the same list (bit-for-bit resume)."""
-        return {"positions": self._ref_positions, "cell": self._ref_cell}
+    def prepare(self, state) -> None:
+        """Nothing to distribute on one rank."""
 
-    def compute(self, state) -> None:
-        if self.needs_rebuild(state):
-            self.rebuild(state)
-        i, j, S = self._edges
-        graph = build_graph(state.positions, state.cell, i, j, S, state.n_local, self.potential.dtype,
-                            shifts=self._shifts, row_ptr=self._row_ptr)
-        out = evaluate_potential(self.potential, state.numbers, graph, compute_virial=self.compute_virial)
-        state.forces = out.forces[: state.n_local]
-        state.energies = out.energies
-        state.energy = out.energy
-        state.virial = out.virial
+    def compute(self, state, *, virial: bool = True) -> ForceResult:
+        t0 = time.perf_counter()
+        rebuilt = self.nlist.update(state.positions, state.cell, state.pbc)
+        t1 = time.perf_counter()
+        nl = self.nlist
+        graph = build_graph(state.positions, state.cell, nl.receivers, nl.senders, nl.cell_shifts,
+                            state.n_local, self.potential.dtype, shifts=self._shifts(state.cell, rebuilt),
+                            row_ptr=nl.row_ptr)
+        out = evaluate_potential(self.potential, state.numbers, graph, compute_virial=virial)
+        self.timers["neighbor"] += t1 - t0
+        self.timers["model"] += time.perf_counter() - t1
+        return ForceResult(energy=out.energy, energies=out.energies, forces=out.forces[: state.n_local],
+                           virial=out.virial, rebuilt=rebuilt)
+
+    def _shifts(self, cell: Tensor, rebuilt: bool) -> Tensor:
+        cache = self._shift_cache
+        if rebuilt or cache is None or not torch.equal(cache[0], cell):
+            cache = self._shift_cache = (cell.clone(), self.nlist.cell_shifts.to(cell.dtype) @ cell)
+        return cache[1]
+
+    def reference_state(self, state) -> dict:
+        nl = self.nlist
+        if nl.reference_positions is None:
+            return {}
+        return {"positions": nl.reference_positions, "ids": state.ids, "cell": nl.reference_cell}
+
+    def restore_reference(self, state, positions: Tensor, cell: Tensor) -> None:
+        """Rebuild at the saved reference: the same pairs in the same order as the saved run."""
+        ref = positions.to(state.positions)
+        if state.n_local and int(state.ids.max()) < ref.shape[0]:
+            ref = ref[state.ids]  # restart arrays are sorted by id
+        self.nlist.build(ref, cell.to(state.cell), state.pbc)

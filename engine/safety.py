@@ -7,6 +7,7 @@ message that names the step and the worst atom, after saving the last good state
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -26,6 +27,21 @@ class WorstAtom:
     position: tuple
     force_norm: float  # eV/Å (inf for NaN/inf forces)
 
+    def describe(self) -> str:
+        x, y, z = self.position
+        return (f"atom id {self.atom_id} ({self.symbol}) at ({x:.4f}, {y:.4f}, {z:.4f}) Å "
+                f"has |F| = {self.force_norm:.4g} eV/Å")
+
+
+class BlowUp(SimulationError):
+    """Raised on every rank by :func:`check_forces`; ``worst`` is set on the ranks that hold an offender."""
+
+    def __init__(self, step: int, limit: float, worst: Optional[WorstAtom]):
+        self.step, self.limit, self.worst = step, limit, worst
+        where = worst.describe() if worst is not None else "an atom on another rank exceeds it"
+        super().__init__(f"blow-up at step {step}: {where} (limit dynamics.max_force_eV_per_A = {limit:g}; "
+                         "NaN/inf count as over)")
+
 
 def max_force_sq(forces: torch.Tensor) -> float:
     """Largest |F|^2 over local atoms; NaN anywhere gives inf (so one comparison catches both)."""
@@ -33,6 +49,14 @@ def max_force_sq(forces: torch.Tensor) -> float:
         return 0.0
     m = float((forces * forces).sum(1).max())
     return m if m == m else float("inf")
+
+
+def check_forces(state, limit: float) -> None:
+    """One global max-reduction; raises BlowUp on every rank when any |F| > limit (or NaN/inf)."""
+    local = max_force_sq(state.forces)
+    if float(state.comm.allreduce_max(local)) <= limit * limit:
+        return
+    raise BlowUp(int(state.step), limit, worst_atom(state) if local > limit * limit else None)
 
 
 def worst_atom(state) -> WorstAtom:

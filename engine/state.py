@@ -6,14 +6,14 @@ Units are ASE's: Å, eV, amu, and velocities in Å per ASE time unit
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .comm import SerialComm
+from .comm import Comm
 
 
 @dataclass
@@ -31,8 +31,23 @@ class MDState:
     energy: float = 0.0  # global potential energy, eV
     virial: Optional[Tensor] = None  # (3, 3) global, dE/d(strain) (ASE stress * volume)
     step: int = 0
-    comm: object = field(default_factory=SerialComm)
+    comm: object = field(default_factory=Comm)
     fixed: Optional[Tensor] = None  # (n,) bool, atoms held fixed (None: none)
+
+    def apply_forces(self, result) -> None:
+        """Take a force provider's result (``engine.forces.ForceResult``) as this state's forces."""
+        self.forces = result.forces
+        self.energies = result.energies
+        self.energy = float(result.energy)
+        self.virial = result.virial
+
+    def snapshot(self) -> "MDState":
+        """A copy that later steps cannot change (the last good state kept for blow-up recovery)."""
+        c = lambda t: None if t is None else t.detach().clone()  # noqa: E731
+        return replace(self, positions=c(self.positions), velocities=c(self.velocities), masses=c(self.masses),
+                       numbers=c(self.numbers), ids=c(self.ids), cell=c(self.cell), forces=c(self.forces),
+                       virial=c(self.virial), fixed=c(self.fixed),
+                       energies=None if self.energies is None else np.array(self.energies))
 
     @property
     def n_local(self) -> int:
@@ -101,7 +116,7 @@ class MDState:
             cell=t(atoms.cell.array).clone(),
             pbc=tuple(bool(p) for p in atoms.pbc),
             n_atoms_global=n,
-            comm=comm or SerialComm(),
+            comm=comm or Comm(),
         )
 
     def to_atoms(self):

@@ -15,7 +15,7 @@ from torch import Tensor
 
 
 @numba.njit(cache=True, fastmath=False)
-def _edge_vectors(pos, i, j, shifts, out):
+def _edge_vectors(pos, i, j, shifts, out):  # i: receivers, j: senders
     for e in range(i.shape[0]):
         a = i[e]
         b = j[e]
@@ -43,19 +43,20 @@ def _cpu_plain(*tensors: Tensor) -> bool:
     return all(t.device.type == "cpu" and not t.requires_grad for t in tensors)
 
 
-def edge_vectors(positions: Tensor, i: Tensor, j: Tensor, shifts: Tensor) -> Tensor:
-    """x_j - x_i + shift (float64), numba on CPU, torch elsewhere or under autograd."""
+def edge_vectors(positions: Tensor, receivers: Tensor, senders: Tensor, shifts: Tensor) -> Tensor:
+    """x_sender - x_receiver + shift (float64), numba on CPU, torch elsewhere or under autograd."""
     if _cpu_plain(positions, shifts) and positions.dtype == torch.float64 and shifts.dtype == torch.float64:
-        out = np.empty((i.shape[0], 3), dtype=np.float64)
-        _edge_vectors(np.ascontiguousarray(positions.numpy()), i.numpy(), j.numpy(),
+        out = np.empty((receivers.shape[0], 3), dtype=np.float64)
+        _edge_vectors(np.ascontiguousarray(positions.numpy()), receivers.numpy(), senders.numpy(),
                       np.ascontiguousarray(shifts.numpy()), out)
         return torch.from_numpy(out)
-    return positions.index_select(0, j) - positions.index_select(0, i) + shifts
+    return positions.index_select(0, senders) - positions.index_select(0, receivers) + shifts
 
 
-def scatter_edge_forces(g: Tensor, vec: Tensor, i: Tensor, j: Tensor, n_nodes: int,
+def scatter_edge_forces(g: Tensor, vec: Tensor, receivers: Tensor, senders: Tensor, n_nodes: int,
                         want_virial: bool) -> tuple[Tensor, Tensor | None]:
     """Forces (n_nodes, 3) float64 from dE/dr_e and, optionally, sum_e r_e (x) g_e."""
+    i, j = receivers, senders
     if _cpu_plain(g, vec) and g.dtype in (torch.float32, torch.float64) and vec.dtype == g.dtype:
         forces = np.zeros((n_nodes, 3), dtype=np.float64)
         virial = np.zeros((3, 3), dtype=np.float64)

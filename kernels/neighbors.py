@@ -1,6 +1,6 @@
 """Neighbor lists (Numba cell list) with the meaning of ASE's ``neighbor_list('ijS')``.
 
-Public contract (ARCHITECTURE.md): ``neighbor_list(positions, cell, pbc, cutoff)``
+Public contract: ``neighbor_list(positions, cell, pbc, cutoff)``
 returns ``(i, j, S)``: every ordered pair closer than ``cutoff`` (strictly, as
 ASE), sorted by i, then j, then S; S is the integer cell shift of j, so the
 vector is ``positions[j] - positions[i] + S @ cell``. Atoms need not be inside
@@ -12,7 +12,7 @@ Cost is O(N) for a fixed density: a cell list built in fractional coordinates
 thinner than the cutoff, the atoms' bounding box along non-periodic
 directions). See ``cell_grid`` and ``neighbors_numba`` for the details.
 
-Related modules: ``neighbors_verlet.VerletList`` (skin reuse),
+Related modules: ``neighbor_list.NeighborList`` (the engine's list: skin reuse, backends),
 ``neighbors_array_api`` (the same list under numpy or cupy) and
 ``neighbors_cupy`` (CUDA raw kernels); all return the same pairs in the same order.
 """
@@ -23,7 +23,7 @@ import numpy as np
 from atomsim.kernels.cell_grid import CellGrid, check_inputs, make_grid
 from atomsim.kernels.neighbors_numba import bin_order, build_csr, expand_rows
 
-__all__ = ["neighbor_list", "neighbor_list_csr", "spatial_order", "grid_for", "VerletList"]
+__all__ = ["neighbor_list", "neighbor_list_csr", "spatial_order", "grid_for"]
 
 
 def grid_for(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float,
@@ -69,11 +69,3 @@ def spatial_order(positions, cell, pbc, cutoff: float) -> np.ndarray:
     if len(pos) == 0:
         return np.zeros(0, np.int64)
     return bin_order(pos, grid_for(pos, cell, pbc, cutoff))
-
-
-def __getattr__(name):  # lazy: VerletList lives in its own module
-    if name == "VerletList":
-        from atomsim.kernels.neighbors_verlet import VerletList
-
-        return VerletList
-    raise AttributeError(name)

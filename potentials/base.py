@@ -82,22 +82,22 @@ class PotentialOutput:
 
 
 def build_graph(
-    positions: Tensor, cell: Tensor, i: Tensor, j: Tensor, S: Tensor,
+    positions: Tensor, cell: Tensor, receivers: Tensor, senders: Tensor, cell_shifts: Tensor,
     n_local: int, dtype: torch.dtype, halo_update=None, shifts: Optional[Tensor] = None,
     row_ptr: Optional[Tensor] = None,
 ) -> Graph:
-    """Edge vectors in float64 from positions + integer shifts, cast to the model dtype.
+    """Edge vectors in float64 from positions + integer cell shifts, cast to the model dtype.
 
-    ``shifts`` (= S @ cell) and ``row_ptr`` may be passed in by callers that
+    ``shifts`` (= cell_shifts @ cell) and ``row_ptr`` may be passed in by callers that
     cache them between neighbor-list rebuilds.
     """
     if shifts is None:
-        shifts = S.to(positions.dtype) @ cell
-    vec = edge_vectors(positions, i, j, shifts).to(dtype)
+        shifts = cell_shifts.to(positions.dtype) @ cell
+    vec = edge_vectors(positions, receivers, senders, shifts).to(dtype)
     n_nodes = int(positions.shape[0])
     if row_ptr is None:
-        row_ptr = csr_row_ptr(i, n_nodes)
-    return Graph(receivers=i, senders=j, edge_vectors=vec, n_nodes=n_nodes, n_local=n_local,
+        row_ptr = csr_row_ptr(receivers, n_nodes)
+    return Graph(receivers=receivers, senders=senders, edge_vectors=vec, n_nodes=n_nodes, n_local=n_local,
                  row_ptr=row_ptr, halo_update=halo_update)
 
 

@@ -62,30 +62,27 @@ def simulate(case: str, comm=None) -> dict:
         st = MDState.from_atoms(atoms)
         prov = SerialForces(potential(), skin=SKIN)
     else:
-        from atomsim.engine.comm import MPIComm
         from atomsim.engine.parallel_forces import ParallelForces
 
-        st = MDState.from_atoms(atoms, comm=MPIComm(comm))
+        st = MDState.from_atoms(atoms, comm=comm)
         prov = ParallelForces(potential(), comm, skin=SKIN, halo="full")
     fixed_from_config(st, fix)
     if comm is not None:
-        prov.distribute(st)
+        prov.prepare(st)
     integ = make_integrator(name, DT_FS, **params)
-    prov.compute(st)
+    st.apply_forces(prov.compute(st))
     integ.setup(st)
     energies = []
     for _ in range(STEPS):
         integ.initial_integrate(st)
-        prov.compute(st)
+        st.apply_forces(prov.compute(st))
         integ.final_integrate(st)
         st.step += 1
         energies.append(st.energy + st.kinetic_energy() + integ.conserved_energy_extra(st))
     n_fixed = 0 if st.fixed is None else int(st.comm.allreduce_sum(int(st.fixed.sum())))  # collective
     arrays = dict(positions=st.positions.numpy(), velocities=st.velocities.numpy())
     if comm is not None:
-        from atomsim.engine.parallel_io import gather_by_id
-
-        arrays = gather_by_id(comm, st.ids.numpy(), **arrays)
+        arrays = comm.gather_by_id(st.ids.numpy(), **arrays)
         if arrays is None:
             return {}
     else:
@@ -121,15 +118,15 @@ def test_integrators_on_4_ranks_equal_1_rank(tmp_path):
 
 
 def main(path: str) -> None:
-    from mpi4py import MPI
+    from atomsim.engine.comm import world_comm
 
-    comm = MPI.COMM_WORLD
+    comm = world_comm()
     out = {}
     for case in CASES:
         res = simulate(case, comm)
         for k, v in res.items():
             out[f"{case}/{k}"] = v
-    if comm.Get_rank() == 0:
+    if comm.rank == 0:
         np.savez(path, **out)
 
 

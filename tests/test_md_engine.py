@@ -196,14 +196,19 @@ def test_atoms_too_close_stop_at_step_zero(tmp_path):
 
 
 def test_nan_forces_are_caught(tmp_path):
-    """NaN never compares greater than a limit; the check must still stop the run."""
-    sim = Simulation(make_config(tmp_path / "run"), atoms=start_atoms(), console=quiet())
+    """NaN never compares greater than a limit; the check must still stop the run.
+
+    The run keeps its state at every thermo row (here every step) for recovery: step 2 is the last good one.
+    """
+    cfg = make_config(tmp_path / "run", output={"thermo_every": 1})
+    sim = Simulation(cfg, atoms=start_atoms(), console=quiet())
     compute = sim.forces.compute
 
-    def poisoned(state):
-        compute(state)
+    def poisoned(state, *, virial=True):
+        result = compute(state, virial=virial)
         if state.step == 3:
-            state.forces[7, 1] = float("nan")
+            result.forces[7, 1] = float("nan")
+        return result
 
     sim.forces.compute = poisoned
     with pytest.raises(SimulationError, match="blow-up at step 3: atom id 7"):

@@ -18,9 +18,8 @@ Two layers:
   size itself, merges their JSON, computes parallel efficiencies (marking
   oversubscribed points), and hands the result to atomsim.bench.perf_model.
 
-The per-step loop mirrors benchmarks/halo/bench_halo.py (timer deltas of
-ParallelForces around integrate/compute/integrate) so both report the same
-quantities; this module is the importable home of that loop.
+The per-step loop is the engine's own ``engine.step.md_step`` (as is
+benchmarks/halo/bench_halo.py's), timed through the provider's timers.
 """
 from __future__ import annotations
 
@@ -39,6 +38,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 PARTS = ("neighbor", "halo", "model", "reverse", "integrate", "io", "sync")
+_NO_LIMIT = float("inf")  # the suite measures; a run's blow-up limit is not part of what it times
 LJ_CU = {"epsilon": 0.4093, "sigma": 2.338, "cutoff": 5.0}  # Halicioglu-Pound Cu, cutoff as the GNN's
 
 
@@ -156,84 +156,67 @@ def measure_point(comm, potential_name: str = "default", atoms: int = 4000, mode
                   halo: str = "per-layer", steps: int = 5, rebuilds: int = 2, rebuild_every: int = 20,
                   skin: float = 1.0, timestep_fs: float = 1.0, seed: int = 0) -> Optional[dict]:
     """Time the MD step on ``comm``'s ranks; returns the merged record on rank 0 (None elsewhere)."""
-    from mpi4py import MPI
-
-    from atomsim.engine.comm import MPIComm
+    from atomsim.engine.comm import as_comm, compute_dims
     from atomsim.engine.parallel_forces import ParallelForces
     from atomsim.engine.state import MDState
+    from atomsim.engine.step import evaluate_forces, md_step
     from atomsim.engine.thermo import thermo_row
     from atomsim.integrators.verlet import VelocityVerlet
 
-    size, rank = comm.Get_size(), comm.Get_rank()
-    grid = tuple(int(g) for g in MPI.Compute_dims(size, 3))
+    comm = as_comm(comm)
+    size, rank = comm.size, comm.rank
+    grid = compute_dims(size, 3)
     load0 = os.getloadavg()[0]
     rss_start = _current_rss_mb()
     potential = make_potential(potential_name)
     system = build_system(size, atoms, mode, grid, seed=seed)
-    state = MDState.from_atoms(system, comm=MPIComm(comm))
+    state = MDState.from_atoms(system, comm=comm)
     prov = ParallelForces(potential, comm, skin=skin, halo=halo, grid=list(grid))
-    prov.distribute(state)
+    prov.prepare(state)
     integ = VelocityVerlet(timestep_fs)
     rss_model = _current_rss_mb()
 
-    prov.compute(state)  # first build + JIT / cache load, not timed
+    evaluate_forces(state, prov, virial=True, max_force=_NO_LIMIT)  # first build + JIT / cache load, not timed
     energy0 = float(state.energy)
-    prov.compute(state)  # warm-up of the plain step
-    comm.Barrier()
+    evaluate_forces(state, prov, virial=True, max_force=_NO_LIMIT)  # warm-up of the plain step
+    comm.barrier()
     # list rebuilds (migration + ghosts + pairs): timed separately, amortised over rebuild_every
     reb = []
     for _ in range(max(rebuilds, 1)):
         t0 = dict(prov.timers)
-        comm.Barrier()
+        comm.barrier()
         ta = time.perf_counter()
         prov.rebuild(state)
         tb = time.perf_counter()
         reb.append({"neighbor": prov.timers["neighbor"] - t0["neighbor"], "ghosts": prov.timers["halo"] - t0["halo"],
                     "total": tb - ta})
-    prov.compute(state)  # forces at the rebuilt lists
+    evaluate_forces(state, prov, virial=True, max_force=_NO_LIMIT)  # forces at the rebuilt lists
 
-    sync = [0.0]
-    inner = prov.needs_rebuild
-
-    def timed_check(st, _inner=inner):  # the per-step collective: waiting for slower ranks lands here
-        t = time.perf_counter()
-        r = _inner(st)
-        sync[0] += time.perf_counter() - t
-        return r
-
-    prov.needs_rebuild = timed_check
-    plan = prov.ghosts.plan
     thermo_path = Path(tempfile.gettempdir()) / f"atomsim_bench_thermo_{os.getpid()}.csv"
     rows = []
     builds0 = prov.n_builds
-    comm.Barrier()
+    comm.barrier()
     with open(thermo_path, "w") as thermo_fh:
         for k in range(steps):
             plan = prov.ghosts.plan
-            tim0, s0, b0 = dict(prov.timers), sync[0], plan.bytes_sent
+            tim0, b0 = dict(prov.timers), plan.bytes_sent
+            parts = {}
             ta, ca = time.perf_counter(), time.process_time()
-            integ.initial_integrate(state)
-            tb = time.perf_counter()
-            prov.compute(state)
-            tc = time.perf_counter()
-            integ.final_integrate(state)
+            md_step(state, integ, prov, virial=True, max_force=_NO_LIMIT, timers=parts)
             td = time.perf_counter()
-            state.step += 1
             row = thermo_row(state, integ, timestep_fs, 0.0, prov.n_builds)  # collective (KE allreduce)
             if rank == 0:
                 thermo_fh.write(",".join(f"{v:.10g}" for v in row.values()) + "\n")
                 thermo_fh.flush()
             te = time.perf_counter()
-            r = {p: prov.timers[p] - tim0[p] for p in ("neighbor", "halo", "model", "reverse")}
-            r["sync"] = sync[0] - s0
-            r["integrate"] = (tb - ta) + (td - tc)
+            r = {p: prov.timers[p] - tim0[p] for p in ("neighbor", "halo", "model", "reverse", "sync")}
+            r["integrate"] = parts["integrate"] + parts["safety"]
             r["io"] = te - td
             r["total"] = te - ta
             r["cpu"] = time.process_time() - ca  # this rank's CPU seconds (MPI busy-polling included)
             r["bytes"] = plan.bytes_sent - b0
             rows.append(r)
     thermo_path.unlink(missing_ok=True)
-    prov.needs_rebuild = inner
     n_own, n_ghost = state.n_local, prov.ghosts.n
     # the step with the median total, so its parts add up to it (medians of parts would not)
     med = sorted(rows, key=lambda r: r["total"])[(len(rows) - 1) // 2]
@@ -294,24 +277,22 @@ def measure_point(comm, potential_name: str = "default", atoms: int = 4000, mode
 def pingpong(comm, sizes: Sequence[int] = tuple(2**k for k in range(3, 23, 2)), min_time_s: float = 0.05,
              max_reps: int = 200) -> Optional[dict]:
     """Half round-trip time between ranks 0 and 1 per message size (median of repeats); rank 0 returns."""
-    from mpi4py import MPI
-
-    rank = comm.Get_rank()
+    rank = comm.rank
     out = []
     for nbytes in sizes:
         buf = np.zeros(nbytes, dtype=np.uint8)
         times = []
         t_start = time.perf_counter()
-        comm.Barrier()
+        comm.barrier()
         for k in range(max_reps):
             if rank == 0:
                 t = time.perf_counter()
-                comm.Send([buf, MPI.BYTE], dest=1, tag=5)
-                comm.Recv([buf, MPI.BYTE], source=1, tag=5)
+                comm.send(buf, dest=1, tag=5)
+                comm.recv(buf, source=1, tag=5)
                 times.append((time.perf_counter() - t) / 2)
             elif rank == 1:
-                comm.Recv([buf, MPI.BYTE], source=0, tag=5)
-                comm.Send([buf, MPI.BYTE], dest=0, tag=5)
+                comm.recv(buf, source=0, tag=5)
+                comm.send(buf, dest=0, tag=5)
             stop = comm.bcast(rank == 0 and (time.perf_counter() - t_start > min_time_s and k >= 4), root=0)
             if stop:
                 break
@@ -338,35 +319,31 @@ def fit_latency_bandwidth(nbytes: Sequence[float], seconds: Sequence[float]) -> 
 
 def allreduce_probe(comm, counts: Sequence[int] = (1, 10, 1024), repeats: int = 50) -> Optional[dict]:
     """Median time of Allreduce(SUM) of float64 vectors of each length, over all ranks."""
-    from mpi4py import MPI
-
     out = []
     for n in counts:
         a, b = np.ones(n), np.empty(n)
-        comm.Barrier()
+        comm.barrier()
         ts = []
         for _ in range(repeats):
             t = time.perf_counter()
-            comm.Allreduce(a, b, op=MPI.SUM)
+            comm.allreduce_sum(a, out=b)
             ts.append(time.perf_counter() - t)
         ts = comm.gather(statistics.median(ts), root=0)
-        if comm.Get_rank() == 0:
+        if comm.rank == 0:
             out.append({"doubles": int(n), "median_s": max(ts)})
-    if comm.Get_rank() != 0:
+    if comm.rank != 0:
         return None
-    return {"ranks": comm.Get_size(), "points": out}
+    return {"ranks": comm.size, "points": out}
 
 
 # ------------------------------------------------------------ the worker --
 
 def worker_main(args) -> int:
     """Body of ``mpiexec -n N atomsim bench weak-scaling --worker``: one point (+ probes), JSON on rank 0."""
-    from mpi4py import MPI
+    from atomsim.engine.comm import world_comm
 
-    from atomsim.engine.abort import install_abort_handler
-
-    comm = MPI.COMM_WORLD
-    install_abort_handler(comm)
+    comm = world_comm()
+    comm.install_abort_handler()
     import torch
 
     torch.set_num_threads(max(int(os.environ.get("OMP_NUM_THREADS", "1") or 1), 1))
@@ -375,11 +352,11 @@ def worker_main(args) -> int:
         points.append(measure_point(comm, args.potential, n, args.mode, args.halo, args.steps, args.rebuilds,
                                     args.rebuild_every, args.skin, args.timestep_fs, args.seed))
     probe = None
-    if comm.Get_size() >= 2 and not args.no_probe:
+    if comm.size >= 2 and not args.no_probe:
         probe = {"pingpong": pingpong(comm), "allreduce": allreduce_probe(comm)}
-    if comm.Get_rank() == 0:
+    if comm.rank == 0:
         res = {"points": points, "network": probe, "machine": machine_info(),
-               "command": " ".join(["mpiexec", "-n", str(comm.Get_size())] + _argv())}
+               "command": " ".join(["mpiexec", "-n", str(comm.size)] + _argv())}
         _write_json(args.out, res)
     return 0
 

@@ -1,0 +1,175 @@
+"""The neighbor list the engine keeps between steps: a Verlet list with a skin, on the positions' device.
+
+Why one object: the list, the positions it was built at and the test that
+decides when it is stale belong together. A pair closer than ``cutoff`` now
+was closer than ``cutoff + skin`` at the last build as long as no atom has
+moved more than skin/2 since, so the list is rebuilt only when that fails, or
+when the cell, the periodicity or the atom count changed. Rebuilding from
+``reference_positions`` gives the identical list in the identical order, which
+is what a bit-for-bit restart needs.
+
+The edges use the graph's vocabulary (``kernels/graph.py``): edge e goes from
+``senders[e]`` to ``receivers[e]``, receiver-sorted with CSR offsets
+``row_ptr``, and ``cell_shifts[e]`` is the integer lattice shift of the
+sender, so the edge vector is ``x[s] - x[r] + cell_shifts[e] @ cell``.
+
+Backends build the same pairs in the same order: ``numba`` (CPU cell list,
+``kernels/neighbors.py``), ``cupy`` (CUDA raw kernels, ``kernels/neighbors_cupy.py``)
+and ``array-api`` (``kernels/neighbors_array_api.py``, numpy or cupy).
+``auto`` picks numba for CPU tensors and cupy for CUDA tensors.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from atomsim.kernels.graph import csr_row_ptr
+
+__all__ = ["NeighborList", "BACKENDS"]
+
+BACKENDS = ("auto", "numba", "cupy", "array-api")
+ArrayLike = Union[Tensor, np.ndarray, Sequence]
+
+
+def _as_tensor(x: ArrayLike, device=None) -> Tensor:
+    if isinstance(x, Tensor):
+        return x.detach().to(dtype=torch.float64)
+    return torch.as_tensor(np.asarray(x, dtype=np.float64), device=device)
+
+
+def _pbc_tuple(pbc) -> tuple:
+    return tuple(bool(p) for p in np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)))
+
+
+class NeighborList:
+    """Verlet list at ``cutoff + skin``, rebuilt only when an atom moved more than skin/2.
+
+    ``update(positions, cell, pbc)`` rebuilds when needed and returns whether
+    it did; the edges are then in ``receivers``, ``senders``, ``cell_shifts``
+    and ``row_ptr`` (int64 tensors on the positions' device). ``half=True``
+    keeps each unordered pair once (i < j, or a periodic self-image with a
+    lexicographically positive shift).
+    """
+
+    def __init__(self, cutoff: float, skin: float = 0.0, *, half: bool = False, backend: str = "auto"):
+        if not float(cutoff) > 0:
+            raise ValueError(f"neighbor cutoff must be > 0 Å, got {cutoff}")
+        if not float(skin) >= 0:
+            raise ValueError(f"neighbor.skin must be >= 0 Å, got {skin}")
+        if backend not in BACKENDS:
+            raise ValueError(f"neighbor backend {backend!r} is not one of {', '.join(BACKENDS)}")
+        self.cutoff = float(cutoff)
+        self.skin = float(skin)
+        self.half = bool(half)
+        self.backend = backend
+        self.list_cutoff = self.cutoff + self.skin
+        self.n_builds = 0
+        self.reference_positions: Optional[Tensor] = None
+        self.reference_cell: Optional[Tensor] = None
+        self.reference_pbc: Optional[tuple] = None
+        self.receivers: Optional[Tensor] = None
+        self.senders: Optional[Tensor] = None
+        self.cell_shifts: Optional[Tensor] = None
+        self.row_ptr: Optional[Tensor] = None
+
+    @property
+    def n_edges(self) -> int:
+        return 0 if self.receivers is None else int(self.receivers.shape[0])
+
+    # -- the skin check ------------------------------------------------------
+    def needs_rebuild(self, positions: ArrayLike, cell: ArrayLike, pbc) -> bool:
+        """True when the stored list may miss a pair within ``cutoff`` at these positions."""
+        ref = self.reference_positions
+        if ref is None:
+            return True
+        pos = _as_tensor(positions, ref.device)
+        if pos.shape != ref.shape or _pbc_tuple(pbc) != self.reference_pbc:
+            return True
+        if not torch.equal(_as_tensor(cell, ref.device).reshape(3, 3), self.reference_cell):
+            return True
+        return self.max_displacement_sq(pos) > (0.5 * self.skin) ** 2
+
+    def max_displacement_sq(self, positions: Tensor) -> float:
+        """Largest squared displacement since the last build (a parallel Numba reduction on CPU)."""
+        if positions.shape[0] == 0:
+            return 0.0
+        if positions.device.type == "cpu":
+            from atomsim.kernels.neighbors_numba import max_displacement_sq
+
+            return float(max_displacement_sq(positions.contiguous().numpy(),
+                                             self.reference_positions.contiguous().numpy()))
+        return float(((positions - self.reference_positions) ** 2).sum(1).max())
+
+    # -- building ------------------------------------------------------------
+    def build(self, positions: ArrayLike, cell: ArrayLike, pbc) -> None:
+        """Rebuild unconditionally at ``cutoff + skin`` and take these positions as the reference."""
+        pos = _as_tensor(positions)
+        cell_t = _as_tensor(cell, pos.device).reshape(3, 3)
+        pbc_t = _pbc_tuple(pbc)
+        receivers, senders, shifts, row_ptr = self._pairs(pos, cell_t, pbc_t)
+        self.receivers, self.senders, self.cell_shifts = receivers, senders, shifts
+        self.row_ptr = row_ptr if row_ptr is not None else csr_row_ptr(receivers, int(pos.shape[0]))
+        self.reference_positions = pos.clone()
+        self.reference_cell = cell_t.clone()
+        self.reference_pbc = pbc_t
+        self.n_builds += 1
+
+    def keep_edges(self, mask: Tensor) -> None:
+        """Drop the edges a caller will never use (``mask`` False), e.g. edges into MPI ghosts.
+
+        The skin check still covers every atom; a rebuild lists all pairs again.
+        """
+        self.receivers, self.senders = self.receivers[mask], self.senders[mask]
+        self.cell_shifts = self.cell_shifts[mask]
+        self.row_ptr = csr_row_ptr(self.receivers, int(self.reference_positions.shape[0]))
+
+    def update(self, positions: ArrayLike, cell: ArrayLike, pbc) -> bool:
+        """Rebuild if needed; returns True when it did."""
+        if self.needs_rebuild(positions, cell, pbc):
+            self.build(positions, cell, pbc)
+            return True
+        return False
+
+    def _backend_for(self, device: torch.device) -> str:
+        if self.backend != "auto":
+            return self.backend
+        if device.type == "cuda":
+            try:
+                import cupy  # noqa: F401
+
+                return "cupy"
+            except ImportError:  # no CuPy: build on the host, hand the edges back
+                return "numba"
+        return "numba"
+
+    def _pairs(self, pos: Tensor, cell: Tensor, pbc: tuple):
+        device = pos.device
+        backend = self._backend_for(device)
+        if backend == "cupy":
+            import cupy as cp
+
+            from atomsim.kernels.neighbors_cupy import neighbor_list as cupy_list
+
+            i, j, S = cupy_list(cp.from_dlpack(pos.contiguous()), cell.cpu().numpy(), pbc, self.list_cutoff,
+                                half=self.half)
+            return (*(torch.from_dlpack(a) for a in (i, j, S)), None)
+        if backend == "array-api":
+            from atomsim.kernels import neighbors_array_api
+
+            host = pos.device.type == "cpu"
+            arr = pos.contiguous().numpy() if host else __import__("cupy").from_dlpack(pos.contiguous())
+            i, j, S = neighbors_array_api.neighbor_list(arr, cell.cpu().numpy(), pbc, self.list_cutoff,
+                                                        half=self.half)
+            if host:
+                return (*(torch.from_numpy(np.ascontiguousarray(a)) for a in (i, j, S)), None)
+            return (*(torch.from_dlpack(a) for a in (i, j, S)), None)
+        from atomsim.kernels.neighbors import neighbor_list_csr
+        from atomsim.kernels.neighbors_numba import expand_rows
+
+        row_ptr, j, S = neighbor_list_csr(pos.cpu().numpy(), cell.cpu().numpy(), pbc, self.list_cutoff,
+                                          half=self.half)
+        return tuple(torch.from_numpy(np.ascontiguousarray(a)).to(device)
+                     for a in (expand_rows(row_ptr), j, S, row_ptr))

@@ -120,6 +120,23 @@ def _recompute_pre(a_ptr, b_ptr, wr_ptr, b1_ptr, snd, rcv, rbf, offs_f, fmask, o
 
 
 @triton.jit
+def _edge_hidden(a_ptr, b_ptr, r_ptr, snd_ptr, rcv_ptr, wr_ptr, b1_ptr, offs_e, emask, offs_f, fmask,
+                 offs_k, kmask, F, cutoff, pref, ENV_A: tl.constexpr, ENV_B: tl.constexpr,
+                 ENV_C: tl.constexpr, PREC: tl.constexpr, DT: tl.constexpr):
+    """A block of edges up to the hidden layer, as every kernel starts it: (snd, rcv, rx, ry, rz,
+    d, rbf, env (0 on padding edges), x, pre, h = silu(pre) in the weights' dtype DT)."""
+    snd = tl.load(snd_ptr + offs_e, mask=emask, other=0).to(tl.int64)
+    rcv = tl.load(rcv_ptr + offs_e, mask=emask, other=0).to(tl.int64)
+    rx, ry, rz, d, rbf, env, x = _edge_geometry(r_ptr, offs_e, emask, offs_k, kmask, cutoff, pref,
+                                                ENV_A, ENV_B, ENV_C)
+    env = tl.where(emask, env, 0.0)
+    pre = _recompute_pre(a_ptr, b_ptr, wr_ptr, b1_ptr, snd, rcv, rbf, offs_f, fmask, offs_k, kmask,
+                         emask, F, PREC)
+    h = (pre * tl.sigmoid(pre)).to(DT)
+    return snd, rcv, rx, ry, rz, d, rbf, env, x, pre, h
+
+
+@triton.jit
 def _segments(rcv_ptr, offs_e, emask, BLOCK_E: tl.constexpr, SEG: tl.constexpr):
     """Runs of equal receivers in the block: one-hot (SEG x BLOCK_E) segment/edge matrix,
     the receiver of each segment slot (-1 if unused) and the number of segments (may be > SEG,
@@ -175,21 +192,16 @@ def _fwd_kernel(a_ptr, b_ptr, r_ptr, snd_ptr, rcv_ptr, wr_ptr, b1_ptr, w2_ptr, b
                 BLOCK_E: tl.constexpr, FP: tl.constexpr, KP: tl.constexpr, BN: tl.constexpr,
                 PREC: tl.constexpr, SEG: tl.constexpr):
     pid = tl.program_id(0)
+    DT: tl.constexpr = w2_ptr.dtype.element_ty
     offs_e = pid * BLOCK_E + tl.arange(0, BLOCK_E)
     emask = offs_e < E
     offs_f = tl.arange(0, FP)
     fmask = offs_f < F
     offs_k = tl.arange(0, KP)
     kmask = offs_k < K
-    snd = tl.load(snd_ptr + offs_e, mask=emask, other=0).to(tl.int64)
-    rcv = tl.load(rcv_ptr + offs_e, mask=emask, other=0).to(tl.int64)
-    rx, ry, rz, d, rbf, env, x = _edge_geometry(r_ptr, offs_e, emask, offs_k, kmask, cutoff, pref,
-                                                ENV_A, ENV_B, ENV_C)
-    env = tl.where(emask, env, 0.0)
-    pre = _recompute_pre(a_ptr, b_ptr, wr_ptr, b1_ptr, snd, rcv, rbf, offs_f, fmask, offs_k, kmask,
-                         emask, F, PREC)
-    DT: tl.constexpr = w2_ptr.dtype.element_ty
-    h = (pre * tl.sigmoid(pre)).to(DT)
+    snd, rcv, rx, ry, rz, d, rbf, env, x, pre, h = _edge_hidden(
+        a_ptr, b_ptr, r_ptr, snd_ptr, rcv_ptr, wr_ptr, b1_ptr, offs_e, emask, offs_f, fmask, offs_k,
+        kmask, F, cutoff, pref, ENV_A, ENV_B, ENV_C, PREC, DT)
     onehot, seg_rcv, n_seg = _segments(rcv_ptr, offs_e, emask, BLOCK_E, SEG)
     for n0 in range(0, FP, BN):
         offs_n = n0 + tl.arange(0, BN)
@@ -230,14 +242,9 @@ def _bwd_edge_kernel(a_ptr, b_ptr, r_ptr, snd_ptr, rcv_ptr, wr_ptr, b1_ptr, w2_p
     for blk in range(pid, n_blocks, nprog):
         offs_e = blk * BLOCK_E + tl.arange(0, BLOCK_E)
         emask = offs_e < E
-        snd = tl.load(snd_ptr + offs_e, mask=emask, other=0).to(tl.int64)
-        rcv = tl.load(rcv_ptr + offs_e, mask=emask, other=0).to(tl.int64)
-        rx, ry, rz, d, rbf, env, x = _edge_geometry(r_ptr, offs_e, emask, offs_k, kmask, cutoff,
-                                                    pref, ENV_A, ENV_B, ENV_C)
-        env = tl.where(emask, env, 0.0)
-        pre = _recompute_pre(a_ptr, b_ptr, wr_ptr, b1_ptr, snd, rcv, rbf, offs_f, fmask, offs_k,
-                             kmask, emask, F, PREC)
-        h = (pre * tl.sigmoid(pre)).to(DT)
+        snd, rcv, rx, ry, rz, d, rbf, env, x, pre, h = _edge_hidden(
+            a_ptr, b_ptr, r_ptr, snd_ptr, rcv_ptr, wr_ptr, b1_ptr, offs_e, emask, offs_f, fmask,
+            offs_k, kmask, F, cutoff, pref, ENV_A, ENV_B, ENV_C, PREC, DT)
         dh = tl.zeros((BLOCK_E, FP), dtype=tl.float32)
         denv = tl.zeros((BLOCK_E,), dtype=tl.float32)
         for n0 in range(0, FP, BN):
@@ -323,14 +330,9 @@ def _bwd_w2_kernel(a_ptr, b_ptr, r_ptr, snd_ptr, rcv_ptr, wr_ptr, b1_ptr, w2_ptr
     for blk in range(pid, n_blocks, nprog):
         offs_e = blk * BLOCK_E + tl.arange(0, BLOCK_E)
         emask = offs_e < E
-        snd = tl.load(snd_ptr + offs_e, mask=emask, other=0).to(tl.int64)
-        rcv = tl.load(rcv_ptr + offs_e, mask=emask, other=0).to(tl.int64)
-        rx, ry, rz, d, rbf, env, x = _edge_geometry(r_ptr, offs_e, emask, offs_k, kmask, cutoff,
-                                                    pref, ENV_A, ENV_B, ENV_C)
-        env = tl.where(emask, env, 0.0)
-        pre = _recompute_pre(a_ptr, b_ptr, wr_ptr, b1_ptr, snd, rcv, rbf, offs_f, fmask, offs_k,
-                             kmask, emask, F, PREC)
-        h = (pre * tl.sigmoid(pre)).to(DT)
+        snd, rcv, rx, ry, rz, d, rbf, env, x, pre, h = _edge_hidden(
+            a_ptr, b_ptr, r_ptr, snd_ptr, rcv_ptr, wr_ptr, b1_ptr, offs_e, emask, offs_f, fmask,
+            offs_k, kmask, F, cutoff, pref, ENV_A, ENV_B, ENV_C, PREC, DT)
         m2n = emask[:, None] & nmask[None, :]
         z = tl.dot(h, w2, input_precision=PREC) + b2[None, :]
         sz = tl.sigmoid(z)

@@ -220,11 +220,17 @@ def _cmd_datagen(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- lammps --
 
-def _add_lammps(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(dest="lammps_command", metavar="ACTION")
+def _actions(p: argparse.ArgumentParser, dest: str, metavar: str):
+    """The required second word of ``atomsim lammps export`` / ``atomsim bench weak-scaling``."""
+    sub = p.add_subparsers(dest=dest, metavar=metavar)
     sub.required = True
-    ex = sub.add_parser("export", help="write a pair_style mliap unified model file and print the input lines",
-                        description="write a pair_style mliap unified model file and print the input lines")
+    return sub
+
+
+def _add_lammps(p: argparse.ArgumentParser) -> None:
+    sub = _actions(p, "lammps_command", "ACTION")
+    text = "write a pair_style mliap unified model file and print the input lines"
+    ex = sub.add_parser("export", help=text, description=text)
     ex.add_argument("--model", default="default", help="bundled name, file, `lj` or plugin (default: default)")
     ex.add_argument("-o", "--output", default="model.pkl", help="model file (.pkl; .pt uses torch.save)")
     ex.add_argument("--dtype", default="float64", help="float64 (default) | float32")
@@ -235,8 +241,8 @@ def _add_lammps(p: argparse.ArgumentParser) -> None:
     ex.add_argument("--threads", type=int, default=1, help="torch threads in the callback (default 1)")
     ex.add_argument("--check", metavar="INPUT", default=None, help="a LAMMPS input to check against the model")
     ex.set_defaults(handler=_cmd_lammps_export)
-    ck = sub.add_parser("check", help="check a LAMMPS input's mliap/ghost/comm settings against a model",
-                        description="check a LAMMPS input's mliap/ghost/comm settings against a model")
+    text = "check a LAMMPS input's mliap/ghost/comm settings against a model"
+    ck = sub.add_parser("check", help=text, description=text)
     ck.add_argument("input", help="LAMMPS input file")
     ck.add_argument("--model", default="default", help="bundled name, file, `lj` or plugin; or a model .pkl")
     ck.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
@@ -293,8 +299,7 @@ def _cmd_lammps_check(args: argparse.Namespace) -> int:
 def _add_bench(p: argparse.ArgumentParser) -> None:
     from atomsim.bench.weak_scaling import add_arguments
 
-    sub = p.add_subparsers(dest="bench_command", metavar="SUITE")
-    sub.required = True
+    sub = _actions(p, "bench_command", "SUITE")
     ws = sub.add_parser("weak-scaling", help="MPI scaling suite: step breakdown, network probe, performance model",
                         description="MPI scaling suite (weak or --mode strong): run under `mpiexec -n N`, or "
                                     "give --ranks 1,2,4 to launch them; JSON + PNG under benchmarks/results/")

@@ -47,3 +47,29 @@ def test_dlpack_handoff_is_zero_copy():
                                            np.eye(3) * 5, True, 2.0)
     ti, tj, tS = neighbors_array_api.to_torch(i, j, S)
     assert ti.is_cuda and ti.data_ptr() == i.data.ptr and tS.shape == (len(i), 3)
+
+
+@pytest.mark.parametrize("backend", ["auto", "cupy", "array-api"])
+def test_neighbor_list_object_on_cuda_equals_cpu(backend):
+    """kernels/neighbor_list.py on CUDA tensors: the same edges as on the CPU, the skin check on the device."""
+    import torch
+
+    from atomsim.kernels.neighbor_list import NeighborList
+
+    rng = np.random.default_rng(5)
+    cell = np.diag([9.0, 8.0, 10.0]) + np.tril(rng.uniform(-2, 2, (3, 3)), -1)
+    pos = rng.uniform(0, 1, (300, 3)) @ cell
+    cpu = NeighborList(3.0, 0.5, backend="numba")
+    gpu = NeighborList(3.0, 0.5, backend=backend)
+    cpu.build(torch.from_numpy(pos), torch.from_numpy(cell), True)
+    pos_d, cell_d = torch.from_numpy(pos).cuda(), torch.from_numpy(cell).cuda()
+    assert gpu.update(pos_d, cell_d, True)
+    for name in ("receivers", "senders", "cell_shifts", "row_ptr"):
+        got = getattr(gpu, name)
+        assert got.is_cuda, name
+        assert torch.equal(got.cpu(), getattr(cpu, name)), name
+    moved = pos_d.clone()
+    moved[3, 1] += 0.2
+    assert not gpu.update(moved, cell_d, True)
+    moved[3, 1] += 0.1
+    assert gpu.update(moved, cell_d, True) and gpu.n_builds == 2

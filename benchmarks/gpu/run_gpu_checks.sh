@@ -59,6 +59,8 @@ MIXED_PID=$!
 ATOMSIM_TRITON_REPORT="$OUT/gpu_tests.json" timeout 200 $PY -m pytest -q -p no:cacheprovider \
   tests/test_triton_kernels.py 2>&1 | tail -25
 head -c 3000 "$OUT/gpu_tests.json" 2>/dev/null
+step "GPU neighbor lists, incl. the engine's NeighborList on CUDA tensors (tests/test_neighbors_gpu.py)"
+timeout 120 $PY -m pytest -q -p no:cacheprovider tests/test_neighbors_gpu.py 2>&1 | tail -8
 wait $MIXED_PID
 step "mixed precision force error"
 tail -45 /tmp/mixed_precision.log

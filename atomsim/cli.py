@@ -343,14 +343,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _rank() -> int:
-    """MPI rank from the launcher's environment (no MPI import needed)."""
-    for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MV2_COMM_WORLD_RANK"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
-    return 0
-
-
 def _is_user_error(exc: BaseException) -> bool:
     from pydantic import ValidationError
 
@@ -380,14 +372,6 @@ def print_error(message: str) -> None:
     console.print(Text("atomsim: error: ", style="bold red") + Text(message))
 
 
-def _mpi_world_size() -> int:
-    """Size of MPI_COMM_WORLD if this process has initialised MPI, else 1 (never initialises it)."""
-    mpi = sys.modules.get("mpi4py.MPI")
-    if mpi is None or not mpi.Is_initialized() or mpi.Is_finalized():
-        return 1
-    return mpi.COMM_WORLD.Get_size()
-
-
 def _report_and_exit_code(message: Optional[str], code: int) -> int:
     """Print once per job and make sure no MPI rank is left waiting.
 
@@ -396,7 +380,10 @@ def _report_and_exit_code(message: Optional[str], code: int) -> int:
     that rank aborts the job; rank 0 reports first, other ranks wait briefly
     (rank 0's abort usually ends them) and then report with their rank number.
     """
-    rank, size = _rank(), _mpi_world_size()
+    from atomsim.engine.comm import launch_rank, running_world
+
+    world = running_world()  # None before MPI starts (never starts it)
+    rank, size = (launch_rank(), 1) if world is None else (world.rank, world.size)
     if size > 1 and rank != 0:
         import time
 
@@ -404,10 +391,8 @@ def _report_and_exit_code(message: Optional[str], code: int) -> int:
         message = None if message is None else f"[rank {rank}] {message}"
     if message is not None and (rank == 0 or size > 1):
         print_error(message)
-    if size > 1:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        sys.modules["mpi4py.MPI"].COMM_WORLD.Abort(code)
+    if world is not None:
+        world.abort(code)  # the status reaches mpiexec's exit status
     return code
 
 
@@ -429,7 +414,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _report_and_exit_code(str(exc), EXIT_STOPPED)
         if _is_user_error(exc) and not debug:
             return _report_and_exit_code(_user_message(exc), EXIT_INPUT)
-        if _mpi_world_size() > 1:  # a traceback, then end the whole job
+        from atomsim.engine.comm import running_world
+
+        if running_world() is not None:  # a traceback, then end the whole job
             import traceback
 
             traceback.print_exc()

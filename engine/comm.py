@@ -1,79 +1,227 @@
-"""Global reductions the integrators and thermo need, serial or over MPI.
+"""The one communicator: every collective and point-to-point operation of the engine and training.
 
-Everything that sums over atoms goes through a Communicator so the same code is
-correct on one rank and on many.
+Everything that crosses ranks (sums over atoms, the rebuild vote, migration,
+ghost exchanges, gathering the system for output, gradient sums in training,
+aborting the job) goes through a :class:`Comm`, so the same code is correct
+on one rank and on many. ``Comm()`` is the serial case: size 1, no mpi4py
+import, and every operation is what MPI would do on one rank (a message to
+oneself comes back unchanged). ``Comm(mpi4py_communicator)`` runs over MPI;
+this module is the only place in the package that touches mpi4py.
+
+:func:`world_comm` is the one launch detector: it returns the world Comm when
+an MPI launcher started several ranks, else the serial one.
 """
 from __future__ import annotations
 
+import os
+import sys
+import traceback
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
 import numpy as np
 
-
-class SerialComm:
-    rank = 0
-    size = 1
-
-    def allreduce_sum(self, x):
-        return x
-
-    def allreduce_max(self, x):
-        return x
-
-    def allreduce_min(self, x):
-        return x
-
-    def bcast(self, obj, root: int = 0):
-        return obj
-
-    def barrier(self) -> None:
-        pass
+# environment variables set by MPI launchers (MPICH/hydra, Open MPI, PMIx, Slurm, MVAPICH)
+_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "PMIX_SIZE", "SLURM_NTASKS")
+_RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MV2_COMM_WORLD_RANK")
 
 
-class MPIComm:
-    """Wraps an mpi4py communicator; floats, numpy arrays and torch tensors reduce alike."""
+class Comm:
+    """Collectives and point-to-point messages over an mpi4py communicator, or serial (size 1).
 
-    def __init__(self, comm=None):
-        from mpi4py import MPI
+    Reductions take floats, ints, numpy arrays and torch tensors (arrays go
+    through buffer ``Allreduce``); object operations (``bcast``, ``gather``,
+    ``alltoall``, ``sendrecv``) pickle; ``exchange``/``send``/``recv`` move raw
+    numpy buffers without pickling (the per-step halo traffic).
+    """
 
-        self.MPI = MPI
-        self.comm = comm if comm is not None else MPI.COMM_WORLD
-        self.rank = self.comm.Get_rank()
-        self.size = self.comm.Get_size()
+    def __init__(self, mpi_comm=None):
+        self._comm = mpi_comm
+        if mpi_comm is None:
+            self._MPI = None
+            self.rank, self.size = 0, 1
+        else:
+            from mpi4py import MPI
 
-    def _reduce(self, x, op):
-        import torch
+            self._MPI = MPI
+            self.rank, self.size = int(mpi_comm.Get_rank()), int(mpi_comm.Get_size())
 
-        if isinstance(x, torch.Tensor):
-            arr = x.detach().cpu().numpy().copy()
-            out = np.empty_like(arr)
-            self.comm.Allreduce(arr, out, op=op)
-            return torch.from_numpy(out).to(x.device)
+    @property
+    def is_root(self) -> bool:
+        return self.rank == 0
+
+    def __repr__(self) -> str:
+        return f"Comm(rank={self.rank}, size={self.size}{'' if self._comm is None else ', MPI'})"
+
+    # -- reductions -----------------------------------------------------------
+    def allreduce_sum(self, x, out: Optional[np.ndarray] = None):
+        """Sum over ranks; ``out`` (numpy input only) receives the result without an allocation."""
+        return self._reduce(x, "SUM", out)
+
+    def allreduce_max(self, x, out: Optional[np.ndarray] = None):
+        return self._reduce(x, "MAX", out)
+
+    def allreduce_min(self, x, out: Optional[np.ndarray] = None):
+        return self._reduce(x, "MIN", out)
+
+    def _reduce(self, x, op: str, out: Optional[np.ndarray]):
+        if self._comm is None:
+            if out is not None:
+                out[...] = x
+                return out
+            return x
+        mpi_op = getattr(self._MPI, op)
         if isinstance(x, np.ndarray):
-            out = np.empty_like(x)
-            self.comm.Allreduce(np.ascontiguousarray(x), out, op=op)
+            if out is None:
+                out = np.empty_like(x)
+            self._comm.Allreduce(np.ascontiguousarray(x), out, op=mpi_op)
             return out
-        return self.comm.allreduce(x, op=op)
+        if type(x).__module__.startswith("torch"):
+            import torch
 
-    def allreduce_sum(self, x):
-        return self._reduce(x, self.MPI.SUM)
+            if isinstance(x, torch.Tensor):
+                wide = x.dtype in (torch.bfloat16, torch.float16)  # no MPI type: reduce in float32
+                arr = x.detach().to("cpu", torch.float32 if wide else x.dtype).contiguous().numpy()
+                res = np.empty_like(arr)
+                self._comm.Allreduce(arr, res, op=mpi_op)
+                return torch.from_numpy(res).to(device=x.device, dtype=x.dtype)
+        return self._comm.allreduce(x, op=mpi_op)
 
-    def allreduce_max(self, x):
-        return self._reduce(x, self.MPI.MAX)
-
-    def allreduce_min(self, x):
-        return self._reduce(x, self.MPI.MIN)
-
-    def bcast(self, obj, root: int = 0):
-        return self.comm.bcast(obj, root=root)
+    # -- objects --------------------------------------------------------------
+    def bcast(self, obj: Any, root: int = 0) -> Any:
+        return obj if self._comm is None else self._comm.bcast(obj, root=root)
 
     def barrier(self) -> None:
-        self.comm.Barrier()
+        if self._comm is not None:
+            self._comm.Barrier()
+
+    def gather(self, obj: Any, root: int = 0) -> Optional[List[Any]]:
+        """Every rank's ``obj`` in rank order on ``root``; None elsewhere."""
+        if self._comm is None:
+            return [obj]
+        return self._comm.gather(obj, root=root)
+
+    def allgather(self, obj: Any) -> List[Any]:
+        return [obj] if self._comm is None else self._comm.allgather(obj)
+
+    def alltoall(self, objs: List[Any]) -> List[Any]:
+        """``objs[r]`` goes to rank r; returns what each rank sent here, in rank order."""
+        if len(objs) != self.size:
+            raise ValueError(f"alltoall needs one entry per rank ({self.size}), got {len(objs)}")
+        return list(objs) if self._comm is None else self._comm.alltoall(objs)
+
+    def sendrecv(self, obj: Any, dest: Optional[int], source: Optional[int], tag: int = 0) -> Any:
+        """Send ``obj`` to ``dest`` and receive from ``source`` at once; None means no partner."""
+        if self._comm is None:
+            self._check_self(dest, source)
+            return obj if source is not None else None
+        MPI = self._MPI
+        return self._comm.sendrecv(obj, dest=MPI.PROC_NULL if dest is None else dest, sendtag=tag,
+                                   source=MPI.PROC_NULL if source is None else source, recvtag=tag)
+
+    def gather_by_id(self, ids: np.ndarray, root: int = 0,
+                     **arrays: Optional[np.ndarray]) -> Optional[Dict[str, np.ndarray]]:
+        """Every rank's rows concatenated and sorted by id on ``root`` (None elsewhere). Collective.
+
+        The result holds ``ids`` and each named array; an array that is None
+        on any rank is left out. The layout is that of a 1-rank run, so output
+        written from it does not depend on the rank count.
+        """
+        part = {k: np.asarray(v) for k, v in arrays.items() if v is not None}
+        part["ids"] = np.asarray(ids)
+        parts = self.gather(part, root=root)
+        if parts is None:
+            return None
+        order = np.argsort(np.concatenate([p["ids"] for p in parts]), kind="stable")
+        keys = ["ids"] + [k for k in arrays if all(k in p for p in parts)]
+        return {k: np.concatenate([p[k] for p in parts])[order] for k in keys}
+
+    # -- raw buffers ----------------------------------------------------------
+    def exchange(self, send: Mapping[int, np.ndarray], recv: Mapping[int, np.ndarray], tag: int = 0) -> None:
+        """Nonblocking all-at-once exchange of byte buffers: ``send[r]`` to rank r, ``recv[r]`` filled from r.
+
+        Every receive is posted before any send, then all complete together.
+        """
+        if self._comm is None:  # only messages to oneself: copy the bytes, as MPI would
+            for r, buf in recv.items():
+                self._check_self(r, r)
+                src = memoryview(np.ascontiguousarray(send[r])).cast("B")
+                dst = memoryview(buf).cast("B")
+                if src.nbytes != dst.nbytes:
+                    raise ValueError(f"exchange: {src.nbytes} bytes sent into a {dst.nbytes}-byte buffer")
+                dst[:] = src
+            return
+        MPI = self._MPI
+        reqs = [self._comm.Irecv([buf, MPI.BYTE], source=r, tag=tag) for r, buf in recv.items()]
+        reqs += [self._comm.Isend([buf, MPI.BYTE], dest=r, tag=tag) for r, buf in send.items()]
+        MPI.Request.Waitall(reqs)
+
+    def send(self, buf: np.ndarray, dest: int, tag: int = 0) -> None:
+        """Blocking send of a numpy buffer (as bytes)."""
+        self._check_mpi("send")
+        self._comm.Send([buf, self._MPI.BYTE], dest=dest, tag=tag)
+
+    def recv(self, buf: np.ndarray, source: int, tag: int = 0) -> None:
+        """Blocking receive into a numpy buffer (as bytes)."""
+        self._check_mpi("recv")
+        self._comm.Recv([buf, self._MPI.BYTE], source=source, tag=tag)
+
+    def _check_self(self, *peers: Optional[int]) -> None:
+        if any(p not in (None, 0) for p in peers):
+            raise ValueError(f"a serial Comm has only rank 0, not {peers}")
+
+    def _check_mpi(self, what: str) -> None:
+        if self._comm is None:  # a blocking message to oneself would deadlock under MPI too
+            raise RuntimeError(f"Comm.{what}: a blocking message needs another rank")
+
+    # -- ending the job -------------------------------------------------------
+    def abort(self, exit_code: int = 1, message: Optional[str] = None) -> None:
+        """End every rank now with ``exit_code`` (``[rank r/N] message`` on stderr first).
+
+        MPI_Abort passes the code to ``mpiexec``'s exit status, so 2 (input
+        error) and 3 (stopped run) reach the caller as in a serial run. Serial:
+        raises SystemExit(exit_code).
+        """
+        if message is not None:
+            sys.stderr.write(f"{self.prefix}{message}\n")
+        sys.stderr.flush()
+        sys.stdout.flush()
+        if self._comm is None:
+            raise SystemExit(exit_code)
+        self._comm.Abort(int(exit_code))
+
+    @property
+    def prefix(self) -> str:
+        return f"[rank {self.rank}/{self.size}] " if self.size > 1 else ""
+
+    def install_abort_handler(self) -> None:
+        """Make an uncaught exception on this rank end every rank (no-op on one rank).
+
+        Without it, a rank that dies leaves the others waiting in a collective
+        forever. The exit status follows the exception type as in the CLI
+        (engine.errors.exit_status: 2 input error, 3 stopped run, 1 else).
+        """
+        if self.size == 1:
+            return
+
+        def hook(exc_type, exc, tb):
+            from .errors import exit_status
+
+            code = 130 if issubclass(exc_type, KeyboardInterrupt) else exit_status(exc)
+            try:
+                text = "".join(traceback.format_exception(exc_type, exc, tb))
+                sys.stderr.write("".join(self.prefix + line + "\n" for line in text.rstrip().splitlines()))
+                sys.stderr.write(f"{self.prefix}aborting all ranks (exit status {code}): "
+                                 f"{exc_type.__name__}: {exc}\n")
+            finally:
+                self.abort(code)
+
+        sys.excepthook = hook
 
 
+# -- the launch -----------------------------------------------------------------
 def launched_under_mpi() -> bool:
     """True when an MPI launcher started this process with more than one rank (no MPI init)."""
-    import os
-
-    for key in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "PMIX_SIZE", "SLURM_NTASKS"):
+    for key in _SIZE_VARS:
         try:
             if int(os.environ.get(key, "1")) > 1:
                 return True
@@ -82,10 +230,61 @@ def launched_under_mpi() -> bool:
     return False
 
 
-def world_comm():
-    """MPIComm over COMM_WORLD when launched on several ranks, else SerialComm."""
-    if launched_under_mpi():
-        comm = MPIComm()
-        if comm.size > 1:
-            return comm
-    return SerialComm()
+def launch_rank() -> int:
+    """This process's rank from the launcher's environment (0 when not launched by MPI; no MPI init)."""
+    for var in _RANK_VARS:
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
+_WORLD: Optional[Comm] = None
+
+
+def world_comm() -> Comm:
+    """The world Comm over MPI_COMM_WORLD when launched on several ranks, else the serial Comm.
+
+    The same object on every call. Initialises MPI only when a launcher
+    started several ranks.
+    """
+    global _WORLD
+    if _WORLD is None:
+        comm = None
+        if launched_under_mpi():
+            from mpi4py import MPI
+
+            if MPI.COMM_WORLD.Get_size() > 1:
+                comm = Comm(MPI.COMM_WORLD)
+        _WORLD = comm if comm is not None else Comm()
+    return _WORLD
+
+
+def running_world() -> Optional[Comm]:
+    """The world Comm if this process has already started MPI on several ranks, else None.
+
+    Never initialises MPI (error reporting must not start it just to ask).
+    """
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is None or not mpi.Is_initialized() or mpi.Is_finalized():
+        return None
+    if mpi.COMM_WORLD.Get_size() == 1:
+        return None
+    return _WORLD if _WORLD is not None and _WORLD.size > 1 else Comm(mpi.COMM_WORLD)
+
+
+def as_comm(comm=None) -> Comm:
+    """A Comm from None (the world), a Comm, or an mpi4py communicator."""
+    if comm is None:
+        return world_comm()
+    if isinstance(comm, Comm):
+        return comm
+    return Comm(comm)
+
+
+def compute_dims(size: int, ndims: int = 3) -> Tuple[int, ...]:
+    """A balanced grid of ``size`` ranks in ``ndims`` dimensions (MPI_Dims_create)."""
+    if size == 1:
+        return (1,) * ndims
+    from mpi4py import MPI
+
+    return tuple(int(g) for g in MPI.Compute_dims(size, ndims))

@@ -15,6 +15,8 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from .comm import Comm, compute_dims
+
 from atomsim.kernels.cell_grid import face_distances
 
 # Per-atom fields of MDState that travel with an atom when it changes owner.
@@ -22,11 +24,9 @@ PER_ATOM_FIELDS = ("positions", "velocities", "masses", "numbers", "ids", "force
 
 
 def rank_grid(size: int, grid: Optional[Sequence[int]] = None) -> Tuple[int, int, int]:
-    """The rank grid: given (checked against the rank count) or from MPI.Compute_dims."""
+    """The rank grid: given (checked against the rank count) or balanced (MPI_Dims_create)."""
     if grid is None or grid == "auto":
-        from mpi4py import MPI
-
-        return tuple(int(g) for g in MPI.Compute_dims(size, 3))
+        return compute_dims(size, 3)
     dims = tuple(int(g) for g in grid)
     if len(dims) != 3 or any(g < 1 for g in dims) or int(np.prod(dims)) != size:
         raise ValueError(
@@ -115,10 +115,10 @@ def _assign(state, arrays: dict) -> None:
     state.energies = None
 
 
-def migrate(state, decomp: Decomposition, comm, by: Optional[torch.Tensor] = None):
+def migrate(state, decomp: Decomposition, comm: Comm, by: Optional[torch.Tensor] = None):
     """Send every owned atom that left this sub-box to its owner; returns atoms sent.
 
-    ``comm`` is an mpi4py communicator. Collective: every rank must call it.
+    Collective over ``comm``: every rank must call it.
     ``by`` (n, 3): positions that decide ownership instead of ``state.positions``
     (a resumed run rebuilds at the saved reference positions); it travels with
     the atoms and the return value is then ``(sent, by_after_migration)``.
@@ -127,9 +127,9 @@ def migrate(state, decomp: Decomposition, comm, by: Optional[torch.Tensor] = Non
     decide = state.positions if by is None else by
     frac, _ = decomp.wrap(decide.detach().cpu().numpy())
     owner = decomp.owner_of(frac)
-    present = {f: getattr(state, f) is not None for f in PER_ATOM_FIELDS}
-    # all ranks must agree which optional fields exist (an empty rank may have forces None)
-    present = {f: bool(comm.allreduce(int(p), op=_mpi_max())) for f, p in present.items()}
+    # all ranks must agree which optional fields exist (an empty rank may have forces None): one allreduce
+    here = np.array([getattr(state, f) is not None for f in PER_ATOM_FIELDS], dtype=np.int64)
+    present = dict(zip(PER_ATOM_FIELDS, (bool(p) for p in comm.allreduce_max(here))))
     cpu = {}
     n = state.positions.shape[0]
     for f in PER_ATOM_FIELDS:
@@ -170,9 +170,3 @@ def _empty_like_field(f: str, n: int, state):
     if f in ("positions", "velocities", "forces"):
         return torch.zeros((n, 3), dtype=torch.float64)
     raise ValueError(f"per-atom field {f} missing on a rank")
-
-
-def _mpi_max():
-    from mpi4py import MPI
-
-    return MPI.MAX

@@ -18,6 +18,23 @@ from pydantic import BaseModel, ValidationError
 class InputError(ValueError):
     """Bad user input (input file, ``--set`` override, structure file); the message says what to fix."""
 
+    exit_status = 2
+
+
+def exit_status(exc: BaseException) -> int:
+    """The process exit status for an exception, as the CLI reports it.
+
+    2 for input errors (InputError, pydantic's ValidationError, any ValueError,
+    a missing file), an exception's own ``exit_status`` (SimulationError: 3), 1 else.
+    Used by the MPI abort handler so the status survives MPI_Abort.
+    """
+    status = getattr(exc, "exit_status", None)
+    if isinstance(status, int):
+        return status
+    if isinstance(exc, (ValueError, FileNotFoundError)):
+        return 2
+    return 1
+
 
 # words people use for a valid value that difflib would not find
 _SYNONYMS = {"gpu": "cuda", "fp32": "float32", "fp64": "float64", "bf16": "bfloat16", "double": "float64",

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .comm import Comm
 from .domain import Decomposition
 
 _TAG_PLAN = 71
@@ -39,9 +40,9 @@ class GhostPlan:
     dtype (bf16 too) travel unchanged.
     """
 
-    def __init__(self, comm, owner_rank: np.ndarray, owner_index: np.ndarray):
+    def __init__(self, comm: Comm, owner_rank: np.ndarray, owner_index: np.ndarray):
         self.comm = comm
-        size, rank = comm.Get_size(), comm.Get_rank()
+        size = comm.size
         self.n_ghost = int(owner_rank.shape[0])
         self.recv_rows: dict = {}
         requests = []
@@ -56,25 +57,17 @@ class GhostPlan:
         self.seconds = 0.0
 
     def _exchange(self, send: dict, recv_shapes: dict, like: Tensor) -> dict:
-        from mpi4py import MPI
-
         t0 = time.perf_counter()
-        reqs, out = [], {}
         item = like.element_size()
-        for r, shape in recv_shapes.items():
-            buf = np.empty(int(np.prod(shape)) * item, dtype=np.uint8)
-            out[r] = (buf, shape)
-            reqs.append(self.comm.Irecv([buf, MPI.BYTE], source=r, tag=_TAG_PLAN))
-        keep = []
+        recv = {r: np.empty(int(np.prod(shape)) * item, dtype=np.uint8) for r, shape in recv_shapes.items()}
+        out = {}
         for r, t in send.items():
-            b = t.detach().contiguous().cpu().view(torch.uint8).numpy()
-            keep.append(b)
-            self.bytes_sent += b.nbytes
-            reqs.append(self.comm.Isend([b, MPI.BYTE], dest=r, tag=_TAG_PLAN))
-        MPI.Request.Waitall(reqs)
+            out[r] = t.detach().contiguous().cpu().view(torch.uint8).numpy()
+            self.bytes_sent += out[r].nbytes
+        self.comm.exchange(out, recv, tag=_TAG_PLAN)
         res = {}
-        for r, (buf, shape) in out.items():
-            res[r] = torch.from_numpy(buf).view(like.dtype).reshape(shape).to(like.device)
+        for r, buf in recv.items():
+            res[r] = torch.from_numpy(buf).view(like.dtype).reshape(recv_shapes[r]).to(like.device)
         self.seconds += time.perf_counter() - t0
         return res
 
@@ -127,13 +120,13 @@ class Ghosts:
         return self._shift_cache
 
 
-def build_ghosts(comm, decomp: Decomposition, frac_owned: np.ndarray, numbers: np.ndarray,
+def build_ghosts(comm: Comm, decomp: Decomposition, frac_owned: np.ndarray, numbers: np.ndarray,
                  ids: np.ndarray, depth: float) -> Ghosts:
     """Staged a -> b -> c exchange of every atom within ``depth`` Å (perpendicular) of the sub-box.
 
     ``frac_owned`` are the owned atoms' wrapped fractional coordinates. Collective.
     """
-    rank = comm.Get_rank()
+    rank = comm.rank
     n_own = frac_owned.shape[0]
     # columns of the travelling records
     rec = {
@@ -197,16 +190,12 @@ def outside_distance(decomp: Decomposition, frac: np.ndarray) -> np.ndarray:
     return out.max(axis=1) if out.shape[0] else np.zeros(0)
 
 
-def _shift_sendrecv(comm, payload: Optional[dict], dest, source, d: int) -> Optional[dict]:
+def _shift_sendrecv(comm: Comm, payload: Optional[dict], dest, source, d: int) -> Optional[dict]:
     """Send ``payload`` to dest (rank, shift) and receive from source; apply the image shift.
 
     The shift is the receiver's view: the receiving rank adds it to the frac
     coordinate and image of what it gets.
     """
-    from mpi4py import MPI
-
-    dst = dest[0] if dest else MPI.PROC_NULL
-    src = source[0] if source else MPI.PROC_NULL
     if payload is not None:
         payload = dict(payload)
         s = dest[1]
@@ -215,8 +204,8 @@ def _shift_sendrecv(comm, payload: Optional[dict], dest, source, d: int) -> Opti
             payload["frac"][:, d] += s
             payload["shift"] = payload["shift"].copy()
             payload["shift"][:, d] += s
-    got = comm.sendrecv(payload, dest=dst, sendtag=_TAG_PLAN + 1 + d, source=src, recvtag=_TAG_PLAN + 1 + d)
-    return got
+    return comm.sendrecv(payload, dest=dest[0] if dest else None, source=source[0] if source else None,
+                         tag=_TAG_PLAN + 1 + d)
 
 
 class _LayerHalo(torch.autograd.Function):

@@ -174,7 +174,7 @@ class Restart:
 
     def to_state(self, device="cpu", comm=None):
         """An MDState built straight from the arrays (no ase.Atoms round trip: v*m/m is not v)."""
-        from .comm import SerialComm
+        from .comm import Comm
         from .state import MDState
 
         t = lambda a, dt=torch.float64: torch.from_numpy(np.array(a)).to(device=device, dtype=dt)  # noqa: E731
@@ -183,7 +183,7 @@ class Restart:
             positions=t(a["positions"]), velocities=t(a["velocities"]), masses=t(a["masses"]),
             numbers=t(a["numbers"], torch.int64), ids=t(a["ids"], torch.int64), cell=t(a["cell"]),
             pbc=tuple(bool(p) for p in a["pbc"]), n_atoms_global=int(len(a["ids"])),
-            step=self.step, comm=comm or SerialComm(),
+            step=self.step, comm=comm or Comm(),
             fixed=t(a["fixed"], torch.bool) if "fixed" in a else None,
         )
 

@@ -95,8 +95,7 @@ def test_nve_200_steps_on_4_ranks_tracks_one_rank(tmp_path):
 @pytest.mark.timeout(300)
 def test_restart_written_on_4_ranks_resumes_on_2_and_on_4_exactly(tmp_path):
     a, b = tmp_path / "four", tmp_path / "two"
-    shards = tmp_path / "final.shards.json"
-    _ok(mpirun(4, "restart_nm.py", a, 20, "--write-shards", shards))  # restarts at steps 10 and 20
+    _ok(mpirun(4, "restart_nm.py", a, 20))  # restarts at steps 10 and 20
     c = tmp_path / "four_again"
     for d in (b, c):
         shutil.copytree(a, d)
@@ -106,9 +105,7 @@ def test_restart_written_on_4_ranks_resumes_on_2_and_on_4_exactly(tmp_path):
     rc = np.load(c / "restart.npz")
     assert np.array_equal(np.load(a / "restart.npz")["positions"], rc["positions"])
     assert np.array_equal(np.load(a / "restart.npz")["velocities"], rc["velocities"])
-    _ok(mpirun(2, "restart_nm.py", b, 20, "--resume", "--check-shards", shards))
-    check = json.loads(Path(str(shards) + ".check.json").read_text())  # 4 shards read on 2 ranks
-    assert check["n_atoms"] == 108 and check["max_dpos_A"] < 1e-8, check
+    _ok(mpirun(2, "restart_nm.py", b, 20, "--resume"))
     ra, rb = np.load(a / "restart.npz"), np.load(b / "restart.npz")
     assert np.array_equal(ra["ids"], rb["ids"])
     assert np.abs(ra["positions"] - rb["positions"]).max() < 1e-8
@@ -133,6 +130,47 @@ def test_failure_on_one_rank_aborts_the_job():
     assert proc.returncode != 0
     assert "[rank 1/3]" in proc.stderr and "forced failure on purpose" in proc.stderr, proc.stderr[-2000:]
     assert took < 30, f"abort took {took:.1f} s"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind, status", [("input", 2), ("simulation", 3)])
+def test_exception_on_one_rank_aborts_the_job_with_its_exit_status(kind, status):
+    """InputError -> 2 and SimulationError -> 3, as the CLI reports them, survive MPI_Abort."""
+    proc = mpirun(2, "abort_one_rank.py", kind, timeout=60)
+    assert proc.returncode == status, f"exit {proc.returncode}\n{proc.stderr[-2000:]}"
+    name = {"input": "InputError", "simulation": "SimulationError"}[kind]
+    assert f"[rank 1/2] aborting all ranks (exit status {status}): {name}: forced failure on purpose" \
+        in proc.stderr, proc.stderr[-2000:]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("n", [2, 3])
+def test_comm_operations_on_n_ranks(n, tmp_path):
+    """engine.comm.Comm over MPI against values written out from the rank numbers."""
+    out = tmp_path / "comm.json"
+    _ok(mpirun(n, "comm_ops.py", out, timeout=90))
+    ranks = json.loads(out.read_text())
+    S = n * (n - 1) / 2  # sum of the rank numbers
+    assert [g["rank"] for g in ranks] == list(range(n)) and {g["size"] for g in ranks} == {n}
+    for r, g in enumerate(ranks):
+        assert g["is_root"] == (r == 0)
+        assert g["sum_float"] == S + 0.5 * n and g["max_int"] == 10 * (n - 1) and g["min_int"] == 3
+        assert g["sum_numpy"] == [S, 2 * S, n]
+        assert g["max_numpy_out"] == [n - 1, 0, 7] and g["max_numpy_out_is_out"]
+        assert g["sum_torch"] == [[S, n], [2 * n, S]] and g["sum_torch_dtype"] == "torch.float64"
+        assert g["sum_bf16"] == [n * (n + 1) / 2] * 4 and g["sum_bf16_dtype"] == "torch.bfloat16"
+        assert g["bcast"] == {"from": 0, "x": [1, 2]}
+        assert g["gather"] == ([["r", s] for s in range(n)] if r == 0 else None)
+        assert g["allgather"] == [s * s for s in range(n)]
+        assert g["alltoall"] == [[s, r] for s in range(n)]
+        assert g["ring"] == {"from": (r - 1) % n} and g["to_nobody"] is None
+        assert g["exchange"] == {str(s): [s, r, 100 * s + r] for s in range(n)}
+        if r > 0:
+            assert g["gather_by_id"] is None
+    assert ranks[0]["pingpong"] == [6.0, 8.0] and ranks[1]["pingpong"] == [3.0, 4.0]
+    ids = list(range(3 * n))
+    assert ranks[0]["gather_by_id"] == {"ids": ids, "value": [1.5 * i for i in ids],
+                                        "vec": [[i, -i] for i in ids]}  # "partial" is None on rank 1: left out
 
 
 @pytest.mark.slow

@@ -43,7 +43,7 @@ def write_reference(path):
 
 def main(ref_path, out_path, only64=False):
     comm = mpi()
-    size, rank = comm.Get_size(), comm.Get_rank()
+    size, rank = comm.size, comm.rank
     with open(ref_path, "rb") as fh:
         all_refs = pickle.load(fh)
     results = {}
@@ -51,7 +51,7 @@ def main(ref_path, out_path, only64=False):
         refs = all_refs[key]
         st = state_of(atoms)
         prov = ParallelForces(pot, comm, skin=1.0, halo=halo, grid=grid_for(gkind, size))
-        prov.distribute(st)
+        prov.prepare(st)
         par0 = parallel_result(comm, prov, st)
         n_ghost = comm.gather(prov.ghosts.n, root=0)
         n_owned = comm.gather(st.n_local, root=0)

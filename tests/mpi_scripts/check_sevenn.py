@@ -11,10 +11,10 @@ from atomsim.potentials.registry import load_potential
 comm = mpi()
 atoms, _ = systems()["small"]
 pot = load_potential("sevennet-0")
-ref = serial_result(pot, atoms) if comm.Get_rank() == 0 else None
+ref = serial_result(pot, atoms) if comm.rank == 0 else None
 st = state_of(atoms)
 prov = ParallelForces(pot, comm, skin=1.0, halo="per-layer")
-prov.distribute(st)
+prov.prepare(st)
 par = parallel_result(comm, prov, st)
-if comm.Get_rank() == 0:
-    dump(sys.argv[1], {"size": comm.Get_size(), "layers": pot.receptive_field, **compare(par, ref)})
+if comm.rank == 0:
+    dump(sys.argv[1], {"size": comm.size, "layers": pot.receptive_field, **compare(par, ref)})

@@ -9,10 +9,9 @@ import torch
 from ase import Atoms
 from ase.build import bulk, fcc100
 
-from atomsim.engine.abort import install_abort_handler
+from atomsim.engine.comm import Comm, world_comm
 from atomsim.engine.forces import SerialForces
 from atomsim.engine.parallel_forces import ParallelForces
-from atomsim.engine.parallel_io import gather_by_id
 from atomsim.engine.state import MDState
 
 
@@ -66,25 +65,24 @@ def grid_for(kind, size):
     return [1, 1, size] if kind == "z" else None
 
 
-def mpi():
-    from mpi4py import MPI
-
-    comm = MPI.COMM_WORLD
-    install_abort_handler(comm)
+def mpi() -> Comm:
+    """The world Comm; an exception on any rank ends every rank."""
+    comm = world_comm()
+    comm.install_abort_handler()
     return comm
 
 
 def serial_result(potential, atoms, skin=1.0):
     st = state_of(atoms)
     f = SerialForces(potential, skin=skin)
-    f.compute(st)
+    st.apply_forces(f.compute(st))
     return {"energy": st.energy, "forces": st.forces.numpy().copy(), "virial": st.virial.numpy().copy(),
             "ids": st.ids.numpy().copy(), "energies": np.asarray(st.energies).copy()}
 
 
 def parallel_result(comm, provider, st):
-    provider.compute(st)
-    g = gather_by_id(comm, st.ids.numpy(), forces=st.forces.numpy(), energies=np.asarray(st.energies))
+    st.apply_forces(provider.compute(st))
+    g = comm.gather_by_id(st.ids.numpy(), forces=st.forces.numpy(), energies=np.asarray(st.energies))
     return {"energy": st.energy, "virial": st.virial.numpy().copy(), **(g or {})}
 
 

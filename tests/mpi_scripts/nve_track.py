@@ -15,7 +15,6 @@ from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 from mpi_common import dump, lj, mpi, state_of
 from atomsim.engine.forces import SerialForces
 from atomsim.engine.parallel_forces import ParallelForces
-from atomsim.engine.parallel_io import gather_by_id
 from atomsim.integrators.verlet import VelocityVerlet
 
 STEPS, SKIN, DT_FS = 200, 0.6, 2.0
@@ -30,10 +29,10 @@ def system():
 
 def run(state, provider, record=lambda s, step: None):
     integ = VelocityVerlet(DT_FS)
-    provider.compute(state)
+    state.apply_forces(provider.compute(state))
     for step in range(1, STEPS + 1):
         integ.initial_integrate(state)
-        provider.compute(state)
+        state.apply_forces(provider.compute(state))
         integ.final_integrate(state)
         record(state, step)
 
@@ -52,16 +51,16 @@ def main(ref_path, out_path):
     ref = np.load(ref_path)
     st = state_of(system())
     prov = ParallelForces(lj(), comm, skin=SKIN, halo="full")
-    prov.distribute(st)
+    prov.prepare(st)
     energies = []
     owners_changed = []
     run(st, prov, lambda s, step: energies.append(s.energy))
-    g = gather_by_id(comm, st.ids.numpy(), positions=st.positions.numpy(), velocities=st.velocities.numpy())
-    migrated = comm.allreduce(prov.n_migrated)
-    if comm.Get_rank() == 0:
+    g = comm.gather_by_id(st.ids.numpy(), positions=st.positions.numpy(), velocities=st.velocities.numpy())
+    migrated = comm.allreduce_sum(prov.n_migrated)
+    if comm.rank == 0:
         assert np.array_equal(g["ids"], ref["ids"])
         dump(out_path, {
-            "size": comm.Get_size(), "grid": list(prov.decomp.dims),
+            "size": comm.size, "grid": list(prov.decomp.dims),
             "max_dpos_A": float(np.abs(g["positions"] - ref["positions"]).max()),
             "max_dvel": float(np.abs(g["velocities"] - ref["velocities"]).max()),
             "max_denergy_eV": float(np.abs(np.array(energies) - ref["energy"]).max()),

@@ -56,7 +56,7 @@ def write_reference(path):
 
 def main(ref_path, out_path):
     comm = mpi()
-    size, rank = comm.Get_size(), comm.Get_rank()
+    size, rank = comm.size, comm.rank
     with open(ref_path, "rb") as fh:
         all_refs = pickle.load(fh)
     pot = load_potential("sevennet-0")
@@ -65,7 +65,7 @@ def main(ref_path, out_path):
         refs = all_refs[key]
         st = state_of(atoms)
         prov = ParallelForces(pot, comm, skin=1.0, halo=halo)
-        prov.distribute(st)
+        prov.prepare(st)
         par0 = parallel_result(comm, prov, st)
         calls = prov.last_stats.get("halo_calls", 0)
         n_owned = comm.gather(st.n_local, root=0)

@@ -132,7 +132,7 @@ DP_SCRIPT = textwrap.dedent("""
 @pytest.mark.mpi
 @pytest.mark.timeout(300)
 def test_two_ranks_take_the_same_steps_as_one(dataset, tmp_path):
-    """2 ranks x half of each global batch, gloo allreduce: parameters after 2 steps equal 1 rank's."""
+    """2 ranks x half of each global batch, gradient allreduce: parameters after 2 steps equal 1 rank's."""
     script = tmp_path / "dp.py"
     script.write_text(DP_SCRIPT)
     env = dict(os.environ, OMP_NUM_THREADS="1")

@@ -9,8 +9,9 @@ validation and the saved model; early stopping; a resumable training state.
 
 Batches are disjoint unions of several structures in one graph. Data
 parallelism: under ``mpiexec -n R`` each rank takes a slice of every global
-batch, losses are normalised by global counts and gradients summed with
-torch.distributed (gloo), so R ranks compute the same update as one.
+batch, losses are normalised by global counts and gradients summed over the
+ranks by the engine's Comm (``engine/comm.py``: one buffer allreduce per step),
+so R ranks compute the same update as one.
 """
 from __future__ import annotations
 
@@ -26,9 +27,9 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from atomsim.engine.comm import Comm, world_comm
 from atomsim.kernels.graph import Graph, csr_row_ptr
 from atomsim.kernels.neighbors import neighbor_list
-
 from atomsim.potentials.egnn import EGNNConfig, EGNNPotential, count_parameters
 
 
@@ -264,37 +265,12 @@ def split_indices(n: int, cfg: TrainConfig) -> dict[str, np.ndarray]:
 
 
 # --------------------------------------------------------------------------- distributed
-def init_distributed() -> tuple[int, int]:
-    """(rank, size) from mpi4py when launched under mpiexec; gloo process group for allreduce."""
-    size = int(os.environ.get("PMI_SIZE", os.environ.get("OMPI_COMM_WORLD_SIZE", "1")))
-    if size <= 1:
-        return 0, 1
-    from mpi4py import MPI
-    import torch.distributed as dist
-
-    comm = MPI.COMM_WORLD
-    rank, size = comm.Get_rank(), comm.Get_size()
-    if not dist.is_initialized():
-        port = None
-        if rank == 0:
-            import socket
-
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
-        port = comm.bcast(port, root=0)
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=size)
-    return rank, size
-
-
-def allreduce_gradients(model: torch.nn.Module, size: int) -> None:
-    if size <= 1:
+def allreduce_gradients(model: torch.nn.Module, comm: Comm) -> None:
+    """Sum every parameter's gradient over the ranks in ONE buffer allreduce (no-op on one rank)."""
+    if comm.size == 1:
         return
-    import torch.distributed as dist
-
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat = comm.allreduce_sum(torch.cat([g.reshape(-1) for g in grads]))
     k = 0
     for p in model.parameters():
         n = p.numel()
@@ -302,14 +278,10 @@ def allreduce_gradients(model: torch.nn.Module, size: int) -> None:
         k += n
 
 
-def allreduce_scalar(x: float, size: int) -> float:
-    if size <= 1:
+def allreduce_scalar(x: float, comm: Comm) -> float:
+    if comm.size == 1:
         return x
-    import torch.distributed as dist
-
-    t = torch.tensor([x], dtype=torch.float64)
-    dist.all_reduce(t)
-    return float(t)
+    return float(comm.allreduce_sum(np.array([x], dtype=np.float64))[0])
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -393,7 +365,9 @@ def _lr_factor(cfg: TrainConfig, step: int, total: int, time_fraction: float = 0
 def train(cfg: TrainConfig, resume: bool = False, log=print, samples: Optional[list[Sample]] = None,
           max_steps: Optional[int] = None) -> dict:
     """Train per ``cfg``; returns metrics. ``max_steps`` stops early (tests)."""
-    rank, size = init_distributed()
+    comm = world_comm()  # serial (size 1) unless launched on several MPI ranks
+    comm.install_abort_handler()  # a rank that fails must not leave the others waiting
+    rank, size = comm.rank, comm.size
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -439,7 +413,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, samples: Optional[l
     def _time_fraction() -> float:  # ranks must agree: rank 0's clock decides
         if not deadline:
             return 0.0
-        return allreduce_scalar((time.time() - t0) / (deadline - t0) if rank == 0 else 0.0, size)
+        return allreduce_scalar((time.time() - t0) / (deadline - t0) if rank == 0 else 0.0, comm)
     for epoch in range(start_epoch, cfg.epochs):
         order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train_s))
         model.train()
@@ -459,13 +433,13 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, samples: Optional[l
                 lval = float(loss.detach())
             else:
                 lval = 0.0
-            allreduce_gradients(model, size)
+            allreduce_gradients(model, comm)
             opt.step()
             with torch.no_grad():
                 decay = min(cfg.ema_decay, (1 + step) / (10 + step))
                 for pe, pm in zip(ema.parameters(), model.parameters()):
                     pe.mul_(decay).add_(pm, alpha=1 - decay)
-            ep_loss += allreduce_scalar(lval, size)
+            ep_loss += allreduce_scalar(lval, comm)
             step += 1
             if max_steps is not None and step >= max_steps:
                 break
@@ -555,8 +529,4 @@ def main(config_path: str, resume: bool = False) -> int:
     res = train(cfg, resume=resume, log=console.print)
     if res["rank"] == 0:
         finalize(cfg, res, {"training_command": f"atomsim train {config_path}"}, log=console.print)
-    if res["size"] > 1:
-        import torch.distributed as dist
-
-        dist.destroy_process_group()
     return 0

@@ -44,7 +44,7 @@ def test_round_trip_is_exact(tmp_path):
     assert meta["config"]["species"] == [29, 79] and meta["card"]["parameters"] == count_parameters(m)
     assert "| Cu | 3 | 12 | 1.50 | 20.0 |" in (tmp_path / "ck" / "MODEL_CARD.md").read_text()
     back = load_checkpoint(tmp_path / "ck")
-    for (k, v), (k2, v2) in zip(m.state_dict().items(), back.state_dict().items()):
+    for (k, v), (k2, v2) in zip(m.state_dict().items(), back.state_dict().items(), strict=True):
         assert k == k2 and v.dtype == v2.dtype and torch.equal(v, v2), k
     args = ([29, 79, 29], [[0, 0, 0], [2.1, 0.3, 0], [0.2, 2.3, 0.4]], np.eye(3) * 12, [False] * 3)
     a, b = _eval(m, *args), _eval(back, *args)

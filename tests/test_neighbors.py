@@ -262,7 +262,7 @@ def test_parallel_kernels_match_serial_and_ase(monkeypatch, half):
     monkeypatch.setattr(neighbors_numba, "PARALLEL_MIN_ATOMS", 0)
     monkeypatch.setattr(neighbors_numba, "PARALLEL_MIN_ATOMS_DISPLACEMENT", 0)
     parallel = neighbor_list(pos, cell, True, 5.0, half=half)
-    assert all(np.array_equal(a, b) for a, b in zip(serial, parallel))
+    assert len(serial) == len(parallel) and all(np.array_equal(a, b) for a, b in zip(serial, parallel))
     ref = ase_pairs(pos, cell, True, 5.0)
     assert _as_set(pos, cell, *parallel, 5.0) == (half_of(ref) if half else ref)
     moved = pos + 0.01

@@ -158,5 +158,5 @@ def test_resume_drops_trajectory_frames_written_after_the_restart(tmp_path):
     full = read(tmp_path / "full" / "trajectory.extxyz", ":")
     cut = read(tmp_path / "cut" / "trajectory.extxyz", ":")
     assert [a.info["step"] for a in cut] == [a.info["step"] for a in full] == list(range(0, 201, 10))
-    for a, b in zip(full, cut):
+    for a, b in zip(full, cut, strict=True):
         assert np.array_equal(a.positions, b.positions)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Dict, Optional, Protocol, runtime_checkable
+from typing import Dict, Optional, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from torch import Tensor
 from atomsim.kernels.neighbor_list import NeighborList
 from atomsim.potentials.base import Potential, build_graph, evaluate_potential
 
-__all__ = ["ForceResult", "ForceProvider", "SerialForces"]
+__all__ = ["ForceResult", "ForceProvider", "NeighborListForces", "SerialForces"]
 
 
 @dataclass
@@ -65,22 +65,30 @@ class ForceProvider(Protocol):
     def restore_reference(self, state, positions: Tensor, cell: Tensor) -> None: ...
 
 
-class SerialForces:
-    """One rank, periodic images through the neighbor list's cell shifts."""
+class NeighborListForces:
+    """What the shipped providers share: a potential, a NeighborList whose builds they count, timers."""
 
-    def __init__(self, potential: Potential, skin: float = 1.0, neighbor_list: Optional[NeighborList] = None):
+    def __init__(self, potential: Potential, nlist: NeighborList, timers: Sequence[str]):
         self.potential = potential
-        self.nlist = neighbor_list if neighbor_list is not None else NeighborList(float(potential.cutoff), skin)
-        self.timers: Dict[str, float] = {"neighbor": 0.0, "model": 0.0}
-        self._shift_cache = None  # (cell, cell_shifts @ cell): constant between rebuilds and cell changes
+        self.nlist = nlist
+        self.timers: Dict[str, float] = {name: 0.0 for name in timers}
 
     @property
     def n_builds(self) -> int:
         return self.nlist.n_builds
 
     @n_builds.setter
-    def n_builds(self, value: int) -> None:
+    def n_builds(self, value: int) -> None:  # a resumed run continues the saved count
         self.nlist.n_builds = int(value)
+
+
+class SerialForces(NeighborListForces):
+    """One rank, periodic images through the neighbor list's cell shifts."""
+
+    def __init__(self, potential: Potential, skin: float = 1.0, neighbor_list: Optional[NeighborList] = None):
+        nlist = neighbor_list if neighbor_list is not None else NeighborList(float(potential.cutoff), skin)
+        super().__init__(potential, nlist, ("neighbor", "model"))
+        self._shift_cache = None  # (cell, cell_shifts @ cell): constant between rebuilds and cell changes
 
     def prepare(self, state) -> None:
         """Nothing to distribute on one rank."""

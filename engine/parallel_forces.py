@@ -18,7 +18,7 @@ owners; energy and virial are allreduced. Halo schemes (``parallel.halo``):
 from __future__ import annotations
 
 import time
-from typing import Dict, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ from atomsim.potentials.base import Potential, build_graph, evaluate_potential
 
 from .comm import as_comm
 from .domain import Decomposition, keep_owned, migrate
-from .forces import ForceResult
+from .forces import ForceResult, NeighborListForces
 from .halo import Ghosts, LayerHalo, build_ghosts
 
 HALO_SCHEMES = ("full", "per-layer")
@@ -38,15 +38,14 @@ _NO_CELL = np.zeros((3, 3))
 _OPEN = (False, False, False)
 
 
-class ParallelForces:
-    """Domain-decomposed forces; ``comm`` is an ``engine.comm.Comm`` or an mpi4py communicator."""
+class ParallelForces(NeighborListForces):
+    """Domain-decomposed forces over ``comm`` (an ``engine.comm.Comm``; see ``as_comm`` for what else it takes)."""
 
     def __init__(self, potential: Potential, comm=None, skin: float = 1.0, halo: str = "per-layer",
                  grid=None):
         if halo not in HALO_SCHEMES:
             raise ValueError(f"parallel.halo: {halo!r} is not one of {', '.join(HALO_SCHEMES)}")
         self.comm = as_comm(comm)
-        self.potential = potential
         self.skin = float(skin)
         self.halo = halo
         self.grid = grid
@@ -57,8 +56,8 @@ class ParallelForces:
         # full halo: nodes whose features reach an owned atom within the receptive field need
         # their incoming edges: those within (layers - 1) x cutoff (+ skin for motion) of the sub-box
         self.receiver_depth = (layers - 1) * cutoff + self.skin
-        # over owned + ghost positions in the sub-box frame: no periodic images (ghosts carry them)
-        self.nlist = NeighborList(cutoff, self.skin)
+        # the list over owned + ghost positions in the sub-box frame: no periodic images (ghosts carry them)
+        super().__init__(potential, NeighborList(cutoff, self.skin), ("neighbor", "halo", "model", "reverse", "sync"))
         self.decomp: Optional[Decomposition] = None
         self.ghosts: Optional[Ghosts] = None
         self._ref_owned = None  # owned positions at the last build (what a restart rebuilds at)
@@ -67,16 +66,7 @@ class ParallelForces:
         self._numbers = None
         self._zero_shifts = None  # the local list has no periodic images
         self.n_migrated = 0
-        self.timers: Dict[str, float] = {"neighbor": 0.0, "halo": 0.0, "model": 0.0, "reverse": 0.0, "sync": 0.0}
         self.last_stats: dict = {}
-
-    @property
-    def n_builds(self) -> int:
-        return self.nlist.n_builds
-
-    @n_builds.setter
-    def n_builds(self, value: int) -> None:
-        self.nlist.n_builds = int(value)
 
     def prepare(self, state) -> None:
         """Every rank holds the same full system: keep only the atoms this rank owns."""

@@ -27,6 +27,14 @@ class Integrator:
         self.timestep_fs = float(timestep_fs)
         self.dt = self.timestep_fs * units.fs  # ASE time units
 
+    def _set_thermostat(self, temperature_K: float, tdamp_fs: float,
+                        meaning: str = "thermostat time constant") -> None:
+        """Check and keep a thermostat's target (K) and time constant (fs), alike in every ensemble."""
+        if not tdamp_fs > 0:
+            raise ValueError(f"dynamics.tdamp_fs must be > 0 ({meaning}, fs)")
+        self.temperature_K = float(temperature_K)
+        self.tdamp_fs = float(tdamp_fs)
+
     def setup(self, state) -> None:
         """Called once before the first step (forces are already in state)."""
 
@@ -56,7 +64,7 @@ def register_integrator(name: str):
 
 
 def make_integrator(name: str, timestep_fs: float, **params) -> Integrator:
-    from . import verlet, langevin  # noqa: F401  (register built-ins)
+    from . import langevin, verlet  # noqa: F401  (register built-ins)
 
     for mod in ("nose_hoover", "npt", "berendsen", "fire"):
         try:

@@ -28,14 +28,14 @@ class Berendsen(Integrator):
                  compressibility_per_GPa: float = 0.01, barostat: str = "isotropic",
                  remove_com: bool = True, **params):
         super().__init__(timestep_fs)
-        if tdamp_fs <= 0 or pdamp_fs <= 0:
-            raise ValueError("dynamics.tdamp_fs and dynamics.pdamp_fs must be > 0 (fs)")
+        self._set_thermostat(temperature_K, tdamp_fs)
+        if not pdamp_fs > 0:
+            raise ValueError("dynamics.pdamp_fs must be > 0 (barostat time constant, fs)")
         if barostat not in ("isotropic", "anisotropic"):
             raise ValueError("dynamics.barostat must be isotropic or anisotropic with integrator: berendsen")
         if compressibility_per_GPa <= 0:
             raise ValueError("dynamics.compressibility_per_GPa must be > 0 (about 1/bulk modulus)")
-        self.temperature_K = float(temperature_K)
-        self.tdamp_fs, self.pdamp_fs = float(tdamp_fs), float(pdamp_fs)
+        self.pdamp_fs = float(pdamp_fs)
         if pressure_GPa is not None and np.ndim(pressure_GPa) != 0:
             raise ValueError("dynamics.pressure_GPa must be a single number with integrator: berendsen")
         self.pressure = None if pressure_GPa is None else float(pressure_GPa) * units.GPa

@@ -20,7 +20,6 @@ import numpy as np
 import torch
 from ase import units
 
-
 from .base import Integrator, register_integrator
 
 

@@ -18,10 +18,7 @@ class LangevinBAOAB(Integrator):
     def __init__(self, timestep_fs: float, temperature_K: float = 300.0, tdamp_fs: float = 100.0,
                  seed: int = 1, **params):
         super().__init__(timestep_fs)
-        if tdamp_fs <= 0:
-            raise ValueError("dynamics.tdamp_fs must be > 0 (friction time, fs)")
-        self.temperature_K = float(temperature_K)
-        self.tdamp_fs = float(tdamp_fs)
+        self._set_thermostat(temperature_K, tdamp_fs, "friction time")
         self.seed = int(seed)
         self.c1 = math.exp(-self.timestep_fs / self.tdamp_fs)
         self.c2 = math.sqrt(1.0 - self.c1 * self.c1)

@@ -10,6 +10,7 @@ KE + PE + extra a constant of motion (checked in the tests).
 from __future__ import annotations
 
 import math
+
 import numpy as np
 from ase import units
 
@@ -106,10 +107,7 @@ class NoseHooverChainNVT(Integrator):
     def __init__(self, timestep_fs: float, temperature_K: float = 300.0, tdamp_fs: float = 100.0,
                  chain_length: int = 3, tloop: int = 1, remove_com: bool = True, **params):
         super().__init__(timestep_fs)
-        if tdamp_fs <= 0:
-            raise ValueError("dynamics.tdamp_fs must be > 0 (thermostat time constant, fs)")
-        self.temperature_K = float(temperature_K)
-        self.tdamp_fs = float(tdamp_fs)
+        self._set_thermostat(temperature_K, tdamp_fs)
         self.chain_length = int(chain_length)
         self.tloop = int(tloop)
         self.remove_com = bool(remove_com)

@@ -69,12 +69,12 @@ class MTKNPT(Integrator):
         super().__init__(timestep_fs)
         if barostat not in _BAROSTATS:
             raise ValueError(f"dynamics.barostat must be one of {', '.join(_BAROSTATS)}, got {barostat!r}")
-        if pdamp_fs <= 0 or tdamp_fs <= 0:
-            raise ValueError("dynamics.tdamp_fs and dynamics.pdamp_fs must be > 0 (fs)")
+        self._set_thermostat(temperature_K, tdamp_fs)
+        if not pdamp_fs > 0:
+            raise ValueError("dynamics.pdamp_fs must be > 0 (barostat time constant, fs)")
         self.barostat = barostat
-        self.temperature_K = float(temperature_K)
         self.kT = units.kB * self.temperature_K
-        self.tdamp = float(tdamp_fs) * units.fs
+        self.tdamp = self.tdamp_fs * units.fs
         self.pdamp = float(pdamp_fs) * units.fs
         self.p_ext = target_pressure_tensor(pressure_GPa, barostat)
         self.chain_length, self.pchain_length = int(chain_length), int(pchain_length)

@@ -46,10 +46,9 @@ import collections
 import math
 
 import torch
-from torch import Tensor
-
 import triton
 import triton.language as tl
+from torch import Tensor
 
 from .graph import csr_row_ptr
 from .message_passing import edge_message_aggregate_reference
@@ -120,11 +119,21 @@ def _recompute_pre(a_ptr, b_ptr, wr_ptr, b1_ptr, snd, rcv, rbf, offs_f, fmask, o
 
 
 @triton.jit
-def _edge_hidden(a_ptr, b_ptr, r_ptr, snd_ptr, rcv_ptr, wr_ptr, b1_ptr, offs_e, emask, offs_f, fmask,
+def _tile_offsets(F, K, FP: tl.constexpr, KP: tl.constexpr):
+    """Feature and radial-basis offsets padded to powers of two, with their valid masks."""
+    offs_f = tl.arange(0, FP)
+    offs_k = tl.arange(0, KP)
+    return offs_f, offs_f < F, offs_k, offs_k < K
+
+
+@triton.jit
+def _edge_hidden(a_ptr, b_ptr, r_ptr, snd_ptr, rcv_ptr, wr_ptr, b1_ptr, blk, E, offs_f, fmask,
                  offs_k, kmask, F, cutoff, pref, ENV_A: tl.constexpr, ENV_B: tl.constexpr,
-                 ENV_C: tl.constexpr, PREC: tl.constexpr, DT: tl.constexpr):
-    """A block of edges up to the hidden layer, as every kernel starts it: (snd, rcv, rx, ry, rz,
-    d, rbf, env (0 on padding edges), x, pre, h = silu(pre) in the weights' dtype DT)."""
+                 ENV_C: tl.constexpr, BLOCK_E: tl.constexpr, PREC: tl.constexpr, DT: tl.constexpr):
+    """Edge block ``blk`` up to the hidden layer, as every kernel starts it: (offs_e, emask, snd, rcv,
+    rx, ry, rz, d, rbf, env (0 on padding edges), x, pre, h = silu(pre) in the weights' dtype DT)."""
+    offs_e = blk * BLOCK_E + tl.arange(0, BLOCK_E)
+    emask = offs_e < E
     snd = tl.load(snd_ptr + offs_e, mask=emask, other=0).to(tl.int64)
     rcv = tl.load(rcv_ptr + offs_e, mask=emask, other=0).to(tl.int64)
     rx, ry, rz, d, rbf, env, x = _edge_geometry(r_ptr, offs_e, emask, offs_k, kmask, cutoff, pref,
@@ -133,7 +142,7 @@ def _edge_hidden(a_ptr, b_ptr, r_ptr, snd_ptr, rcv_ptr, wr_ptr, b1_ptr, offs_e, 
     pre = _recompute_pre(a_ptr, b_ptr, wr_ptr, b1_ptr, snd, rcv, rbf, offs_f, fmask, offs_k, kmask,
                          emask, F, PREC)
     h = (pre * tl.sigmoid(pre)).to(DT)
-    return snd, rcv, rx, ry, rz, d, rbf, env, x, pre, h
+    return offs_e, emask, snd, rcv, rx, ry, rz, d, rbf, env, x, pre, h
 
 
 @triton.jit
@@ -193,15 +202,10 @@ def _fwd_kernel(a_ptr, b_ptr, r_ptr, snd_ptr, rcv_ptr, wr_ptr, b1_ptr, w2_ptr, b
                 PREC: tl.constexpr, SEG: tl.constexpr):
     pid = tl.program_id(0)
     DT: tl.constexpr = w2_ptr.dtype.element_ty
-    offs_e = pid * BLOCK_E + tl.arange(0, BLOCK_E)
-    emask = offs_e < E
-    offs_f = tl.arange(0, FP)
-    fmask = offs_f < F
-    offs_k = tl.arange(0, KP)
-    kmask = offs_k < K
-    snd, rcv, rx, ry, rz, d, rbf, env, x, pre, h = _edge_hidden(
-        a_ptr, b_ptr, r_ptr, snd_ptr, rcv_ptr, wr_ptr, b1_ptr, offs_e, emask, offs_f, fmask, offs_k,
-        kmask, F, cutoff, pref, ENV_A, ENV_B, ENV_C, PREC, DT)
+    offs_f, fmask, offs_k, kmask = _tile_offsets(F, K, FP, KP)
+    offs_e, emask, snd, rcv, rx, ry, rz, d, rbf, env, x, pre, h = _edge_hidden(
+        a_ptr, b_ptr, r_ptr, snd_ptr, rcv_ptr, wr_ptr, b1_ptr, pid, E, offs_f, fmask, offs_k, kmask,
+        F, cutoff, pref, ENV_A, ENV_B, ENV_C, BLOCK_E, PREC, DT)
     onehot, seg_rcv, n_seg = _segments(rcv_ptr, offs_e, emask, BLOCK_E, SEG)
     for n0 in range(0, FP, BN):
         offs_n = n0 + tl.arange(0, BN)
@@ -231,20 +235,15 @@ def _bwd_edge_kernel(a_ptr, b_ptr, r_ptr, snd_ptr, rcv_ptr, wr_ptr, b1_ptr, w2_p
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     DT: tl.constexpr = w2_ptr.dtype.element_ty
-    offs_f = tl.arange(0, FP)
-    fmask = offs_f < F
-    offs_k = tl.arange(0, KP)
-    kmask = offs_k < K
+    offs_f, fmask, offs_k, kmask = _tile_offsets(F, K, FP, KP)
     wr = tl.load(wr_ptr + offs_k[:, None] * F + offs_f[None, :],
                  mask=kmask[:, None] & fmask[None, :], other=0.0)
     dwr_acc = tl.zeros((KP, FP), dtype=tl.float32)
     db1_acc = tl.zeros((FP,), dtype=tl.float32)
     for blk in range(pid, n_blocks, nprog):
-        offs_e = blk * BLOCK_E + tl.arange(0, BLOCK_E)
-        emask = offs_e < E
-        snd, rcv, rx, ry, rz, d, rbf, env, x, pre, h = _edge_hidden(
-            a_ptr, b_ptr, r_ptr, snd_ptr, rcv_ptr, wr_ptr, b1_ptr, offs_e, emask, offs_f, fmask,
-            offs_k, kmask, F, cutoff, pref, ENV_A, ENV_B, ENV_C, PREC, DT)
+        offs_e, emask, snd, rcv, rx, ry, rz, d, rbf, env, x, pre, h = _edge_hidden(
+            a_ptr, b_ptr, r_ptr, snd_ptr, rcv_ptr, wr_ptr, b1_ptr, blk, E, offs_f, fmask, offs_k,
+            kmask, F, cutoff, pref, ENV_A, ENV_B, ENV_C, BLOCK_E, PREC, DT)
         dh = tl.zeros((BLOCK_E, FP), dtype=tl.float32)
         denv = tl.zeros((BLOCK_E,), dtype=tl.float32)
         for n0 in range(0, FP, BN):
@@ -316,23 +315,18 @@ def _bwd_w2_kernel(a_ptr, b_ptr, r_ptr, snd_ptr, rcv_ptr, wr_ptr, b1_ptr, w2_ptr
     nprog = tl.num_programs(0)
     n0 = tl.program_id(1) * BN
     DT: tl.constexpr = w2_ptr.dtype.element_ty
-    offs_f = tl.arange(0, FP)
-    fmask = offs_f < F
-    offs_k = tl.arange(0, KP)
-    kmask = offs_k < K
+    offs_f, fmask, offs_k, kmask = _tile_offsets(F, K, FP, KP)
     offs_n = n0 + tl.arange(0, BN)
     nmask = offs_n < F
+    dw2_acc = tl.zeros((FP, BN), dtype=tl.float32)
+    db2_acc = tl.zeros((BN,), dtype=tl.float32)
     w2 = tl.load(w2_ptr + offs_f[:, None] * F + offs_n[None, :],
                  mask=fmask[:, None] & nmask[None, :], other=0.0)
     b2 = tl.load(b2_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)
-    dw2_acc = tl.zeros((FP, BN), dtype=tl.float32)
-    db2_acc = tl.zeros((BN,), dtype=tl.float32)
     for blk in range(pid, n_blocks, nprog):
-        offs_e = blk * BLOCK_E + tl.arange(0, BLOCK_E)
-        emask = offs_e < E
-        snd, rcv, rx, ry, rz, d, rbf, env, x, pre, h = _edge_hidden(
-            a_ptr, b_ptr, r_ptr, snd_ptr, rcv_ptr, wr_ptr, b1_ptr, offs_e, emask, offs_f, fmask,
-            offs_k, kmask, F, cutoff, pref, ENV_A, ENV_B, ENV_C, PREC, DT)
+        offs_e, emask, snd, rcv, rx, ry, rz, d, rbf, env, x, pre, h = _edge_hidden(
+            a_ptr, b_ptr, r_ptr, snd_ptr, rcv_ptr, wr_ptr, b1_ptr, blk, E, offs_f, fmask, offs_k,
+            kmask, F, cutoff, pref, ENV_A, ENV_B, ENV_C, BLOCK_E, PREC, DT)
         m2n = emask[:, None] & nmask[None, :]
         z = tl.dot(h, w2, input_precision=PREC) + b2[None, :]
         sz = tl.sigmoid(z)

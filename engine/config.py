@@ -5,6 +5,7 @@ names the key and the fix (see engine/errors.py).
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Dict, List, Literal, Optional, Union, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -72,8 +73,24 @@ class StructureConfig(_Strict):
         None, description="element whose sites the alloy substitutes (default: the only element present)"
     )
     vacuum_A: Optional[float] = Field(
-        None, ge=0, le=1000, description="vacuum on each side along z, Å (makes a slab: pbc z off)"
+        None, ge=0, le=1000,
+        description="vacuum on each side along z, Å (periodicity kept, as ASE's center(vacuum=); see pbc)"
     )
+    pbc: Optional[List[bool]] = Field(
+        None, description="periodicity [x, y, z] (or one bool), applied last (default: the structure's own)"
+    )
+
+    @field_validator("pbc", mode="before")
+    @classmethod
+    def _pbc_scalar(cls, value):
+        return [value] * 3 if isinstance(value, bool) else value
+
+    @field_validator("pbc")
+    @classmethod
+    def _pbc(cls, value):
+        if value is not None and len(value) != 3:
+            raise ValueError(f"must be three booleans [x, y, z] (or one), e.g. [true, true, false]; got {value}")
+        return value
 
     @field_validator("lattice")
     @classmethod
@@ -189,13 +206,36 @@ class SystemConfig(_Strict):
     structure: StructureConfig
     temperature_K: float = Field(300.0, ge=0, le=1e5, description="initial Maxwell-Boltzmann temperature, K")
     seed: int = Field(1, ge=0, description="seed of velocities and thermostat noise")
+    velocities: Literal["auto", "from_file", "maxwell_boltzmann"] = Field(
+        "auto", description="initial velocities: the file's momenta (auto: when it has them) or "
+        "Maxwell-Boltzmann at temperature_K")
+
+    @model_validator(mode="after")
+    def _velocities_need_a_file(self):
+        if self.velocities == "from_file" and self.structure.file is None:
+            raise ValueError("`system.velocities` = 'from_file' needs `system.structure.file`; a built lattice "
+                             "has no velocities (use auto or maxwell_boltzmann)")
+        return self
 
 
 class PotentialConfig(_Strict):
     model: str = Field("default", description="bundled pretrained name, a checkpoint file, `lj`, or a plugin")
     params: dict = Field(default_factory=dict, description="model-specific parameters")
     dtype: Literal["float32", "float64", "bfloat16"] = Field("float32", description="model precision")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else CPU")
+    device: str = Field("auto", description="auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, value):
+        import re
+
+        from .errors import suggest
+
+        key = value.strip().lower()
+        if key in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", key):
+            return key
+        raise ValueError(f"unknown device {value!r};{suggest(key, ('auto', 'cpu', 'cuda')) or ''} "
+                         "use auto, cpu, cuda or cuda:N (N: the GPU index, e.g. cuda:1)")
 
 
 class DynamicsConfig(_Strict):
@@ -204,9 +244,11 @@ class DynamicsConfig(_Strict):
     )
     timestep_fs: float = Field(1.0, gt=0, le=10, description="timestep, fs (0 < dt <= 10)")
     steps: int = Field(1000, ge=0, description="number of steps")
-    temperature_K: Optional[float] = Field(None, ge=0, le=1e5, description="thermostat target, K (default: system.temperature_K)")
+    temperature_K: Optional[float] = Field(None, ge=0, le=1e5,
+                                           description="thermostat target, K (default: system.temperature_K)")
     tdamp_fs: float = Field(100.0, gt=0, description="thermostat time constant, fs")
-    max_force_eV_per_A: float = Field(1000.0, gt=0, description="force limit, eV/Å: the run stops when any force exceeds it")
+    max_force_eV_per_A: float = Field(1000.0, gt=0,
+                                      description="force limit, eV/Å: the run stops when any force exceeds it")
     # ensembles (integrators/): thermostat chain, barostat, minimiser, constraints
     chain_length: int = Field(3, ge=1, le=20, description="Nose-Hoover chain length (nose-hoover, npt)")
     pressure_GPa: Optional[Union[float, List[float], List[List[float]]]] = Field(
@@ -219,7 +261,8 @@ class DynamicsConfig(_Strict):
     fmax_eV_per_A: float = Field(0.05, gt=0, description="fire: converged when every force is below this, eV/Å")
     relax_cell: bool = Field(False, description="fire: relax the cell too (at pressure_GPa, default 0)")
     remove_com: bool = Field(True, description="zero the centre-of-mass velocity (nose-hoover, npt, berendsen)")
-    fix: "FixConfig" = Field(default_factory=lambda: FixConfig(), description="atoms held fixed (e.g. the bottom of a slab)")
+    fix: "FixConfig" = Field(default_factory=lambda: FixConfig(),
+                             description="atoms held fixed (e.g. the bottom of a slab)")
 
     @field_validator("pressure_GPa")
     @classmethod
@@ -234,7 +277,8 @@ class DynamicsConfig(_Strict):
 
 class FixConfig(_Strict):
     indices: List[int] = Field(default_factory=list, description="0-based indices of atoms held fixed")
-    z_range_A: Optional[List[float]] = Field(None, description="[z_min, z_max], Å: atoms in this slab at the start are held fixed")
+    z_range_A: Optional[List[float]] = Field(
+        None, description="[z_min, z_max], Å: atoms in this slab at the start are held fixed")
 
     @field_validator("z_range_A")
     @classmethod
@@ -285,6 +329,21 @@ class OutputConfig(_Strict):
     trajectory_every: int = Field(100, ge=0, description="trajectory frame every N steps (0: none)")
     restart_every: int = Field(500, ge=0, description="restart file every N steps (0: none)")
     progress: bool = Field(True, description="show a progress bar")
+    trajectory_format: Literal["extxyz", "traj", "h5md"] = Field(
+        "extxyz", description="trajectory file: trajectory.extxyz, trajectory.traj (ASE) or trajectory.h5md (H5MD)")
+    per_atom: List[Literal["energies", "stresses"]] = Field(
+        default_factory=lambda: ["energies"],
+        description="per-atom quantities in trajectory frames: energies (eV), stresses (virial / volume, eV/Å^3)")
+
+    @field_validator("per_atom", mode="before")
+    @classmethod
+    def _per_atom_word(cls, value):
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("per_atom")
+    @classmethod
+    def _per_atom_once(cls, value):
+        return list(dict.fromkeys(value))
 
 
 class RunConfig(_Strict):
@@ -419,10 +478,8 @@ def _empty_sections(data: dict, model) -> None:
             _empty_sections(data[name], sub)
 
 
-def _resolve_paths(data: dict, base: "Path") -> None:
+def _resolve_paths(data: dict, base: Path) -> None:
     """Make structure/model file names relative to the input file's folder absolute."""
-    from pathlib import Path
-
     structure = (data.get("system") or {}).get("structure") if isinstance(data.get("system"), dict) else None
     if isinstance(structure, dict) and isinstance(structure.get("file"), str):
         name = Path(structure["file"]).expanduser()
@@ -442,8 +499,6 @@ def load_config(path, overrides: Optional[List[str]] = None) -> "RunConfig":
     file are taken relative to its folder (given with ``--set``: relative to the
     working directory); ``output.directory`` relative to the working directory.
     """
-    from pathlib import Path
-
     from pydantic import ValidationError
 
     from .errors import InputError, format_validation_error
@@ -479,13 +534,12 @@ def load_config(path, overrides: Optional[List[str]] = None) -> "RunConfig":
     return cfg
 
 
-def write_resolved_config(cfg: "RunConfig", directory) -> "Path":
+def write_resolved_config(cfg: "RunConfig", directory) -> Path:
     """Write the full validated config (defaults filled in) to ``directory/resolved_config.yaml``.
 
     Written atomically (temp file + rename). Under MPI call it on rank 0 only.
     """
     import os
-    from pathlib import Path
 
     import yaml
 

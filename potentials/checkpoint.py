@@ -146,8 +146,9 @@ def write_reference(model, directory: str | Path) -> Path:
     import numpy as np
     from ase.data import chemical_symbols
 
-    from .base import build_graph, evaluate_potential
     from atomsim.kernels.neighbors import neighbor_list
+
+    from .base import build_graph, evaluate_potential
 
     out = []
     for atoms in reference_structures([chemical_symbols[z] for z in model.species]):

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 from ase import units
-from ase.cell import Cell
 from ase.calculators.calculator import PropertyNotImplementedError
 from ase.calculators.lj import LennardJones as AseLJ
+from ase.cell import Cell
 from ase.filters import FrechetCellFilter
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
@@ -63,7 +63,7 @@ def test_skin_reuse_and_rebuilds_stay_exact():
     atoms.calc = calc
     rng = np.random.default_rng(1)
     ref_calc = AseLJ(epsilon=AR_EPSILON, sigma=AR_SIGMA, smooth=True)
-    for step in range(6):  # small moves: one list, results still exact
+    for _ in range(6):  # small moves: one list, results still exact
         atoms.positions += rng.normal(scale=0.03, size=atoms.positions.shape)
         ref = atoms.copy()
         ref.calc = ref_calc

@@ -9,7 +9,6 @@ import csv
 import subprocess
 import sys
 import types
-from pathlib import Path
 
 import pytest
 import yaml

@@ -7,9 +7,9 @@ import csv
 import numpy as np
 import pytest
 import torch
+from ase import units
 from ase.build import bulk
 from ase.calculators.lj import LennardJones
-from ase import units
 
 from atomsim.engine.config import RunConfig
 from atomsim.engine.simulation import Simulation

@@ -90,7 +90,8 @@ def test_relative_imports_stay_inside_their_subpackage():
 
 def test_installed_package_never_reads_the_checkout():
     """No module finds ``benchmarks/`` (or another checkout folder) relative to its own file."""
-    pattern = re.compile(r"__file__\)?\.resolve\(\)\.parents\[\d\]|parents\[\d\]\s*/\s*[\"'](benchmarks|tests|examples)")
+    pattern = re.compile(r"__file__\)?\.resolve\(\)\.parents\[\d\]"
+                         r"|parents\[\d\]\s*/\s*[\"'](benchmarks|tests|examples)")
     bad = []
     for _, path in list(_package_files()) + [(None, p) for p in (ROOT / "atomsim").glob("*.py")]:
         for k, line in enumerate(path.read_text().splitlines(), 1):

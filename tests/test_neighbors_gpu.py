@@ -42,7 +42,7 @@ def test_gpu_lists_equal_numba(impl, half):
 
 
 def test_dlpack_handoff_is_zero_copy():
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     i, j, S = neighbors_cupy.neighbor_list(cp.asarray(np.random.default_rng(0).random((50, 3)) * 5),
                                            np.eye(3) * 5, True, 2.0)
     ti, tj, tS = neighbors_array_api.to_torch(i, j, S)

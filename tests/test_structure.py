@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.build import bulk
-from ase.data import atomic_numbers, reference_states
+from ase.data import reference_states
 from ase.units import kB
 
 from atomsim.engine.config import RunConfig

@@ -351,7 +351,8 @@ def step_time(model: dict, n: float, P: int, scheme: str = "per-layer", device: 
                    + c["c_ghost_s_per_atom"] * g)
         neighbor = (c["c_neighbor_s_per_atom_per_build"] * (n + g) + c["c_ghost_build_s_per_ghost"] * g
                     + c["t_ghost_build_s"]) / s["rebuild_every"]
-        local = E * (c["t_exchange_s"] + c["k_exchange_s_per_ghost"] * g) + c["c_integrate_io_s_per_atom"] * n + c["t_io_s"]
+        local = (E * (c["t_exchange_s"] + c["k_exchange_s_per_ghost"] * g)
+                 + c["c_integrate_io_s_per_atom"] * n + c["t_io_s"])
         sync = c["t_sync_multirank_s"] + c["t_wait_exchange_s"] if P > 1 else c["t_sync_1rank_s"]
         mem = c["memory_base_B"] + c["memory_B_per_local_atom"] * (recv + g)
     total = compute + neighbor + local + net + sync

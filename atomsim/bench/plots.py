@@ -92,7 +92,7 @@ def write_all(result: dict, stem: Path) -> dict:
         axs[0].set_yscale("log")
         axs[1].set_ylim(0, 1.1)
         grid = [g for g in model["predictions"]["grid"] if g["scheme"] == "per-layer"]
-        for k, dev in enumerate(("cpu", "gpu")):
+        for dev in ("cpu", "gpu"):
             for j, P in enumerate(sorted({g["ranks"] for g in grid})):
                 rows = sorted([g for g in grid if g["device"] == dev and g["ranks"] == P], key=lambda g: g["atoms"])
                 if rows:

@@ -63,7 +63,7 @@ def machine_info() -> dict:
 
     cpu = ""
     try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     versions = {}
@@ -197,7 +197,7 @@ def measure_point(comm, potential_name: str = "default", atoms: int = 4000, mode
     builds0 = prov.n_builds
     comm.barrier()
     with open(thermo_path, "w") as thermo_fh:
-        for k in range(steps):
+        for _ in range(steps):
             plan = prov.ghosts.plan
             tim0, b0 = dict(prov.timers), plan.bytes_sent
             parts = {}
@@ -437,7 +437,7 @@ def merge_repeats(points: List[dict]) -> List[dict]:
     for p in points:
         groups.setdefault((p["ranks"], p["mode"], p["atoms_requested"]), []).append(p)
     out = []
-    for key, ps in groups.items():
+    for ps in groups.values():
         ps = sorted(ps, key=lambda p: p["step_time_s"])
         pick = dict(ps[(len(ps) - 1) // 2])
         pick["repeats"] = len(ps)

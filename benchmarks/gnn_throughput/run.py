@@ -58,7 +58,9 @@ def matmul_peak_gflops(threads: int, n: int = 1536, repeats: int = 5) -> float:
     torch.mm(a, b)
     best = float("inf")
     for _ in range(repeats):
-        t = time.perf_counter(); torch.mm(a, b); best = min(best, time.perf_counter() - t)
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
     return 2 * n**3 / best / 1e9
 
 

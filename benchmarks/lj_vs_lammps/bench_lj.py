@@ -93,10 +93,9 @@ def force_stage_breakdown(cells: int, outdir: str, repeats: int = 3) -> dict:
     import torch
     from rich.console import Console
 
+    from atomsim.engine.simulation import Simulation
     from atomsim.kernels.graph import csr_row_ptr
     from atomsim.potentials.base import build_graph
-
-    from atomsim.engine.simulation import Simulation
 
     sim = Simulation.from_config(make_config(cells, 0, outdir), console=Console(quiet=True))
     sim.run(0)

@@ -120,12 +120,15 @@ def main() -> None:
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.8), dpi=90)
     for a, rows, key, f, lab in ((ax[0], model_rows, "parameters", fit_n, "parameters N"),
                                  (ax[1], data_rows, "n_train", fit_d, "training structures D")):
-        x = np.array([r[key] for r in rows], float); y = np.array([r["test_loss"] for r in rows])
+        x = np.array([r[key] for r in rows], float)
+        y = np.array([r["test_loss"] for r in rows])
         a.loglog(x, y, "o")
         xx = np.geomspace(x.min(), x.max(), 50)
         a.loglog(xx, power_law(xx, f["a"], f["alpha"], f["c"]), "-",
                  label=f"{f['a']:.3g} x^-{f['alpha']:.2f} + {f['c']:.2g}")
-        a.set_xlabel(lab); a.set_ylabel("test loss"); a.legend(fontsize=8)
+        a.set_xlabel(lab)
+        a.set_ylabel("test loss")
+        a.legend(fontsize=8)
     fig.tight_layout()
     res_dir = ROOT / "benchmarks" / "results"
     res_dir.mkdir(parents=True, exist_ok=True)

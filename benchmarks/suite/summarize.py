@@ -30,7 +30,8 @@ def main(path: str) -> None:
         print(f"| {p['ranks']} | {p['atoms_per_rank']:.0f} | {p['step_time_s']:.3f} | "
               + " | ".join(f"{b[k]:.3f}" for k in PARTS)
               + f" | {r['ghost_owned_ratio']:.2f} | {r['bytes_sent_offrank_per_step'] / 1e6:.2f} | "
-                f"{r['memory_per_atom_kB']:.0f} | {p['step_cpu_time_s']:.3f} | {r['step_cpu_s'] / r['step_total_s']:.2f} | "
+                f"{r['memory_per_atom_kB']:.0f} | {p['step_cpu_time_s']:.3f} | "
+                f"{r['step_cpu_s'] / r['step_total_s']:.2f} | "
                 f"{eff} | {effc} | "
                 f"{reps} | {note} |")
     net = d.get("network")
@@ -49,9 +50,10 @@ def main(path: str) -> None:
                       f"{x['predicted_s']:.3f} | {x['rel_error']:+.1%} |")
         w = d.get("model_on_wall_clock_check")
         if w:
+            held = w["heldout_max_rel_error"]
             print(f"\nModel clock: {mod.get('clock', 'wall')} (dedicated-core seconds). The same fit on wall-clock "
                   f"times: fitted max error {w['fitted_max_rel_error']:.0%}, held-out max error "
-                  f"{w['heldout_max_rel_error'] if w['heldout_max_rel_error'] is None else format(w['heldout_max_rel_error'], '.0%')}.")
+                  f"{held if held is None else format(held, '.0%')}.")
         print("\nCoefficients: " + ", ".join(f"{k} = {v:.3g}" for k, v in mod["coefficients"].items()))
         print(f"\nGPU cost: {mod['gpu']['s_per_atom_step'] * 1e6:.3f} us/atom-step ({mod['gpu']['source_model']}); "
               f"neighbor: {mod['gpu']['source_neighbor']}")

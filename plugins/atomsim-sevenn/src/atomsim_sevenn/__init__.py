@@ -11,7 +11,8 @@ from .checkpoint import NUMPY_ALLOW_LIST, load_sevenn_checkpoint, safe_torch_loa
 from .malloc import tune_glibc_malloc
 from .potential import SevenNetPotential
 
-__all__ = ["load_sevennet", "SevenNetPotential", "load_sevenn_checkpoint", "safe_torch_load", "NUMPY_ALLOW_LIST", "tune_glibc_malloc"]
+__all__ = ["load_sevennet", "SevenNetPotential", "load_sevenn_checkpoint", "safe_torch_load", "NUMPY_ALLOW_LIST",
+           "tune_glibc_malloc"]
 __version__ = "0.1.0"
 
 

@@ -118,7 +118,7 @@ class SevenNetPotential(Potential):
             _NUM_ATOMS: torch.tensor(graph.n_nodes, device=vec.device),
         }
         dtype = self.dtype
-        for name, module in self._head:
+        for _, module in self._head:
             data = module(data)
             if dtype != torch.float32:  # sevenn's one-hot embedding always emits float32
                 for key in (_X, _NODE_ATTR):

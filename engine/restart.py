@@ -15,11 +15,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
+
+from .errors import InputError
 
 FORMAT_VERSION = 1
 RESTART_NAME = "restart.npz"
@@ -139,22 +143,95 @@ def write_restart(directory, arrays: dict, integrator_name: str, integrator_stat
     return final
 
 
+class RestartError(InputError):
+    """A restart file that cannot be resumed from; the message names the file and why."""
+
+
+class RestartFallbackWarning(UserWarning):
+    """The newest restart file was unusable and an older one is resumed from instead."""
+
+
+_ARRAYS = ("positions", "velocities", "masses", "numbers", "ids", "cell", "pbc")
+_META_KEYS = ("format_version", "step", "config_hash", "physics_config", "integrator", "integrator_state",
+              "neighbor_state")
+
+
+def _finite_json(v) -> bool:
+    """No NaN/inf anywhere in a JSON value (json.loads accepts NaN and Infinity)."""
+    if isinstance(v, float):
+        return bool(np.isfinite(v))
+    if isinstance(v, dict):
+        return all(_finite_json(x) for x in v.values())
+    if isinstance(v, (list, tuple)):
+        return all(_finite_json(x) for x in v)
+    return True
+
+
 class Restart:
-    """A loaded restart file."""
+    """A loaded restart file; raises :class:`RestartError` (which file, why) when it is unusable:
+    unreadable or truncated, another format version, keys missing, non-finite numbers."""
 
     def __init__(self, path: Path, device="cpu"):
         self.path = Path(path)
-        with np.load(self.path, allow_pickle=False) as data:
+        try:
+            self._load(device)
+        except RestartError:
+            raise
+        except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:  # torn write, not an .npz
+            raise RestartError(f"{self.path}: unreadable (truncated or not a restart archive: "
+                               f"{type(exc).__name__}: {exc})") from exc
+        except KeyError as exc:
+            raise RestartError(f"{self.path}: incomplete, key {exc} is missing") from exc
+
+    def _why(self, what: str) -> RestartError:
+        return RestartError(f"{self.path}: {what}")
+
+    def _load(self, device) -> None:
+        with open(self.path, "rb") as fh, np.load(fh, allow_pickle=False) as data:  # closed on any error
+            if "meta" not in data.files:
+                raise self._why("incomplete, key 'meta' is missing")
             self.meta = json.loads(str(data["meta"]))
+            if not isinstance(self.meta, dict):
+                raise self._why("its 'meta' entry is not a JSON object")
+            if "format_version" not in self.meta:
+                raise self._why("incomplete, missing format_version in its 'meta' entry")
             if self.meta.get("format_version") != FORMAT_VERSION:
-                raise ValueError(f"{self.path}: restart format version {self.meta.get('format_version')} "
-                                 f"is not {FORMAT_VERSION}; it was written by another atomsim version")
-            self.arrays = {k: np.array(data[k]) for k in
-                           ("positions", "velocities", "masses", "numbers", "ids", "cell", "pbc")}
+                raise self._why(f"restart format version {self.meta.get('format_version')} is not "
+                                f"{FORMAT_VERSION}; it was written by another atomsim version")
+            missing = [k for k in _META_KEYS if k not in self.meta] + [k for k in _ARRAYS if k not in data.files]
+            if missing:
+                raise self._why(f"incomplete, missing {', '.join(missing)}")
+            self.arrays = {k: np.array(data[k]) for k in _ARRAYS}
             if "fixed" in data.files:  # optional: only runs with a dynamics.fix group
                 self.arrays["fixed"] = np.array(data["fixed"])
             self.integrator_state = _decode_state_dict(self.meta["integrator_state"], data, "integ/", device)
             self.neighbor_state = _decode_state_dict(self.meta["neighbor_state"], data, "nl/", device)
+        self._check_contents()
+
+    def _check_contents(self) -> None:
+        """Shapes that fit together and finite numbers: a NaN would otherwise only show steps later."""
+        a = self.arrays
+        n = len(a["ids"])
+        for k in ("positions", "velocities"):
+            if a[k].shape != (n, 3):
+                raise self._why(f"{k} has shape {a[k].shape}, expected ({n}, 3) for {n} atoms")
+        if a["cell"].shape != (3, 3):
+            raise self._why(f"cell has shape {a['cell'].shape}, expected (3, 3)")
+        arrays = {k: v for k, v in a.items() if k in ("positions", "velocities", "masses", "cell")}
+        arrays.update({f"integrator state {k}": v for k, v in self.integrator_state.items()
+                       if isinstance(v, (np.ndarray, torch.Tensor))})
+        arrays.update({f"neighbor-list {k}": v for k, v in self.neighbor_state.items()
+                       if isinstance(v, (np.ndarray, torch.Tensor))})
+        arrays.update({f"integrator state {k}": v for k, v in self.integrator_state.items()
+                       if not isinstance(v, (np.ndarray, torch.Tensor)) and not _finite_json(v)})
+        for k, v in arrays.items():
+            if not isinstance(v, (np.ndarray, torch.Tensor)):  # a JSON value with a NaN in it
+                raise self._why(f"{k} contains NaN or infinite values")
+            v = v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+            if v.dtype.kind in "fc" and not np.isfinite(v).all():
+                raise self._why(f"{k} contains NaN or infinite values")
+        if not isinstance(self.meta["step"], int) or self.meta["step"] < 0:
+            raise self._why(f"step {self.meta['step']!r} is not a non-negative integer")
 
     @property
     def step(self) -> int:
@@ -189,7 +266,13 @@ class Restart:
 
 
 def find_restart(directory, device="cpu") -> Restart:
-    """The newest readable restart (highest step) in ``directory``."""
+    """The newest usable restart in ``directory``: ``restart.npz``, else ``restart.prev.npz``.
+
+    An unusable ``restart.npz`` (a crash mid-write, a damaged disk) is reported -- which file and why,
+    as a :class:`RestartFallbackWarning` and in the returned restart's ``skipped`` -- before the
+    previous one is used; if no file is usable, :class:`RestartError` (an InputError: exit status 2)
+    names every file tried and why.
+    """
     directory = Path(directory)
     found, errors = [], []
     for name in (RESTART_NAME, PREVIOUS_NAME):
@@ -197,10 +280,17 @@ def find_restart(directory, device="cpu") -> Restart:
         if p.exists():
             try:
                 found.append(Restart(p, device))
-            except Exception as exc:  # a torn or foreign file: try the other one
-                errors.append(f"{p}: {exc}")
+            except RestartError as exc:
+                errors.append(str(exc))
     if not found:
-        why = f" ({'; '.join(errors)})" if errors else ""
-        raise ValueError(f"--resume: no readable restart file in output.directory {str(directory)!r}{why}; "
-                         "run without --resume first, or point output.directory at the earlier run")
-    return max(found, key=lambda r: r.step)
+        if errors:
+            raise RestartError(f"--resume: no usable restart file in output.directory {str(directory)!r}: "
+                               + "; ".join(errors) + ". Restore one of them or start a new run without --resume")
+        raise RestartError(f"--resume: no readable restart file in output.directory {str(directory)!r}; "
+                           "run without --resume first, or point output.directory at the earlier run")
+    chosen = max(found, key=lambda r: r.step)
+    chosen.skipped = errors
+    for why in errors:
+        warnings.warn(f"--resume: skipping {why}; resuming from {chosen.path} (step {chosen.step})",
+                      RestartFallbackWarning, stacklevel=2)
+    return chosen

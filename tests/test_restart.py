@@ -8,7 +8,10 @@ the last bits. Langevin's noise is keyed by (seed, step, id), so it must match t
 from __future__ import annotations
 
 import csv
+import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +21,9 @@ import pytest
 from rich.console import Console
 
 from atomsim.engine.config import RunConfig
-from atomsim.engine.restart import PREVIOUS_NAME, RESTART_NAME, Restart, find_restart
+from atomsim.engine.errors import InputError
+from atomsim.engine.restart import (PREVIOUS_NAME, RESTART_NAME, Restart, RestartError, RestartFallbackWarning,
+                                    find_restart)
 from atomsim.engine.simulation import Simulation
 
 
@@ -78,9 +83,102 @@ def test_resume_from_previous_when_newest_is_torn(tmp_path):
     out = tmp_path / "split"
     assert Restart(out / PREVIOUS_NAME).step == 30  # restart_every=30 -> 30, then the end (50)
     (out / RESTART_NAME).write_bytes((out / RESTART_NAME).read_bytes()[:200])
-    assert find_restart(out).step == 30
-    run(make_config(out, "langevin", steps=100), resume=True)
+    with pytest.warns(RestartFallbackWarning, match=rf"skipping {re.escape(str(out / RESTART_NAME))}: unreadable"):
+        assert find_restart(out).step == 30
+    with pytest.warns(RestartFallbackWarning, match=re.escape(str(out / PREVIOUS_NAME))):
+        run(make_config(out, "langevin", steps=100), resume=True)
     assert_same_final_state(tmp_path / "full", out)
+
+
+def _rewrite(path: Path, change) -> None:
+    """Load a restart archive, let ``change(arrays, meta)`` damage it, write it back as a valid .npz."""
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: np.array(data[k]) for k in data.files}
+    meta = json.loads(str(arrays.pop("meta")))
+    change(arrays, meta)
+    arrays["meta"] = np.array(json.dumps(meta))
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def _drop(path: Path, key: str) -> None:
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: np.array(data[k]) for k in data.files if k != key}
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def _nan_in(key):
+    def change(arrays, meta):
+        arrays[key] = arrays[key].astype(float)
+        arrays[key].flat[arrays[key].size // 2] = np.nan
+    return change
+
+
+DAMAGE = {  # what is wrong -> (how to do it to the file, what the report must say)
+    "truncated": (lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]), "unreadable"),
+    "not_an_archive": (lambda p: p.write_text("positions: []\n"), "unreadable"),
+    "version": (lambda p: _rewrite(p, lambda a, m: m.update(format_version=99)), "format version 99 is not 1"),
+    "missing_array": (lambda p: _rewrite(p, lambda a, m: a.pop("velocities")), "missing velocities"),
+    "missing_meta_key": (lambda p: _rewrite(p, lambda a, m: m.pop("integrator_state")),
+                         "missing integrator_state"),
+    "empty_meta": (lambda p: _rewrite(p, lambda a, m: m.clear()), "missing format_version"),
+    "missing_meta": (lambda p: _drop(p, "meta"), "key 'meta' is missing"),
+    "nan_positions": (lambda p: _rewrite(p, _nan_in("positions")), "positions contains NaN"),
+    "nan_velocities": (lambda p: _rewrite(p, _nan_in("velocities")), "velocities contains NaN"),
+    "nan_thermostat": (lambda p: _rewrite(p, _nan_thermostat), "integrator state chain contains NaN"),
+    "wrong_shape": (lambda p: _rewrite(p, lambda a, m: a.update(velocities=a["velocities"][:-1])),
+                    r"velocities has shape \(31, 3\)"),
+}
+
+
+def _nan_thermostat(arrays, meta):
+    meta["integrator_state"]["chain"][1]["p_eta"][1] = float("nan")  # the Nose-Hoover chain's momenta
+
+
+@pytest.fixture(scope="module")
+def nose_hoover_run(tmp_path_factory) -> Path:
+    """A finished 60-step Nose-Hoover run: restart.npz at step 60, restart.prev.npz at step 30
+    (the thermostat chain is JSON state in the archive's meta)."""
+    out = tmp_path_factory.mktemp("nh") / "run"
+    run(make_config(out, "nose-hoover", steps=60))
+    return out
+
+
+@pytest.mark.parametrize("kind", list(DAMAGE))
+def test_unusable_newest_restart_is_reported_then_previous_used(kind, nose_hoover_run, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(nose_hoover_run, out)
+    damage, why = DAMAGE[kind]
+    damage(out / RESTART_NAME)
+    with pytest.raises(RestartError, match=why):
+        Restart(out / RESTART_NAME)
+    with pytest.warns(RestartFallbackWarning) as record:
+        rs = find_restart(out)
+    assert rs.path == out / PREVIOUS_NAME and rs.step == 30
+    (msg,) = [str(w.message) for w in record if w.category is RestartFallbackWarning]
+    assert str(out / RESTART_NAME) in msg and re.search(why, msg) and str(out / PREVIOUS_NAME) in msg, msg
+    assert len(rs.skipped) == 1 and str(out / RESTART_NAME) in rs.skipped[0]
+
+
+def test_both_restarts_unusable_is_an_input_error_naming_both(nose_hoover_run, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(nose_hoover_run, out)
+    DAMAGE["truncated"][0](out / RESTART_NAME)
+    DAMAGE["nan_velocities"][0](out / PREVIOUS_NAME)
+    with pytest.raises(InputError) as err:
+        find_restart(out)
+    msg = str(err.value)
+    assert f"{out / RESTART_NAME}: unreadable" in msg and f"{out / PREVIOUS_NAME}: velocities contains NaN" in msg
+    # through the command line: exit status 2, both files named, no traceback
+    inp = tmp_path / "in.yaml"
+    inp.write_text(INPUT.format(out="run").replace("integrator: langevin", "integrator: nose-hoover"))
+    res = subprocess.run([sys.executable, "-m", "atomsim", "run", str(inp), "--resume"], cwd=tmp_path,
+                         env={**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"},
+                         capture_output=True, text=True, timeout=300)
+    err_text = " ".join(res.stderr.split())  # the console may wrap long lines
+    assert res.returncode == 2, res.stderr
+    assert RESTART_NAME in err_text and PREVIOUS_NAME in err_text and "Traceback" not in res.stderr, res.stderr
 
 
 def test_resume_refuses_changed_physics_but_allows_output_changes(tmp_path):

@@ -73,24 +73,8 @@ class StructureConfig(_Strict):
         None, description="element whose sites the alloy substitutes (default: the only element present)"
     )
     vacuum_A: Optional[float] = Field(
-        None, ge=0, le=1000,
-        description="vacuum on each side along z, Å (periodicity kept, as ASE's center(vacuum=); see pbc)"
+        None, ge=0, le=1000, description="vacuum on each side along z, Å (makes a slab: pbc z off)"
     )
-    pbc: Optional[List[bool]] = Field(
-        None, description="periodicity [x, y, z] (or one bool), applied last (default: the structure's own)"
-    )
-
-    @field_validator("pbc", mode="before")
-    @classmethod
-    def _pbc_scalar(cls, value):
-        return [value] * 3 if isinstance(value, bool) else value
-
-    @field_validator("pbc")
-    @classmethod
-    def _pbc(cls, value):
-        if value is not None and len(value) != 3:
-            raise ValueError(f"must be three booleans [x, y, z] (or one), e.g. [true, true, false]; got {value}")
-        return value
 
     @field_validator("lattice")
     @classmethod
@@ -206,36 +190,13 @@ class SystemConfig(_Strict):
     structure: StructureConfig
     temperature_K: float = Field(300.0, ge=0, le=1e5, description="initial Maxwell-Boltzmann temperature, K")
     seed: int = Field(1, ge=0, description="seed of velocities and thermostat noise")
-    velocities: Literal["auto", "from_file", "maxwell_boltzmann"] = Field(
-        "auto", description="initial velocities: the file's momenta (auto: when it has them) or "
-        "Maxwell-Boltzmann at temperature_K")
-
-    @model_validator(mode="after")
-    def _velocities_need_a_file(self):
-        if self.velocities == "from_file" and self.structure.file is None:
-            raise ValueError("`system.velocities` = 'from_file' needs `system.structure.file`; a built lattice "
-                             "has no velocities (use auto or maxwell_boltzmann)")
-        return self
 
 
 class PotentialConfig(_Strict):
     model: str = Field("default", description="bundled pretrained name, a checkpoint file, `lj`, or a plugin")
     params: dict = Field(default_factory=dict, description="model-specific parameters")
     dtype: Literal["float32", "float64", "bfloat16"] = Field("float32", description="model precision")
-    device: str = Field("auto", description="auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
-
-    @field_validator("device")
-    @classmethod
-    def _device_name(cls, value):
-        import re
-
-        from .errors import suggest
-
-        key = value.strip().lower()
-        if key in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", key):
-            return key
-        raise ValueError(f"unknown device {value!r};{suggest(key, ('auto', 'cpu', 'cuda')) or ''} "
-                         "use auto, cpu, cuda or cuda:N (N: the GPU index, e.g. cuda:1)")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else CPU")
 
 
 class DynamicsConfig(_Strict):
@@ -329,21 +290,6 @@ class OutputConfig(_Strict):
     trajectory_every: int = Field(100, ge=0, description="trajectory frame every N steps (0: none)")
     restart_every: int = Field(500, ge=0, description="restart file every N steps (0: none)")
     progress: bool = Field(True, description="show a progress bar")
-    trajectory_format: Literal["extxyz", "traj", "h5md"] = Field(
-        "extxyz", description="trajectory file: trajectory.extxyz, trajectory.traj (ASE) or trajectory.h5md (H5MD)")
-    per_atom: List[Literal["energies", "stresses"]] = Field(
-        default_factory=lambda: ["energies"],
-        description="per-atom quantities in trajectory frames: energies (eV), stresses (virial / volume, eV/Å^3)")
-
-    @field_validator("per_atom", mode="before")
-    @classmethod
-    def _per_atom_word(cls, value):
-        return [value] if isinstance(value, str) else value
-
-    @field_validator("per_atom")
-    @classmethod
-    def _per_atom_once(cls, value):
-        return list(dict.fromkeys(value))
 
 
 class RunConfig(_Strict):

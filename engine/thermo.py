@@ -1,10 +1,11 @@
 """Thermodynamic output: one row every k steps to ``thermo.csv`` and to the terminal.
 
-The CSV columns are fixed (ARCHITECTURE.md): step, time_ps, temperature_K, pe_eV,
-ke_eV, etotal_eV, pressure_GPa, then volume_A3, conserved_eV, atom_steps_per_s,
-n_neighbor_builds, and the pressure tensor pxx..pxy_GPa (Voigt order, kinetic
-part included; -ASE stress when velocities are zero). Values are written with repr() so a resumed run's rows can be
-compared with an uninterrupted run's bit for bit. Only rank 0 writes.
+The CSV columns are fixed (COLUMNS below; docs/input_reference.md describes the file): step, time_ps,
+temperature_K, pe_eV, ke_eV, etotal_eV, pressure_GPa, then volume_A3, conserved_eV,
+atom_steps_per_s, n_neighbor_builds, and the pressure tensor pxx..pxy_GPa (Voigt order,
+kinetic part included; -ASE stress when velocities are zero). The physics is MDState's
+(engine/state.py); this module only formats it. Values are written with repr() so a resumed
+run's rows can be compared with an uninterrupted run's bit for bit. Only rank 0 writes.
 """
 from __future__ import annotations
 

@@ -47,7 +47,7 @@ def edge_message_aggregate(*args, **kwargs) -> Tensor:
     """Dispatch to the fused Triton kernel or the reference (see kernel_backend)."""
     a = args[0] if args else kwargs["a"]
     if kernel_backend(a.device) == "triton":
-        from .triton_message_passing import edge_message_aggregate_triton  # lands with the Triton issue
+        from .triton_message_passing import edge_message_aggregate_triton  # lazy: triton is optional
 
         return edge_message_aggregate_triton(*args, **kwargs)
     return edge_message_aggregate_reference(*args, **kwargs)

@@ -49,7 +49,7 @@ def load_potential(name_or_path: str, **params) -> Potential:
         return plugins[key].load()(**params)
     path = Path(name_or_path)
     if path.exists():
-        from .checkpoint import load_checkpoint  # lands with the foundation-GNN issue
+        from .checkpoint import load_checkpoint  # lazy: only when a checkpoint file is named
 
         return load_checkpoint(path, **params)
     raise ValueError(

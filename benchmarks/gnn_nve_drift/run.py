@@ -1,4 +1,4 @@
-"""NVE energy drift of the bundled default model through `atomsim run` (issue 3's check).
+"""NVE energy drift of the bundled default model through `atomsim run` (goal: < 0.5 meV/atom/ps).
 
 1,008 Cu atoms (fcc 7x6x6 conventional cells), 300 K start, 1 fs, 5 ps by default,
 float32 model. Drift = slope of a linear fit of the conserved energy per atom vs

@@ -239,7 +239,7 @@ def main() -> None:
         return
     dts = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     if args.configs == "default":
-        # headline first (the target point), then the sweep; stops at --budget-s
+        # headline first (the target point, E = 5M, F = 128), then the sweep; stops at --budget-s
         cfgs = [(5_000_000, 128, "bf16", "md"), (5_000_000, 128, "fp32", "md"),
                 (5_000_000, 128, "bf16", "train"), (5_000_000, 128, "fp32", "train")]
         cfgs += [(E, F, dt, "md") for dt in ("bf16", "fp32") for F in (64, 256, 512)

@@ -117,7 +117,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
             hardware.add_row(f"  cuda:{i}", name)
     else:
         hardware.add_row("CUDA", "not available (CPU only)")
-    hardware.add_row("message-passing kernels", os.environ.get("ATOMSIM_KERNELS", "auto (triton on CUDA, else reference)"))
+    hardware.add_row("message-passing kernels",
+                     os.environ.get("ATOMSIM_KERNELS", "auto (triton on CUDA, else reference)"))
     console.print(hardware)
 
     models = Table(title="potentials", show_header=True)
@@ -262,8 +263,7 @@ def _lammps_params(pairs) -> dict:
 
 
 def _cmd_lammps_export(args: argparse.Namespace) -> int:
-    from atomsim.lammps_mliap import (build_for_export, export_model, lammps_input_problems,
-                                                lammps_lines)
+    from atomsim.lammps_mliap import build_for_export, export_model, lammps_input_problems, lammps_lines
 
     elements = [e.strip() for e in args.elements.split(",") if e.strip()] if args.elements else None
     potential, symbols = build_for_export(args.model, args.dtype, elements, _lammps_params(args.param))

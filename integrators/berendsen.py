@@ -16,13 +16,15 @@ import numpy as np
 import torch
 from ase import units
 
-from .base import Integrator, register_integrator
+from .base import Integrator, pressure_ramp, register_integrator
 from .constraints import kinetic_energy_x2, remove_com_velocity
 from .verlet import drift, half_kick
 
 
 @register_integrator("berendsen")
 class Berendsen(Integrator):
+    name = "berendsen"  # what restart files record (was the base class's "base")
+
     def __init__(self, timestep_fs: float, temperature_K: float = 300.0, tdamp_fs: float = 100.0,
                  pressure_GPa: Optional[float] = None, pdamp_fs: float = 1000.0,
                  compressibility_per_GPa: float = 0.01, barostat: str = "isotropic",
@@ -36,9 +38,11 @@ class Berendsen(Integrator):
         if compressibility_per_GPa <= 0:
             raise ValueError("dynamics.compressibility_per_GPa must be > 0 (about 1/bulk modulus)")
         self.pdamp_fs = float(pdamp_fs)
-        if pressure_GPa is not None and np.ndim(pressure_GPa) != 0:
+        ends = (pressure_GPa.start, pressure_GPa.stop) if hasattr(pressure_GPa, "stop") else (pressure_GPa,)
+        if any(p is not None and np.ndim(p) != 0 for p in ends):
             raise ValueError("dynamics.pressure_GPa must be a single number with integrator: berendsen")
-        self.pressure = None if pressure_GPa is None else float(pressure_GPa) * units.GPa
+        self.pressure, self.pressure_ramp = pressure_ramp(
+            pressure_GPa, lambda p: None if p is None else float(p) * units.GPa)
         self.compressibility = float(compressibility_per_GPa) / units.GPa
         self.barostat = barostat
         self.remove_com = bool(remove_com)
@@ -57,17 +61,19 @@ class Berendsen(Integrator):
         t_now = kinetic_energy_x2(state) / (dof * units.kB)
         if t_now <= 0.0:
             return
-        lam = math.sqrt(1.0 + (self.temperature_K / t_now - 1.0) * self.timestep_fs / self.tdamp_fs)
+        target = self.target_temperature(state.step)
+        lam = math.sqrt(1.0 + (target / t_now - 1.0) * self.timestep_fs / self.tdamp_fs)
         state.velocities.mul_(min(max(lam, 0.9), 1.1))
 
     def _scale_cell(self, state) -> None:
         vol = state.volume
         ptens = (state.kinetic_tensor() - state.virial).detach().cpu().numpy() / vol
         c = self.compressibility * self.timestep_fs / (3.0 * self.pdamp_fs)
+        p0 = self.pressure if self.pressure_ramp is None else self.pressure_ramp.at(state.step)
         if self.barostat == "isotropic":
-            mu = np.full(3, 1.0 - c * (self.pressure - float(np.trace(ptens)) / 3.0))
+            mu = np.full(3, 1.0 - c * (p0 - float(np.trace(ptens)) / 3.0))
         else:
-            mu = 1.0 - c * (self.pressure - np.diag(ptens))
+            mu = 1.0 - c * (p0 - np.diag(ptens))
         mu = np.where(np.asarray(state.pbc), mu, 1.0)
         old = state.cell.clone()
         state.cell.mul_(torch.as_tensor(mu, dtype=old.dtype, device=old.device)[:, None])
@@ -87,7 +93,8 @@ class Berendsen(Integrator):
         half_kick(state, self.dt)
 
     def state_dict(self) -> dict:
-        return {"started": self._started}
+        return self._save_ramps({"started": self._started})
 
     def load_state_dict(self, d: dict) -> None:
+        self._load_ramps(d)
         self._started = bool(d.get("started", True))

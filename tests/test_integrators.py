@@ -436,3 +436,12 @@ def test_nose_hoover_removes_com_drift():
     p = (r.state.masses[:, None] * r.state.velocities).sum(0)
     assert float(p0.abs().max()) < 1e-12 and float(p.abs().max()) < 1e-10
     assert r.state.degrees_of_freedom() == 3 * len(atoms) - 3
+
+
+def test_every_integrator_records_its_registered_name():
+    """Restart files record ``integrator.name``: it must be the name the integrator is made by."""
+    from atomsim.integrators.base import _REGISTRY
+
+    assert {"nve", "langevin", "nose-hoover", "npt", "berendsen", "fire"} <= set(_REGISTRY)
+    for key, cls in _REGISTRY.items():
+        assert cls.name == key, (key, cls.name)

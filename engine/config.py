@@ -73,8 +73,24 @@ class StructureConfig(_Strict):
         None, description="element whose sites the alloy substitutes (default: the only element present)"
     )
     vacuum_A: Optional[float] = Field(
-        None, ge=0, le=1000, description="vacuum on each side along z, Å (makes a slab: pbc z off)"
+        None, ge=0, le=1000,
+        description="vacuum on each side along z, Å (periodicity kept, as ASE's center(vacuum=); see pbc)"
     )
+    pbc: Optional[List[bool]] = Field(
+        None, description="periodicity [x, y, z] (or one bool), applied last (default: the structure's own)"
+    )
+
+    @field_validator("pbc", mode="before")
+    @classmethod
+    def _pbc_scalar(cls, value):
+        return [value] * 3 if isinstance(value, bool) else value
+
+    @field_validator("pbc")
+    @classmethod
+    def _pbc(cls, value):
+        if value is not None and len(value) != 3:
+            raise ValueError(f"must be three booleans [x, y, z] (or one), e.g. [true, true, false]; got {value}")
+        return value
 
     @field_validator("lattice")
     @classmethod
@@ -190,13 +206,36 @@ class SystemConfig(_Strict):
     structure: StructureConfig
     temperature_K: float = Field(300.0, ge=0, le=1e5, description="initial Maxwell-Boltzmann temperature, K")
     seed: int = Field(1, ge=0, description="seed of velocities and thermostat noise")
+    velocities: Literal["auto", "from_file", "maxwell_boltzmann"] = Field(
+        "auto", description="initial velocities: the file's momenta (auto: when it has them) or "
+        "Maxwell-Boltzmann at temperature_K")
+
+    @model_validator(mode="after")
+    def _velocities_need_a_file(self):
+        if self.velocities == "from_file" and self.structure.file is None:
+            raise ValueError("`system.velocities` = 'from_file' needs `system.structure.file`; a built lattice "
+                             "has no velocities (use auto or maxwell_boltzmann)")
+        return self
 
 
 class PotentialConfig(_Strict):
     model: str = Field("default", description="bundled pretrained name, a checkpoint file, `lj`, or a plugin")
     params: dict = Field(default_factory=dict, description="model-specific parameters")
     dtype: Literal["float32", "float64", "bfloat16"] = Field("float32", description="model precision")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else CPU")
+    device: str = Field("auto", description="auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, value):
+        import re
+
+        from .errors import suggest
+
+        key = value.strip().lower()
+        if key in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", key):
+            return key
+        raise ValueError(f"unknown device {value!r};{suggest(key, ('auto', 'cpu', 'cuda')) or ''} "
+                         "use auto, cpu, cuda or cuda:N (N: the GPU index, e.g. cuda:1)")
 
 
 class DynamicsConfig(_Strict):

@@ -1,7 +1,11 @@
-"""The starting system: atoms from a file or a built lattice, alloying, vacuum, velocities.
+"""The starting system: atoms from a file or a built lattice, alloying, vacuum, velocities, constraints.
 
 Everything here is deterministic given ``system.seed``, so every MPI rank can
-build the same starting system independently and a run is reproducible.
+build the same starting system independently and a run is reproducible. What a
+structure file carries besides positions is kept: its velocities (ASE momenta,
+the Velocities section of a LAMMPS data file) unless ``system.velocities`` asks
+for new ones, and its ``FixAtoms`` constraints (extxyz ``move_mask``), which
+become fixed atoms like ``dynamics.fix``.
 """
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from typing import Dict
 import numpy as np
 from ase import Atoms
 
-from .config import RunConfig, StructureConfig, split_symbols
+from .config import FixConfig, RunConfig, StructureConfig, SystemConfig, split_symbols
 from .errors import InputError
 
 # Stream tags for the seed: the alloy and the velocities draw from independent generators.
@@ -20,21 +24,29 @@ _VELOCITY_STREAM = 0x7E10
 
 
 def build_atoms(cfg: RunConfig) -> Atoms:
-    """The starting ``ase.Atoms`` of a run (no velocities), with ``arrays['ids'] = arange(n)``.
+    """The starting ``ase.Atoms`` of a run, with ``arrays['ids'] = arange(n)``.
 
     Order: read the file or build the lattice, repeat, substitute the alloy
-    (random sites from ``system.seed``), add vacuum. Bad input raises InputError
-    naming the ``system.structure`` key.
+    (random sites from ``system.seed``), add vacuum, set ``pbc``. A file's
+    momenta and FixAtoms constraints come along (repeated with the cell); new
+    velocities are :func:`initial_velocities`'s business. Bad input raises
+    InputError naming the ``system.structure`` key.
     """
     st = cfg.system.structure
     atoms = _read_file(st) if st.file is not None else _build_lattice(st)
+    fixed_by_constraints(atoms, f"`system.structure.file` ({st.file})")  # refuse what cannot be honoured
     if tuple(st.repeat) != (1, 1, 1):
         _check_repeatable(atoms, st)
         atoms = atoms.repeat(tuple(st.repeat))
     if st.alloy:
+        velocities = atoms.get_velocities() if atoms.has("momenta") else None
         substitute_alloy(atoms, st.alloy, cfg.system.seed, site=st.alloy_site)
+        if velocities is not None:  # ASE stores momenta: keep the velocities, not p, of substituted atoms
+            atoms.set_velocities(velocities)
     if st.vacuum_A is not None:
         add_vacuum(atoms, st.vacuum_A)
+    if st.pbc is not None:
+        atoms.pbc = list(st.pbc)
     _check_atoms(atoms, st)
     atoms.arrays["ids"] = np.arange(len(atoms), dtype=np.int64)
     return atoms
@@ -161,27 +173,32 @@ def substitute_alloy(atoms: Atoms, fractions: Dict[str, float], seed: int, site:
     rng = np.random.default_rng([seed, _ALLOY_STREAM])
     chosen = rng.permutation(sites)
     numbers = atoms.get_atomic_numbers()
-    from ase.data import atomic_numbers
+    from ase.data import atomic_masses, atomic_numbers
 
     start = 0
     for el in fractions:  # in the order written, so counts map to fixed slices of the permutation
         n = counts[el]
         numbers[chosen[start : start + n]] = atomic_numbers[el]
         start += n
+    changed = numbers != atoms.numbers
     atoms.set_atomic_numbers(numbers)
+    if atoms.has("masses"):  # masses from the file (e.g. LAMMPS data): the new elements get their own
+        masses = atoms.get_masses()
+        masses[changed] = atomic_masses[numbers[changed]]
+        atoms.set_masses(masses)
     return atoms
 
 
 def add_vacuum(atoms: Atoms, vacuum_A: float) -> Atoms:
-    """Make a slab: ``vacuum_A`` of empty space on each side along z, periodic in x and y only.
+    """``vacuum_A`` of empty space on each side along z, periodicity unchanged.
 
-    Same meaning as ``ase.build`` / ``Atoms.center(vacuum=...)``: the gap between
-    periodic images would be 2 * vacuum_A.
+    Exactly ``Atoms.center(vacuum=vacuum_A, axis=2)``: a periodic z keeps its
+    images 2 * vacuum_A apart (a slab in a periodic box, as DFT codes use it);
+    ``system.structure.pbc: [true, true, false]`` makes z open.
     """
     if np.linalg.norm(atoms.cell[2]) == 0:
         atoms.cell[2] = [0.0, 0.0, 1.0]
     atoms.center(vacuum=vacuum_A, axis=2)
-    atoms.pbc = [bool(atoms.pbc[0]), bool(atoms.pbc[1]), False]
     return atoms
 
 
@@ -201,6 +218,73 @@ def _check_atoms(atoms: Atoms, st: StructureConfig) -> None:
         raise InputError(f"{source}: the cell has zero volume; its vectors are linearly dependent")
     if not np.all(np.isfinite(atoms.positions)):
         raise InputError(f"{source}: some positions are not finite numbers")
+
+
+def fixed_by_constraints(atoms: Atoms, source: str = "the structure") -> np.ndarray:
+    """Bool mask of the atoms held fixed by ``atoms``' ASE constraints (FixAtoms; extxyz move_mask).
+
+    A ``FixCartesian`` that fixes all three directions is a fixed atom (extxyz
+    writes FixAtoms as a 3-column move_mask too) and one that fixes none is no
+    constraint. Anything else (a partial FixCartesian, FixBondLength, FixedPlane,
+    filters, ...) has no equivalent in the engine and raises InputError naming it.
+    """
+    from ase.constraints import FixAtoms, FixCartesian
+
+    mask = np.zeros(len(atoms), dtype=bool)
+    refused = []
+    for c in atoms.constraints:
+        if isinstance(c, FixAtoms):
+            mask[np.asarray(c.index, dtype=np.int64)] = True
+        elif isinstance(c, FixCartesian) and np.all(c.mask):
+            mask[np.asarray(c.index, dtype=np.int64)] = True
+        elif isinstance(c, FixCartesian) and not np.any(c.mask):
+            continue
+        else:
+            name = type(c).__name__
+            refused.append(f"{name} (mask {np.asarray(c.mask).astype(int).tolist()})" if name == "FixCartesian"
+                           else name)
+    if refused:
+        raise InputError(
+            f"{source} carries ASE constraint(s) atomsim cannot honour: {', '.join(dict.fromkeys(refused))}; "
+            "only FixAtoms (extxyz move_mask, whole atoms fixed) is kept. Remove the others from the file "
+            "(del atoms.constraints) or fix whole atoms with FixAtoms / dynamics.fix"
+        )
+    return mask
+
+
+def constrained_ids(atoms: Atoms) -> np.ndarray:
+    """Global ids (``arrays['ids']``, else indices) of the atoms the structure's FixAtoms hold fixed."""
+    mask = fixed_by_constraints(atoms)
+    ids = atoms.arrays.get("ids", np.arange(len(atoms)))
+    return np.asarray(ids, dtype=np.int64)[mask]
+
+
+def with_file_constraints(fix: FixConfig, atoms: Atoms) -> FixConfig:
+    """``dynamics.fix`` plus the atoms the structure's own FixAtoms hold fixed (their union)."""
+    ids = constrained_ids(atoms)
+    if not len(ids):
+        return fix
+    return fix.model_copy(update={"indices": sorted(set(fix.indices) | set(ids.tolist()))})
+
+
+def initial_velocities(atoms: Atoms, system: SystemConfig) -> str:
+    """Set the starting velocities as ``system.velocities`` says; returns where they came from.
+
+    ``auto``: the file's velocities when it has them (ASE momenta; a LAMMPS data
+    file's Velocities section), else Maxwell-Boltzmann at ``system.temperature_K``.
+    ``from_file`` insists on the file's (InputError when it has none);
+    ``maxwell_boltzmann`` always draws new ones (:func:`initialize_velocities`).
+    """
+    has = atoms.has("momenta")
+    if system.velocities == "from_file" and not has:
+        raise InputError(
+            f"`system.velocities` = 'from_file', but {system.structure.file or 'the structure'} has no "
+            "velocities (no momenta / Velocities section); use auto or maxwell_boltzmann"
+        )
+    if system.velocities == "maxwell_boltzmann" or not has:
+        initialize_velocities(atoms, system.temperature_K, system.seed)
+        return "maxwell_boltzmann"
+    return "from_file"
 
 
 def initialize_velocities(atoms: Atoms, temperature_K: float, seed: int) -> np.ndarray:

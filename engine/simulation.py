@@ -68,7 +68,7 @@ def set_threads(setting, n_atoms: int, n_ranks: int) -> int:
 class Simulation:
     """A molecular-dynamics run described by a RunConfig.
 
-    ``atoms`` (ase.Atoms, velocities used as given) and ``potential`` override what
+    ``atoms`` (ase.Atoms: velocities used as given, FixAtoms honoured) and ``potential`` override what
     the config would build; ``forces`` replaces the force provider.
     ``run()`` continues to ``dynamics.steps`` (the TOTAL step count, resumes included);
     ``run(n)`` takes n more steps.
@@ -98,10 +98,10 @@ class Simulation:
             self.state = restart.to_state(self.device, self.comm)
         else:
             if atoms is None:
-                from .structure import build_atoms, initialize_velocities
+                from .structure import build_atoms, initial_velocities
 
                 atoms = build_atoms(config)
-                initialize_velocities(atoms, config.system.temperature_K, config.system.seed)
+                initial_velocities(atoms, config.system)  # the file's own, or Maxwell-Boltzmann
             self.state = MDState.from_atoms(atoms, device=self.device, comm=self.comm)
         self.potential.check_species(self.state.numbers.cpu().numpy())
         self.threads = set_threads(config.parallel.threads, self.state.n_atoms_global, self.comm.size)
@@ -115,7 +115,9 @@ class Simulation:
         self.integrator = make_integrator(dyn.integrator, dyn.timestep_fs,
                                           **integrator_kwargs(dyn, target_T, config.system.seed))
         if restart is None:  # a restart carries its own mask (atoms may since have entered a z range)
-            fixed_from_config(self.state, dyn.fix)
+            from .structure import with_file_constraints
+
+            fixed_from_config(self.state, with_file_constraints(dyn.fix, atoms))  # + the file's FixAtoms
         self.forces: ForceProvider = forces if forces is not None else self._default_forces()
         self.forces.prepare(self.state)
         if restart is not None:

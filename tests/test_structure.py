@@ -123,11 +123,15 @@ def test_bad_files(tmp_path):
 def test_slab_vacuum():
     atoms = build_atoms(cfg(lattice="fcc", symbols="Cu", repeat=[2, 2, 3], vacuum_A=7.5))
     ref = bulk("Cu", "fcc", cubic=True).repeat((2, 2, 3))
-    ref.center(vacuum=7.5, axis=2)
-    ref.pbc = (True, True, False)
+    ref.center(vacuum=7.5, axis=2)  # ASE keeps the periodicity: a slab in a periodic box
+    assert tuple(ref.pbc) == (True, True, True)
     _same(atoms, ref)
     z = atoms.positions[:, 2]
     assert z.min() == pytest.approx(7.5) and atoms.cell[2, 2] - z.max() == pytest.approx(7.5)
+    ref.pbc = (True, True, False)  # open along z only when asked
+    _same(build_atoms(cfg(lattice="fcc", symbols="Cu", repeat=[2, 2, 3], vacuum_A=7.5,
+                          pbc=[True, True, False])), ref)
+    assert tuple(build_atoms(cfg(lattice="fcc", symbols="Cu", pbc=False)).pbc) == (False,) * 3
 
 
 def _temperature(atoms):  # independent of engine code: 3N - 3 degrees of freedom

@@ -331,7 +331,14 @@ def build_for_export(model: str, dtype: str = "float64", elements: Optional[Sequ
     from atomsim.kernels.dtypes import torch_dtype
     from atomsim.potentials.registry import load_potential
 
-    potential = load_potential(model, **(params or {})).to(torch_dtype(dtype)).eval()
+    try:
+        potential = load_potential(model, **(params or {}))
+    except (TypeError, ValueError) as exc:  # e.g. --param epsilon=abc: name what was given
+        if not params:
+            raise
+        given = " ".join(f"{k}={v!r}" for k, v in params.items())
+        raise ValueError(f"--param {given} for model {model!r}: {exc}") from None
+    potential = potential.to(torch_dtype(dtype)).eval()
     if elements:
         symbols = list(elements)
     elif potential.species is not None:

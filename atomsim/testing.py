@@ -614,10 +614,11 @@ def check_potential(potential: Potential, structures: StructuresArg = None, *,
 
     - ``forces``: forces equal central differences of the energy (float64 copy,
       ``fd_points`` coordinates per structure, step ``fd_step`` Å).
-    - ``virial``: the virial equals the strain derivative of the energy (float64).
-    - ``cutoff``: pairs past the cutoff (the list's skin) change nothing, and the energy is
-      continuous as a pair crosses the cutoff.
-    - ``smooth_cutoff``: forces are continuous there too.
+    - ``virial``: the virial equals the strain derivative of the energy (float64,
+      min(``fd_points``, 6) strain components).
+    - ``cutoff``: pairs past the cutoff (the list's skin) change nothing, and a pair's share
+      of the energy vanishes like delta^``cutoff_order`` as it reaches the cutoff.
+    - ``smooth_cutoff``: its share of the forces vanishes too (like delta^max(order - 1, 1)).
     - ``invariance``: rotation, translation and permutation.
     - ``ghosts``: ``graph.refresh_ghosts`` between layers, reproducing the periodic result
       with explicit ghost atoms as the MPI per-layer halo does.
@@ -627,7 +628,9 @@ def check_potential(potential: Potential, structures: StructuresArg = None, *,
     default :func:`default_structures` from ``elements`` (default: up to three of the
     potential's species). Everything except the finite differences runs in ``dtype``
     (default float64, on a cast copy; None: the potential's own) with the agreement
-    tolerance ``rtol``/``atol`` of that dtype (``AGREEMENT_TOLERANCE``).
+    tolerance ``rtol``/``atol`` of that dtype (``AGREEMENT_TOLERANCE``); the finite
+    differences use ``fd_rtol``/``fd_atol``. ``skin`` is the neighbor-list skin the graphs
+    carry beyond the cutoff, as in MD. ``raise_on_failure=False`` only returns the report.
     """
     kit = _Kit(potential, structures, elements=elements, dtype=dtype, rtol=rtol, atol=atol, fd_step=fd_step,
                fd_points=fd_points, fd_rtol=fd_rtol, fd_atol=fd_atol, skin=skin, nn_distance=nn_distance,

@@ -28,7 +28,7 @@ class LangevinBAOAB(Integrator):
         drift(state, 0.5 * self.dt)  # A
         # O: exact Ornstein-Uhlenbeck step; noise keyed by (seed, step, id)
         xi = torch.from_numpy(gaussian_noise(self.seed, state.step, state.ids)).to(state.velocities)
-        sigma = torch.sqrt(units.kB * self.temperature_K / state.masses)[:, None]
+        sigma = torch.sqrt(units.kB * self.target_temperature(state.step) / state.masses)[:, None]
         state.velocities.mul_(self.c1).add_(self.c2 * sigma * xi)
         if state.fixed is not None:
             state.velocities[state.fixed] = 0.0
@@ -36,3 +36,9 @@ class LangevinBAOAB(Integrator):
 
     def final_integrate(self, state) -> None:
         half_kick(state, self.dt)  # B
+
+    def state_dict(self) -> dict:
+        return self._save_ramps({})
+
+    def load_state_dict(self, d: dict) -> None:
+        self._load_ramps(d)

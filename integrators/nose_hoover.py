@@ -43,10 +43,19 @@ class NoseHooverChain:
         self.tdamp = float(tdamp)
         self.M = int(chain_length)
         self.n_loop = int(n_loop)
-        self.Q = np.full(self.M, self.kT * self.tdamp**2)
-        self.Q[0] *= self.n_dof
+        self._set_masses()
         self.eta = np.zeros(self.M)
         self.p_eta = np.zeros(self.M)
+
+    def _set_masses(self) -> None:
+        self.Q = np.full(self.M, self.kT * self.tdamp**2)
+        self.Q[0] *= self.n_dof
+
+    def set_kT(self, kT: float, masses: bool = True) -> None:
+        """A new target (a temperature ramp); ``masses``: rescale Q with it (LAMMPS's fix nvt, each step)."""
+        self.kT = float(kT)
+        if masses:
+            self._set_masses()
 
     def energy(self) -> float:
         """Thermostat energy: sum p^2/2Q + n_dof kT eta_1 + kT sum_{j>1} eta_j."""
@@ -126,6 +135,8 @@ class NoseHooverChainNVT(Integrator):
         self._started = True
 
     def _thermostat(self, state) -> None:
+        if self.temperature.ramped:
+            self.chain.set_kT(units.kB * self.target_temperature(state.step))
         s = self.chain.propagate(kinetic_energy_x2(state), 0.5 * self.dt)
         state.velocities.mul_(s)
 
@@ -147,9 +158,10 @@ class NoseHooverChainNVT(Integrator):
         d = {"started": self._started}
         if self.chain is not None:
             d["chain"] = self.chain.state_dict()
-        return d
+        return self._save_ramps(d)
 
     def load_state_dict(self, d: dict) -> None:
+        self._load_ramps(d)
         self._started = bool(d.get("started", True))
         self._pending = d.get("chain")
         if self.chain is not None and self._pending is not None:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from ase import units
 
-from .base import Integrator, register_integrator
+from .base import Integrator, pressure_ramp, register_integrator
 from .constraints import kinetic_energy_x2, remove_com_velocity
 from .nose_hoover import NoseHooverChain
 
@@ -76,7 +76,8 @@ class MTKNPT(Integrator):
         self.kT = units.kB * self.temperature_K
         self.tdamp = self.tdamp_fs * units.fs
         self.pdamp = float(pdamp_fs) * units.fs
-        self.p_ext = target_pressure_tensor(pressure_GPa, barostat)
+        self.p_ext, self.pressure_ramp = pressure_ramp(pressure_GPa,
+                                                       lambda p: target_pressure_tensor(p, barostat))
         self.chain_length, self.pchain_length = int(chain_length), int(pchain_length)
         self.tloop, self.ploop = int(tloop), int(ploop)
         self.remove_com = bool(remove_com)
@@ -134,15 +135,27 @@ class MTKNPT(Integrator):
         s = self.baro.propagate(2.0 * self._cell_ke(), delta)
         self.p_cell *= s
 
+    def _follow_ramp(self, state) -> None:
+        """This step's target temperature (a ramp): as LAMMPS's fix npt, the particle chain's masses follow
+        it, the cell's mass and its chain's masses stay at their starting values."""
+        if self.temperature.ramped:
+            kT = units.kB * self.target_temperature(state.step)
+            self.thermo.set_kT(kT)
+            self.baro.set_kT(kT, masses=False)
+
     def _thermo_nhc(self, state, delta: float) -> None:
         state.velocities.mul_(self.thermo.propagate(kinetic_energy_x2(state), delta))
+
+    def target_pressure(self, step: int) -> np.ndarray:
+        """Target pressure tensor (eV/Å^3) at MD step ``step``."""
+        return self.p_ext if self.pressure_ramp is None else self.pressure_ramp.at(step)
 
     def _kick_cell(self, state, delta: float) -> None:
         """p_cell += delta * [V (P_int - P_ext) + (sum m v^2 / N_f) 1]."""
         ktens = state.kinetic_tensor().detach().cpu().numpy()
         vir = state.virial.detach().cpu().numpy()
         vol = state.volume
-        pv = ktens - vir - vol * self.p_ext
+        pv = ktens - vir - vol * self.target_pressure(state.step)
         kin = float(np.trace(ktens)) / self.n_dof
         if self.barostat == "isotropic":
             self.p_cell[0] += delta * (float(np.trace(pv)) + 3.0 * kin)
@@ -178,6 +191,7 @@ class MTKNPT(Integrator):
         if self.thermo is None:
             self.setup(state)
         h = 0.5 * self.dt
+        self._follow_ramp(state)
         self._baro_nhc(h)
         self._thermo_nhc(state, h)
         self._kick_cell(state, h)
@@ -194,7 +208,7 @@ class MTKNPT(Integrator):
     def conserved_energy_extra(self, state) -> float:
         if self.thermo is None:
             return 0.0
-        p_mean = float(np.trace(self.p_ext)) / 3.0  # exact for a hydrostatic target
+        p_mean = float(np.trace(self.target_pressure(state.step))) / 3.0  # exact for a hydrostatic target
         return self.thermo.energy() + self.baro.energy() + self._cell_ke() + p_mean * state.volume
 
     def state_dict(self) -> dict:
@@ -203,7 +217,7 @@ class MTKNPT(Integrator):
         if self.thermo is not None:
             d["thermostat"] = self.thermo.state_dict()
             d["barostat_chain"] = self.baro.state_dict()
-        return d
+        return self._save_ramps(d)
 
     def _load(self, d: dict) -> None:
         self.p_cell = np.asarray(d["p_cell"], dtype=np.float64).reshape(self.p_cell.shape).copy()
@@ -214,6 +228,7 @@ class MTKNPT(Integrator):
             self.baro.load_state_dict(d["barostat_chain"])
 
     def load_state_dict(self, d: dict) -> None:
+        self._load_ramps(d)
         self._started = bool(d.get("started", True))
         if d.get("axes") is not None:
             self.axes = np.asarray(d["axes"], dtype=np.float64)

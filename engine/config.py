@@ -329,6 +329,23 @@ class OutputConfig(_Strict):
     trajectory_every: int = Field(100, ge=0, description="trajectory frame every N steps (0: none)")
     restart_every: int = Field(500, ge=0, description="restart file every N steps (0: none)")
     progress: bool = Field(True, description="show a progress bar")
+    trajectory_format: Literal["extxyz", "traj", "h5md"] = Field(
+        "extxyz", description="trajectory file: trajectory.extxyz, trajectory.traj (ASE) or "
+        "trajectory.h5md (H5MD)")
+    per_atom: List[Literal["energies", "stresses"]] = Field(
+        default_factory=lambda: ["energies"],
+        description="per-atom quantities in trajectory frames: energies (eV), stresses "
+        "(virial / volume, eV/Å^3)")
+
+    @field_validator("per_atom", mode="before")
+    @classmethod
+    def _per_atom_word(cls, value):
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("per_atom")
+    @classmethod
+    def _per_atom_once(cls, value):
+        return list(dict.fromkeys(value))
 
 
 class RunConfig(_Strict):

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from atomsim.kernels.edge_ops import edge_atom_virials
 from atomsim.kernels.neighbor_list import NeighborList
 from atomsim.potentials.base import Potential, build_graph, evaluate_potential
 
@@ -32,6 +33,7 @@ class ForceResult:
     forces: Tensor  # (n_owned, 3) float64, eV/Å
     virial: Optional[Tensor]  # (3, 3) float64, whole system, dE/d(strain); None when not asked
     rebuilt: bool = False  # the neighbor list (and halo) was rebuilt for this evaluation
+    atom_virials: Optional[Tensor] = None  # (n_owned, 3, 3) float64, summing to the virial; when asked
 
 
 @runtime_checkable
@@ -40,7 +42,8 @@ class ForceProvider(Protocol):
 
     - ``compute(state, virial=...)`` evaluates forces at ``state``'s positions and cell.
       It may reorder or migrate the atoms ``state`` owns (MPI), never anything else
-      of the state; collective under MPI.
+      of the state; collective under MPI. Providers that also take ``atom_virial=True``
+      fill ``ForceResult.atom_virials`` (``output.per_atom: [stresses]`` needs it).
     - ``prepare(state)`` is called once before the first step (MPI: keep the atoms
       this rank owns).
     - ``reference_state(state)`` is what a restart needs to rebuild the identical
@@ -93,7 +96,7 @@ class SerialForces(NeighborListForces):
     def prepare(self, state) -> None:
         """Nothing to distribute on one rank."""
 
-    def compute(self, state, *, virial: bool = True) -> ForceResult:
+    def compute(self, state, *, virial: bool = True, atom_virial: bool = False) -> ForceResult:
         t0 = time.perf_counter()
         rebuilt = self.nlist.update(state.positions, state.cell, state.pbc)
         t1 = time.perf_counter()
@@ -101,11 +104,16 @@ class SerialForces(NeighborListForces):
         graph = build_graph(state.positions, state.cell, nl.receivers, nl.senders, nl.cell_shifts,
                             state.n_local, self.potential.dtype, shifts=self._shifts(state.cell, rebuilt),
                             row_ptr=nl.row_ptr)
-        out = evaluate_potential(self.potential, state.numbers, graph, compute_virial=virial)
+        out = evaluate_potential(self.potential, state.numbers, graph, compute_virial=virial,
+                                 keep_edge_gradients=atom_virial)
+        atoms = None
+        if atom_virial:
+            atoms = edge_atom_virials(out.edge_gradients, graph.edge_vectors, graph.receivers, graph.senders,
+                                      graph.n_nodes)[: state.n_local]
         self.timers["neighbor"] += t1 - t0
         self.timers["model"] += time.perf_counter() - t1
         return ForceResult(energy=out.energy, energies=out.energies, forces=out.forces[: state.n_local],
-                           virial=out.virial, rebuilt=rebuilt)
+                           virial=out.virial, rebuilt=rebuilt, atom_virials=atoms)
 
     def _shifts(self, cell: Tensor, rebuilt: bool) -> Tensor:
         cache = self._shift_cache

@@ -23,6 +23,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from atomsim.kernels.edge_ops import edge_atom_virials
 from atomsim.kernels.neighbor_list import NeighborList
 from atomsim.potentials.base import Potential, build_graph, evaluate_potential
 
@@ -134,7 +135,7 @@ class ParallelForces(NeighborListForces):
         self._build(state, None)
 
     # -- the contract --------------------------------------------------------
-    def compute(self, state, *, virial: bool = True) -> ForceResult:
+    def compute(self, state, *, virial: bool = True, atom_virial: bool = False) -> ForceResult:
         t0 = time.perf_counter()
         local = None
         if self.ghosts is not None and self._image.shape[0] == state.n_local:
@@ -156,7 +157,8 @@ class ParallelForces(NeighborListForces):
                             self.potential.dtype, halo_update=hook, shifts=self._zero_shifts, row_ptr=nl.row_ptr)
         if hook is not None:
             hook.graph = graph
-        out = evaluate_potential(self.potential, self._numbers, graph, compute_virial=virial)
+        out = evaluate_potential(self.potential, self._numbers, graph, compute_virial=virial,
+                                 keep_edge_gradients=atom_virial)
         if hook is not None and hook.calls < self.layers - 1:
             raise ValueError(
                 f"parallel.halo: per-layer needs a model that calls graph.refresh_ghosts() after each of "
@@ -165,6 +167,12 @@ class ParallelForces(NeighborListForces):
         t1 = time.perf_counter()
         layer_halo = self.ghosts.plan.seconds - comm_s  # per-layer feature exchanges inside the model
         forces = out.forces[:n_owned] + self.ghosts.plan.reverse(out.forces[n_owned:], n_owned)
+        atoms = None
+        if atom_virial:  # ghosts' halves go back to their owners, as their forces do
+            per_node = edge_atom_virials(out.edge_gradients, graph.edge_vectors, graph.receivers,
+                                         graph.senders, graph.n_nodes).reshape(-1, 9)
+            atoms = per_node[:n_owned] + self.ghosts.plan.reverse(per_node[n_owned:], n_owned)
+            atoms = atoms.reshape(-1, 3, 3)
         # one allreduce for energy + virial
         buf = np.zeros(10)
         buf[0] = out.energy
@@ -181,7 +189,7 @@ class ParallelForces(NeighborListForces):
         self.last_stats = {"n_owned": n_owned, "n_ghost": self.ghosts.n, "n_edges": nl.n_edges,
                            "halo_calls": 0 if hook is None else hook.calls}
         return ForceResult(energy=float(tot[0]), energies=out.energies, forces=forces, virial=total_virial,
-                           rebuilt=rebuild)
+                           rebuilt=rebuild, atom_virials=atoms)
 
     def reference_state(self, state) -> dict:
         """This rank's owned positions at the last build, their ids and the cell (no communication)."""

@@ -28,7 +28,7 @@ from .safety import BlowUp, SimulationError
 from .state import MDState
 from .step import evaluate_forces, md_step
 from .thermo import ThermoWriter, thermo_row
-from .trajectory import TrajectoryWriter, state_to_atoms
+from .trajectory import open_trajectory, state_to_atoms
 
 __all__ = ["Simulation", "SimulationError", "set_threads"]
 
@@ -176,9 +176,12 @@ class Simulation:
             write_resolved_config(cfg, self.outdir)
         self._thermo = ThermoWriter(self.outdir / "thermo.csv", console=self.console, enabled=self.is_root,
                                     resume_step=self.restart.step if resumed else None)
-        self._traj = TrajectoryWriter(self.outdir / "trajectory.extxyz", cfg.dynamics.timestep_fs,
-                                      enabled=self.is_root and out.trajectory_every > 0, append=resumed,
-                                      resume_step=self.restart.step if resumed else None)
+        self._traj = open_trajectory(out.trajectory_format, self.outdir, cfg.dynamics.timestep_fs,
+                                     enabled=self.is_root and out.trajectory_every > 0, append=resumed,
+                                     resume_step=self.restart.step if resumed else None,
+                                     per_atom=out.per_atom)
+        if "stresses" in out.per_atom and out.trajectory_every > 0:
+            self._check_atom_stresses()
         t = time.perf_counter()
         try:
             evaluate_forces(self.state, self.forces, virial=True, max_force=cfg.dynamics.max_force_eV_per_A)
@@ -226,10 +229,41 @@ class Simulation:
 
     def _write_trajectory(self) -> None:
         t = time.perf_counter()
+        stresses = self._atom_stresses() if "stresses" in self.config.output.per_atom else None
         g = self._gathered(self.state)
         if g is not None:
-            self._traj.write(g)
+            self._traj.write(g, stresses=stresses)
         self.timings["output"] += time.perf_counter() - t
+
+    def _check_atom_stresses(self) -> None:
+        """``output.per_atom: [stresses]`` needs a cell with a volume and a provider giving atom virials."""
+        import inspect
+
+        from .errors import InputError
+
+        if self.state.volume <= 0:
+            raise InputError("`output.per_atom`: stresses are virial / volume and this structure's cell has "
+                             "no volume (no three cell vectors); drop stresses or give the structure a cell")
+        if "atom_virial" not in inspect.signature(self.forces.compute).parameters:
+            raise InputError(f"`output.per_atom`: stresses need per-atom virials, which the force provider "
+                             f"{type(self.forces).__name__} does not offer (compute(..., atom_virial=True)); "
+                             "drop stresses from output.per_atom")
+
+    def _atom_stresses(self):
+        """Per-atom stresses (n, 6) in eV/Å^3 of all atoms by id on rank 0, None elsewhere (collective).
+
+        ASE's ``get_stresses()`` convention: atom virial / cell volume, Voigt order, summing
+        to the stress. One more force evaluation at the frame's positions (no list rebuild:
+        nothing moved) asks the provider for the atom virials; the run's state is untouched.
+        """
+        from ase.stress import full_3x3_to_voigt_6_stress
+
+        result = self.forces.compute(self.state, virial=False, atom_virial=True)
+        stresses = full_3x3_to_voigt_6_stress(result.atom_virials.detach().cpu().numpy()) / self.state.volume
+        if self.comm.size == 1:
+            return stresses
+        g = self.comm.gather_by_id(self.state.ids.cpu().numpy(), stresses=stresses)
+        return None if g is None else g["stresses"]
 
     def write_restart(self, name: str = RESTART_NAME, good: Optional[dict] = None) -> Optional[Path]:
         """Atomically write the current state (or a kept ``good`` one) to output.directory (collective)."""

@@ -70,3 +70,19 @@ def scatter_edge_forces(g: Tensor, vec: Tensor, receivers: Tensor, senders: Tens
     forces.index_add_(0, j, -g_acc)
     virial = vec.to(torch.float64).T @ g.to(torch.float64) if want_virial else None
     return forces.to(torch.float64), virial
+
+
+def edge_atom_virials(g: Tensor, vec: Tensor, receivers: Tensor, senders: Tensor, n_nodes: int) -> Tensor:
+    """Per-node virials (n_nodes, 3, 3) float64: half of sym(r_e (x) dE/dr_e) to each end of every edge.
+
+    Why this split: it is the one ASE's LennardJones ``stresses`` and LAMMPS's
+    per-atom pair virials use, and it sums over the nodes to exactly the total
+    virial sym(sum_e r_e (x) g_e) (``potentials/base.py``). For many-body models
+    any split is a convention; this one needs nothing but the edge gradients.
+    """
+    outer = 0.5 * vec.detach().to(torch.float64)[:, :, None] * g.detach().to(torch.float64)[:, None, :]
+    outer = (0.5 * (outer + outer.transpose(1, 2))).reshape(-1, 9)
+    out = torch.zeros((n_nodes, 9), dtype=torch.float64, device=g.device)
+    out.index_add_(0, receivers, outer)
+    out.index_add_(0, senders, outer)
+    return out.reshape(n_nodes, 3, 3)

@@ -9,8 +9,10 @@ A nested command (``atomsim lammps export``) adds sub-parsers in its
 
 Exit status: 0 success; 2 bad input (one ``atomsim: error:`` line, no
 traceback); 3 a run that stopped itself (NaN, force limit: SimulationError,
-after saving the last good state); 1 an unexpected error (with traceback;
-``ATOMSIM_DEBUG=1`` shows tracebacks for input errors too).
+after saving the last good state); 4 a relaxation (``atomsim relax``, or a
+relax stage of ``atomsim run``) not converged within ``relax.steps``; 1 an
+unexpected error (with traceback; ``ATOMSIM_DEBUG=1`` shows tracebacks for
+input errors too).
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import sys
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence
 
-EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_STOPPED = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_STOPPED, EXIT_NOT_CONVERGED = 0, 1, 2, 3, 4
 
 
 @dataclass(frozen=True)
@@ -44,20 +46,82 @@ def _add_run(p: argparse.ArgumentParser) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from atomsim.engine.config import load_config
-    from atomsim.engine.errors import InputError
 
     cfg = load_config(args.input, args.overrides)
+    if cfg.relax is not None:  # a relaxation job written as `relax:` in the input
+        if "dynamics" in cfg.model_fields_set:
+            from atomsim.engine.errors import InputError
+
+            raise InputError(f"{args.input}: has both `relax` and `dynamics`; a `relax:` input only relaxes. "
+                             "To relax and then run MD, write `stages:` ([{relax: ...}, {dynamics: ...}])")
+        return _relax(cfg, args.resume)
+    if cfg.stages is not None:
+        from atomsim.engine.stages import run_stages
+        from atomsim.relax import relax_config
+
+        with _potential_params(cfg):
+            out = run_stages(cfg, resume=args.resume, relax=relax_config)
+        return EXIT_NOT_CONVERGED if out["status"] == "not_converged" else EXIT_OK
     from atomsim.engine.simulation import Simulation
 
-    try:
+    with _potential_params(cfg):
         sim = Simulation.from_config(cfg, resume=args.resume)
-    except TypeError as exc:  # a potential factory rejecting an unknown keyword
-        if "unexpected keyword argument" not in str(exc):
-            raise
-        raise InputError(f"`potential.params`: {exc}; check the parameter names of potential "
-                         f"{cfg.potential.model!r}") from None
     sim.run()
     return EXIT_OK
+
+
+class _potential_params:
+    """Turn a potential factory's TypeError for an unknown keyword into an input error naming the key."""
+
+    def __init__(self, cfg):
+        self.model = cfg.potential.model
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if kind is TypeError and "unexpected keyword argument" in str(exc):
+            from atomsim.engine.errors import InputError
+
+            raise InputError(f"`potential.params`: {exc}; check the parameter names of potential "
+                             f"{self.model!r}") from None
+        return False
+
+
+# ----------------------------------------------------------------- relax --
+
+def _add_relax(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", help="input YAML file; its `relax:` section (all keys optional) sets the "
+                                 "optimizer, fmax, cell relaxation, ... (docs/input_reference.md)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override an input key, e.g. --set relax.fmax_eV_per_A=0.01 --set relax.cell=true")
+
+
+def _cmd_relax(args: argparse.Namespace) -> int:
+    from atomsim.engine.config import load_config
+
+    cfg = load_config(args.input, args.overrides)
+    if cfg.stages is not None:
+        from atomsim.engine.errors import InputError
+
+        raise InputError(f"{args.input}: has `stages`; run it with `atomsim run` (its relax stages relax)")
+    return _relax(cfg, resume=False)
+
+
+def _relax(cfg, resume: bool) -> int:
+    """Relax ``cfg``'s structure on one process; 0 when converged, EXIT_NOT_CONVERGED (4) when not."""
+    from atomsim.engine.comm import launched_under_mpi
+    from atomsim.engine.errors import InputError
+
+    if resume:
+        raise InputError("--resume: a relaxation has no restart; run it again (from final.extxyz to go on)")
+    if launched_under_mpi():
+        raise InputError("a relaxation runs on one process (ASE's optimizers); start it without mpiexec")
+    from atomsim.relax import relax_config
+
+    with _potential_params(cfg):
+        result = relax_config(cfg)
+    return EXIT_OK if result.converged else EXIT_NOT_CONVERGED
 
 
 # ------------------------------------------------------------------ info --
@@ -314,7 +378,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 COMMANDS: List[Command] = [
-    Command("run", "run molecular dynamics from an input YAML file", _add_run, _cmd_run),
+    Command("run", "run molecular dynamics (or the stages, or the relaxation) of an input YAML file",
+            _add_run, _cmd_run),
+    Command("relax", "relax a structure with ASE's BFGS/LBFGS/FIRE (cell filter, symmetry); exit 4: not "
+            "converged", _add_relax, _cmd_relax),
     Command("info", "versions, devices, MPI, registered potentials and bundled models", _add_info, _cmd_info),
     Command("train", "train an EGNN potential on extxyz data (mpiexec for data parallelism)", _add_train, _cmd_train),
     Command("datagen", "label diverse structures with an ASE calculator (EMT default) into extxyz", _add_datagen,

@@ -5,6 +5,7 @@ names the key and the fix (see engine/errors.py).
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Dict, List, Literal, Optional, Union, get_origin
 
@@ -244,8 +245,12 @@ class DynamicsConfig(_Strict):
     )
     timestep_fs: float = Field(1.0, gt=0, le=10, description="timestep, fs (0 < dt <= 10)")
     steps: int = Field(1000, ge=0, description="number of steps")
-    temperature_K: Optional[float] = Field(None, ge=0, le=1e5,
-                                           description="thermostat target, K (default: system.temperature_K)")
+    temperature_K: Optional[float] = Field(
+        None, ge=0, le=1e5, description="thermostat target, K (default: system.temperature_K); "
+        "[start, stop] ramps it (same as temperature_stop_K)")
+    temperature_stop_K: Optional[float] = Field(
+        None, ge=0, le=1e5, description="thermostat target at the last step, K: a ramp linear in the step "
+        "from temperature_K (LAMMPS fix nvt temp Tstart Tstop)")
     tdamp_fs: float = Field(100.0, gt=0, description="thermostat time constant, fs")
     max_force_eV_per_A: float = Field(1000.0, gt=0,
                                       description="force limit, eV/Å: the run stops when any force exceeds it")
@@ -254,6 +259,9 @@ class DynamicsConfig(_Strict):
     pressure_GPa: Optional[Union[float, List[float], List[List[float]]]] = Field(
         None, description="target pressure, GPa: a number; [px, py, pz] (barostat: anisotropic); 3x3 (triclinic). "
         "npt: default 0; berendsen: unset = NVT only; fire + relax_cell: the pV term")
+    pressure_stop_GPa: Optional[Union[float, List[float], List[List[float]]]] = Field(
+        None, description="target pressure at the last step, GPa, same shape as pressure_GPa: a ramp linear "
+        "in the step from pressure_GPa (npt, berendsen)")
     pdamp_fs: float = Field(1000.0, gt=0, description="barostat time constant, fs")
     barostat: Literal["isotropic", "anisotropic", "triclinic"] = Field(
         "isotropic", description="npt cell freedom: volume only, three cell lengths, or the full cell")
@@ -263,8 +271,63 @@ class DynamicsConfig(_Strict):
     remove_com: bool = Field(True, description="zero the centre-of-mass velocity (nose-hoover, npt, berendsen)")
     fix: "FixConfig" = Field(default_factory=lambda: FixConfig(),
                              description="atoms held fixed (e.g. the bottom of a slab)")
+    deform: Optional["DeformConfig"] = Field(
+        None, description="deform the box at constant strain rates (LAMMPS fix deform erate, remap x)")
 
-    @field_validator("pressure_GPa")
+    @model_validator(mode="before")
+    @classmethod
+    def _temperature_pair(cls, data):
+        """``temperature_K: [start, stop]`` is shorthand for temperature_K + temperature_stop_K."""
+        if isinstance(data, dict) and isinstance(data.get("temperature_K"), (list, tuple)):
+            pair = data["temperature_K"]
+            if len(pair) != 2:
+                raise ValueError(f"`dynamics.temperature_K` must be a number or [start, stop] in K; "
+                                 f"got {pair}")
+            if data.get("temperature_stop_K") is not None:
+                raise ValueError("give the ramp once: `dynamics.temperature_K: [start, stop]` or "
+                                 "`temperature_K` + `temperature_stop_K`, not both")
+            data = {**data, "temperature_K": pair[0], "temperature_stop_K": pair[1]}
+        return data
+
+    @model_validator(mode="after")
+    def _ramp_shapes(self):
+        if self.pressure_stop_GPa is not None:
+            if self.pressure_GPa is None:
+                raise ValueError("`dynamics.pressure_stop_GPa` needs `dynamics.pressure_GPa` (where the ramp "
+                                 "starts, GPa)")
+            if _shape(self.pressure_stop_GPa) != _shape(self.pressure_GPa):
+                raise ValueError(f"`dynamics.pressure_stop_GPa` = {self.pressure_stop_GPa} must have the "
+                                 f"shape of `dynamics.pressure_GPa` = {self.pressure_GPa} (a number, "
+                                 "[px, py, pz] or 3x3)")
+        if self.deform is not None:
+            t_ps = self.steps * self.timestep_fs * 1e-3
+            for axis, rate in zip("xyz", self.deform.erate_per_ps):
+                if 1.0 + rate * t_ps <= 0.0:
+                    raise ValueError(f"`dynamics.deform.erate_per_ps` = {rate} along {axis} shrinks the "
+                                     f"box to nothing within the run ({t_ps:g} ps: 1 + erate t <= 0); use a "
+                                     "smaller rate or fewer steps")
+        return self
+
+    def ensemble_problems(self, key: str = "dynamics") -> List[str]:
+        """Ramps and deformation the chosen integrator cannot honour, each naming its key (under ``key``)."""
+        out = []
+        thermostats = ("langevin", "nose-hoover", "npt", "berendsen")
+        if self.temperature_stop_K is not None and self.integrator not in thermostats:
+            out.append(f"`{key}.temperature_stop_K`: a temperature ramp needs a thermostat "
+                       f"(integrator: {', '.join(thermostats)}); {self.integrator!r} has none")
+        barostat = self.integrator == "npt" or (
+            self.integrator == "berendsen" and self.pressure_GPa is not None)
+        if self.pressure_stop_GPa is not None and not barostat:
+            out.append(f"`{key}.pressure_stop_GPa`: a pressure ramp needs a barostat (integrator: npt, or "
+                       f"berendsen with pressure_GPa); {self.integrator!r} has none")
+        moves_cell = barostat or (self.integrator == "fire" and self.relax_cell)
+        if self.deform is not None and moves_cell:
+            out.append(f"`{key}.deform`: cannot be combined with a barostat or cell relaxation "
+                       f"(integrator {self.integrator!r} moves the cell itself); use nve, langevin, "
+                       "nose-hoover or berendsen without pressure_GPa")
+        return out
+
+    @field_validator("pressure_GPa", "pressure_stop_GPa")
     @classmethod
     def _pressure_shape(cls, value):
         if isinstance(value, list) and not (
@@ -272,6 +335,27 @@ class DynamicsConfig(_Strict):
                                  or all(isinstance(r, list) and len(r) == 3 for r in value))
         ):
             raise ValueError(f"must be a number, [px, py, pz] or a 3x3 list (GPa); got {value}")
+        return value
+
+
+def _shape(value) -> tuple:
+    """(), (3,) or (3, 3) of a validated pressure value."""
+    return (len(value),) + _shape(value[0]) if isinstance(value, list) else ()
+
+
+class DeformConfig(_Strict):
+    """Box deformation at constant engineering strain rates: L(t) = L0 (1 + erate t), atoms remapped."""
+
+    erate_per_ps: List[float] = Field(
+        description="[ex, ey, ez], 1/ps: strain rate of each cell vector's length (0: left alone)")
+
+    @field_validator("erate_per_ps")
+    @classmethod
+    def _three(cls, value):
+        if len(value) != 3:
+            raise ValueError(f"must be three rates [ex, ey, ez] in 1/ps, e.g. [0.1, 0, 0]; got {value}")
+        if any(abs(r) > 100 for r in value):
+            raise ValueError(f"rates must be within [-100, 100] 1/ps; got {value}")
         return value
 
 
@@ -348,6 +432,77 @@ class OutputConfig(_Strict):
         return list(dict.fromkeys(value))
 
 
+class RelaxConfig(_Strict):
+    """A geometry optimisation with ASE's optimizers and filters (atomsim/relax.py)."""
+
+    optimizer: Literal["bfgs", "lbfgs", "fire"] = Field("bfgs",
+                                                        description="ASE optimizer: BFGS, LBFGS or FIRE")
+    fmax_eV_per_A: float = Field(0.05, gt=0, le=100, description="converged when every force (and, with "
+                                 "cell: true, every row of the cell's generalised force) is below this, eV/Å")
+    smax_GPa: Optional[float] = Field(None, gt=0, le=100, description="with cell: true, also converged only "
+                                      "when every component of stress + pressure is below this, GPa")
+    steps: int = Field(1000, ge=1, le=10**7,
+                       description="most optimizer steps; not converged by then: exit status 4")
+    cell: bool = Field(False, description="relax the cell too (ASE FrechetCellFilter)")
+    pressure_GPa: float = Field(0.0, ge=-1000, le=1000, description="external pressure with cell: true, GPa "
+                                "(FrechetCellFilter scalar_pressure)")
+    fix_symmetry: bool = Field(False,
+                               description="keep the starting space group (ASE FixSymmetry, needs spglib)")
+    symprec: float = Field(0.01, gt=0, le=1, description="spglib tolerance for fix_symmetry, Å")
+    maxstep_A: Optional[float] = Field(None, gt=0, le=5, description="largest atom move per step, Å "
+                                       "(default: the optimizer's own, 0.2)")
+    trajectory: bool = Field(True, description="write every step to relax.traj (ASE trajectory)")
+
+    @model_validator(mode="after")
+    def _cell_only(self):
+        if not self.cell:
+            for key, default in (("smax_GPa", None), ("pressure_GPa", 0.0)):
+                if getattr(self, key) != default:
+                    raise ValueError(f"`relax.{key}` applies to cell relaxation; set `relax.cell: true` "
+                                     "or remove it")
+        return self
+
+
+_STAGE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$"
+
+
+class StageConfig(_Strict):
+    """One stage of a multi-stage run: MD with its own dynamics/output, or a relaxation (engine/stages.py).
+
+    The base ``dynamics`` and ``output`` sections are merged under the stage's own keys before validation
+    (RunConfig._merge_stages), so every stage holds complete sections.
+    """
+
+    name: Optional[str] = Field(None, pattern=_STAGE_NAME, description="stage name (default: `relax` or the "
+                                "integrator); its files go to <output.directory>/stage<k>_<name>")
+    relax: Optional[RelaxConfig] = Field(None, description="make this stage a relaxation (ASE optimizer)")
+    dynamics: Optional[DynamicsConfig] = Field(None, description="this stage's dynamics: the base `dynamics` "
+                                               "with these keys replaced; `steps` is this stage's length")
+    output: Optional[OutputConfig] = Field(None, description="this stage's output: the base `output` with "
+                                           "these keys replaced; `directory` relative to the base one")
+
+    @model_validator(mode="after")
+    def _kind(self):
+        if self.relax is not None and self.dynamics is not None:
+            raise ValueError("a stage is either a relaxation (`relax:`) or MD (`dynamics:`), not both; "
+                             "split it into two stages")
+        return self
+
+    @property
+    def is_relax(self) -> bool:
+        return self.relax is not None
+
+
+def _merged(base, override):
+    """``override`` deep-merged over ``base`` (mappings merge key by key; anything else is replaced)."""
+    if not isinstance(base, dict) or not isinstance(override, dict):
+        return override
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merged(base.get(key), value) if isinstance(value, dict) else value
+    return out
+
+
 class RunConfig(_Strict):
     system: SystemConfig
     potential: PotentialConfig = Field(default_factory=PotentialConfig)
@@ -355,6 +510,65 @@ class RunConfig(_Strict):
     neighbor: NeighborConfig = Field(default_factory=NeighborConfig)
     parallel: ParallelConfig = Field(default_factory=ParallelConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    relax: Optional[RelaxConfig] = Field(None, description="relax the structure instead of MD "
+                                         "(`atomsim relax`; or one stage of `stages`)")
+    stages: Optional[List[StageConfig]] = Field(None, min_length=1, description="a multi-stage run: each "
+                                                "stage starts from the previous stage's final state")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_stages(cls, data):
+        """Complete each stage's ``dynamics``/``output`` from the base sections (the stage's keys win)."""
+        if not isinstance(data, dict) or not isinstance(data.get("stages"), list):
+            return data
+        base_dyn = data.get("dynamics") if isinstance(data.get("dynamics"), dict) else {}
+        base_out = data.get("output") if isinstance(data.get("output"), dict) else {}
+        base_out = {k: v for k, v in base_out.items() if k != "directory"}
+        stages = []
+        for k, stage in enumerate(data["stages"], 1):
+            if not isinstance(stage, dict):
+                stages.append(stage)
+                continue
+            stage = dict(stage)
+            for key in ("relax", "dynamics", "output"):
+                if key in stage and stage[key] is None:  # `dynamics:` with no keys: the base section as is
+                    stage[key] = {}
+            if "relax" not in stage:
+                own = stage.get("dynamics", {})
+                base = base_dyn
+                if isinstance(own, dict) and isinstance(own.get("temperature_K"), (list, tuple)):
+                    base = {key: v for key, v in base.items() if key != "temperature_stop_K"}
+                stage["dynamics"] = _merged(base, own)
+            own_out = stage.get("output", {})
+            stage["output"] = _merged(base_out, own_out)
+            if isinstance(stage["output"], dict) and "directory" not in stage["output"]:
+                name = stage.get("name")
+                if name is None:
+                    dyn = stage.get("dynamics")
+                    name = "relax" if "relax" in stage else (
+                        dyn.get("integrator", "nve") if isinstance(dyn, dict) else "md")
+                    if isinstance(name, str) and re.fullmatch(_STAGE_NAME, name):
+                        stage["name"] = name
+                stage["output"]["directory"] = f"stage{k}_{name}"
+            stages.append(stage)
+        return {**data, "stages": stages}
+
+    @model_validator(mode="after")
+    def _one_job(self):
+        if self.stages is not None and self.relax is not None:
+            raise ValueError("`relax` and `stages` do not go together: make the relaxation a stage "
+                             "(stages: [{relax: {...}}, {dynamics: {...}}, ...])")
+        problems = []
+        if self.stages is None:
+            if self.relax is None:
+                problems = self.dynamics.ensemble_problems()
+        else:
+            for k, stage in enumerate(self.stages):
+                if stage.dynamics is not None:
+                    problems += stage.dynamics.ensemble_problems(f"stages[{k}].dynamics")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 # ---------------------------------------------------------------- loading --
@@ -536,6 +750,27 @@ def load_config(path, overrides: Optional[List[str]] = None) -> "RunConfig":
     return cfg
 
 
+def _drop_unset_sections(data: dict, model) -> None:
+    """Leave out optional sections that are unset (``relax``, ``stages``, ``dynamics.deform``, ...).
+
+    Written as ``relax: null`` they would read back as an empty section, i.e. one with every default.
+    """
+    from .errors import _model_in
+
+    for name, field in model.model_fields.items():
+        sub = _model_in(field.annotation)
+        if sub is None or name not in data:
+            continue
+        if data[name] is None:
+            del data[name]
+        elif isinstance(data[name], dict):
+            _drop_unset_sections(data[name], sub)
+        elif isinstance(data[name], list):
+            for item in data[name]:
+                if isinstance(item, dict):
+                    _drop_unset_sections(item, sub)
+
+
 def write_resolved_config(cfg: "RunConfig", directory) -> Path:
     """Write the full validated config (defaults filled in) to ``directory/resolved_config.yaml``.
 
@@ -549,7 +784,9 @@ def write_resolved_config(cfg: "RunConfig", directory) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / RESOLVED_NAME
     tmp = directory / (RESOLVED_NAME + ".tmp")
-    body = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, default_flow_style=None)
+    data = cfg.model_dump(mode="json")
+    _drop_unset_sections(data, RunConfig)
+    body = yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
     tmp.write_text("# atomsim: the input as run, every default filled in\n" + body, encoding="utf-8")
     os.replace(tmp, target)
     return target

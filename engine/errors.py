@@ -84,6 +84,8 @@ def model_at(root: type[BaseModel], loc: Sequence[Any]) -> Optional[type[BaseMod
     """The schema model that owns the keys at ``loc`` (None inside dicts/lists/scalars)."""
     model: Optional[type[BaseModel]] = root
     for part in loc:
+        if isinstance(part, int) and model is not None and model is not root:
+            continue  # an index into a list of sections (``stages[1]``): the same model
         if model is None or not isinstance(part, str) or part not in model.model_fields:
             return None
         model = _model_in(model.model_fields[part].annotation)

@@ -71,11 +71,13 @@ class Simulation:
     ``atoms`` (ase.Atoms: velocities used as given, FixAtoms honoured) and ``potential`` override what
     the config would build; ``forces`` replaces the force provider.
     ``run()`` continues to ``dynamics.steps`` (the TOTAL step count, resumes included);
-    ``run(n)`` takes n more steps.
+    ``run(n)`` takes n more steps. ``state`` (an MDState, e.g. the previous stage's final one from
+    engine/stages.py) is used as is: positions, velocities, cell, step and fixed atoms.
     """
 
     def __init__(self, config: RunConfig, atoms=None, potential=None, comm=None, *,
-                 forces: Optional[ForceProvider] = None, restart: Optional[Restart] = None, console=None):
+                 forces: Optional[ForceProvider] = None, restart: Optional[Restart] = None, console=None,
+                 state: Optional[MDState] = None):
         self.config = config
         self.comm = comm if comm is not None else world_comm()
         self.is_root = self.comm.rank == 0
@@ -96,6 +98,8 @@ class Simulation:
 
         if restart is not None:
             self.state = restart.to_state(self.device, self.comm)
+        elif state is not None:
+            self.state = state
         else:
             if atoms is None:
                 from .structure import build_atoms, initial_velocities
@@ -112,9 +116,9 @@ class Simulation:
         from atomsim.integrators.base import integrator_kwargs
         from atomsim.integrators.constraints import fixed_from_config
 
-        self.integrator = make_integrator(dyn.integrator, dyn.timestep_fs,
-                                          **integrator_kwargs(dyn, target_T, config.system.seed))
-        if restart is None:  # a restart carries its own mask (atoms may since have entered a z range)
+        kwargs = integrator_kwargs(dyn, target_T, config.system.seed, start_step=self.state.step)
+        self.integrator = make_integrator(dyn.integrator, dyn.timestep_fs, **kwargs)
+        if restart is None and state is None:  # a restart or handed-over state carries its own mask
             from .structure import with_file_constraints
 
             fixed_from_config(self.state, with_file_constraints(dyn.fix, atoms))  # + the file's FixAtoms

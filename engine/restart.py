@@ -198,7 +198,8 @@ class Restart:
             if self.meta.get("format_version") != FORMAT_VERSION:
                 raise self._why(f"restart format version {self.meta.get('format_version')} is not "
                                 f"{FORMAT_VERSION}; it was written by another atomsim version")
-            missing = [k for k in _META_KEYS if k not in self.meta] + [k for k in _ARRAYS if k not in data.files]
+            missing = [k for k in _META_KEYS if k not in self.meta]
+            missing += [k for k in _ARRAYS if k not in data.files]
             if missing:
                 raise self._why(f"incomplete, missing {', '.join(missing)}")
             self.arrays = {k: np.array(data[k]) for k in _ARRAYS}
@@ -285,7 +286,8 @@ def find_restart(directory, device="cpu") -> Restart:
     if not found:
         if errors:
             raise RestartError(f"--resume: no usable restart file in output.directory {str(directory)!r}: "
-                               + "; ".join(errors) + ". Restore one of them or start a new run without --resume")
+                               + "; ".join(errors)
+                               + ". Restore one of them or start a new run without --resume")
         raise RestartError(f"--resume: no readable restart file in output.directory {str(directory)!r}; "
                            "run without --resume first, or point output.directory at the earlier run")
     chosen = max(found, key=lambda r: r.step)

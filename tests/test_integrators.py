@@ -13,9 +13,9 @@ from ase.build import bulk
 from ase.calculators.lj import LennardJones
 
 from atomsim.engine.forces import SerialForces
-from atomsim.kernels.neighbor_list import NeighborList
 from atomsim.engine.state import MDState
 from atomsim.integrators import make_integrator
+from atomsim.kernels.neighbor_list import NeighborList
 from atomsim.potentials.base import Potential
 
 EPS, SIGMA, RC = 0.0104, 3.4, 8.5  # LJ argon (eV, Å, Å)
@@ -178,7 +178,7 @@ def test_nose_hoover_conserved_quantity_is_flat():
 
 @pytest.mark.parametrize("barostat", ["isotropic", "anisotropic", "triclinic"])
 def test_mtk_npt_matches_ase_step_by_step(barostat):
-    from ase.md.nose_hoover_chain import IsotropicMTKNPT, MaskedMTKNPT, MTKNPT
+    from ase.md.nose_hoover_chain import MTKNPT, IsotropicMTKNPT, MaskedMTKNPT
 
     atoms = argon(a=5.3, temperature_K=60, seed=5, rattle=0.02)
     atoms.set_cell(atoms.cell.array + np.array([[0, 0.2, 0.1], [0.1, 0, 0.0], [0, 0.1, 0]]), scale_atoms=True)

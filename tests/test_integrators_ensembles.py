@@ -16,11 +16,20 @@ import numpy as np
 import pytest
 from ase import units
 from scipy import stats
+from test_integrators import Runner, argon, ase_lj, one_blas_thread  # noqa: F401  (autouse fixture)
 
 from atomsim.integrators import make_integrator
-from stats_util import (difference_z, mean_z, p_limit, standard_error, statistical_inefficiency, thin,
-                        variance_z, z_limit)
-from test_integrators import Runner, argon, ase_lj, one_blas_thread  # noqa: F401  (autouse fixture)
+
+from stats_util import (
+    difference_z,
+    mean_z,
+    p_limit,
+    standard_error,
+    statistical_inefficiency,
+    thin,
+    variance_z,
+    z_limit,
+)
 
 T0 = 70.0  # K: solid LJ argon, anharmonic enough to mix
 P0_GPA = 0.1
@@ -102,7 +111,8 @@ def langevin_vs_ase_stats(seed: int) -> dict:
     md.attach(lambda: ref.append((a.get_potential_energy(), a.get_kinetic_energy())), interval=1)
     md.run(8000)
     ref = np.array(ref)
-    return {"z": {"pe_mean": difference_z(ours[:, 0], ref[:, 0]), "ke_mean": difference_z(ours[:, 1], ref[:, 1])},
+    return {"z": {"pe_mean": difference_z(ours[:, 0], ref[:, 0]),
+                  "ke_mean": difference_z(ours[:, 1], ref[:, 1])},
             "p": {}}
 
 
@@ -157,7 +167,8 @@ def npt_stats(seed: int) -> dict:
 
     # NVT (Nose-Hoover chain) at the NPT mean volume
     v_mean, v_se = vol.mean(), standard_error(vol)
-    nvt_atoms = argon(rep=2, a=5.35 * (v_mean / atoms.get_volume()) ** (1 / 3), temperature_K=T0, seed=seed + 1)
+    a_nvt = 5.35 * (v_mean / atoms.get_volume()) ** (1 / 3)
+    nvt_atoms = argon(rep=2, a=a_nvt, temperature_K=T0, seed=seed + 1)
     q = Runner(nvt_atoms, make_integrator("nose-hoover", 5.0, temperature_K=T0, tdamp_fs=100.0))
     q.step(400)
     p_nvt = np.array(q.step(6000, every=1, fn=lambda rr: rr.state.pressure() / units.GPa))

@@ -23,8 +23,14 @@ from rich.console import Console
 
 from atomsim.engine.config import RunConfig
 from atomsim.engine.errors import InputError
-from atomsim.engine.restart import (PREVIOUS_NAME, RESTART_NAME, Restart, RestartError, RestartFallbackWarning,
-                                    find_restart)
+from atomsim.engine.restart import (
+    PREVIOUS_NAME,
+    RESTART_NAME,
+    Restart,
+    RestartError,
+    RestartFallbackWarning,
+    find_restart,
+)
 from atomsim.engine.simulation import Simulation
 
 
@@ -137,7 +143,8 @@ def test_resume_from_previous_when_newest_is_torn(tmp_path):
     out = tmp_path / "split"
     assert Restart(out / PREVIOUS_NAME).step == 30  # restart_every=30 -> 30, then the end (50)
     (out / RESTART_NAME).write_bytes((out / RESTART_NAME).read_bytes()[:200])
-    with pytest.warns(RestartFallbackWarning, match=rf"skipping {re.escape(str(out / RESTART_NAME))}: unreadable"):
+    torn = re.escape(str(out / RESTART_NAME))
+    with pytest.warns(RestartFallbackWarning, match=rf"skipping {torn}: unreadable"):
         assert find_restart(out).step == 30
     with pytest.warns(RestartFallbackWarning, match=re.escape(str(out / PREVIOUS_NAME))):
         run(make_config(out, "langevin", steps=100), resume=True)
@@ -172,7 +179,8 @@ def _nan_in(key):
 DAMAGE = {  # what is wrong -> (how to do it to the file, what the report must say)
     "truncated": (lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]), "unreadable"),
     "not_an_archive": (lambda p: p.write_text("positions: []\n"), "unreadable"),
-    "version": (lambda p: _rewrite(p, lambda a, m: m.update(format_version=99)), "format version 99 is not 1"),
+    "version": (lambda p: _rewrite(p, lambda a, m: m.update(format_version=99)),
+                "format version 99 is not 1"),
     "missing_array": (lambda p: _rewrite(p, lambda a, m: a.pop("velocities")), "missing velocities"),
     "missing_meta_key": (lambda p: _rewrite(p, lambda a, m: m.pop("integrator_state")),
                          "missing integrator_state"),
@@ -223,7 +231,8 @@ def test_both_restarts_unusable_is_an_input_error_naming_both(nose_hoover_run, t
     with pytest.raises(InputError) as err:
         find_restart(out)
     msg = str(err.value)
-    assert f"{out / RESTART_NAME}: unreadable" in msg and f"{out / PREVIOUS_NAME}: velocities contains NaN" in msg
+    assert f"{out / RESTART_NAME}: unreadable" in msg, msg
+    assert f"{out / PREVIOUS_NAME}: velocities contains NaN" in msg, msg
     # through the command line: exit status 2, both files named, no traceback
     inp = tmp_path / "in.yaml"
     inp.write_text(INPUT.format(out="run").replace("integrator: langevin", "integrator: nose-hoover"))
@@ -232,7 +241,8 @@ def test_both_restarts_unusable_is_an_input_error_naming_both(nose_hoover_run, t
                          capture_output=True, text=True, timeout=300)
     err_text = " ".join(res.stderr.split())  # the console may wrap long lines
     assert res.returncode == 2, res.stderr
-    assert RESTART_NAME in err_text and PREVIOUS_NAME in err_text and "Traceback" not in res.stderr, res.stderr
+    assert RESTART_NAME in err_text and PREVIOUS_NAME in err_text, res.stderr
+    assert "Traceback" not in res.stderr, res.stderr
 
 
 def test_resume_refuses_changed_physics_but_allows_output_changes(tmp_path):

@@ -65,7 +65,8 @@ def test_train_killed_and_resumed_from_the_cli_equals_uninterrupted(tmp_path):
 
     cut_cfg = _config(tmp_path, data, "cut")
     state_file = tmp_path / "cut" / "train_state.pt"
-    proc = subprocess.Popen(TRAIN + [str(cut_cfg)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(TRAIN + [str(cut_cfg)], env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
     deadline = time.time() + 300
     while _epoch_saved(state_file) < 3 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)

@@ -61,7 +61,6 @@ _GRAD_KEYS = ("a", "b", "edge_vectors", "w_rbf", "b1", "w2", "b2")
 
 
 def _rel(x, ref) -> float:
-    import torch
 
     x, ref = x.detach().double().cpu(), ref.detach().double().cpu()
     return float((x - ref).abs().max() / ref.abs().max().clamp_min(1e-30))

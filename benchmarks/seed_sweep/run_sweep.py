@@ -69,29 +69,53 @@ def summarize(name: str, runs: list, alpha: float) -> dict:
     return out
 
 
+def merge(paths: list, out: str) -> None:
+    """One report from several: runs of the same test are pooled (a seed counted once)."""
+    reports = [json.loads(Path(p).read_text()) for p in paths]
+    runs: dict = {}
+    for rep in reports:
+        for name, rs in rep["runs"].items():
+            seen = {r["seed"] for r in runs.get(name, [])}
+            runs.setdefault(name, []).extend(r for r in rs if r["seed"] not in seen)
+    alpha = reports[0]["family_alpha"]
+    merged = {**reports[0], "command": " + ".join(r["command"] for r in reports),
+              "elapsed_s": sum(r.get("elapsed_s", 0.0) for r in reports),
+              "ci_seeds": {k: v for r in reports for k, v in r["ci_seeds"].items()},
+              "tests": {n: summarize(n, rs, alpha) for n, rs in runs.items()}, "runs": runs}
+    Path(out).write_text(json.dumps(merged, indent=1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=20, help="seeds per test (1000, 1001, ...)")
     ap.add_argument("--first-seed", type=int, default=1000)
     ap.add_argument("--tests", nargs="*", default=None, help="subset of STATISTICAL_TESTS names")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/seed_sweep.json"))
+    ap.add_argument("--merge", nargs="+", metavar="JSON", default=None,
+                    help="combine the runs of several sweep reports (e.g. two processes) into --out")
     args = ap.parse_args()
+    if args.merge:
+        merge(args.merge, args.out)
+        return
 
     import torch
     from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(1)
-    from stats_util import FAMILY_ALPHA
     from test_integrators_ensembles import STATISTICAL_TESTS, check
 
-    names = args.tests or sorted(STATISTICAL_TESTS, key=lambda n: CPU_ORDER.index(n) if n in CPU_ORDER else 99)
+    from stats_util import FAMILY_ALPHA
+
+    names = args.tests or sorted(STATISTICAL_TESTS,
+                                 key=lambda n: CPU_ORDER.index(n) if n in CPU_ORDER else 99)
     runs: dict = {n: [] for n in names}
     t_start = time.time()
     report = {
         "what": "failure rate of each statistical test of tests/test_integrators_ensembles.py over seeds",
         "command": " ".join(["python", "benchmarks/seed_sweep/run_sweep.py", *sys.argv[1:]]),
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-                    "cpu": platform.processor() or platform.machine(), "omp_threads": os.environ.get("OMP_NUM_THREADS")},
+                    "cpu": platform.processor() or platform.machine(),
+                    "omp_threads": os.environ.get("OMP_NUM_THREADS")},
         "family_alpha": FAMILY_ALPHA,
         "ci_seeds": {n: STATISTICAL_TESTS[n][1] for n in names},
     }

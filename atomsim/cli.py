@@ -283,6 +283,49 @@ def _cmd_datagen(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ------------------------------------------------------- plot / analyze --
+
+def _add_plot(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run's output.directory (holds thermo.csv)")
+    p.add_argument("-o", "--output", default=None, help="PNG to write (default: RUN_DIR/thermo.png)")
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from atomsim.analysis import plot_thermo
+
+    print(f"wrote {plot_thermo(args.run_dir, args.output)}")
+    return EXIT_OK
+
+
+def _add_analyze(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run's output.directory (holds its trajectory)")
+    p.add_argument("--rdf", action="store_true", help="radial distribution function (ASE get_rdf)")
+    p.add_argument("--msd", action="store_true", help="mean squared displacement and D from its slope")
+    p.add_argument("--vacf", action="store_true", help="velocity autocorrelation and its Green-Kubo D")
+    p.add_argument("--rmax", type=float, default=None,
+                   help="RDF range, Å (default: half the smallest periodic cell width, at most 10)")
+    p.add_argument("--bins", type=int, default=100, help="RDF bins (default 100)")
+    p.add_argument("--skip", type=int, default=0, help="frames to drop from the start (equilibration)")
+    p.add_argument("--trajectory", default=None, help="trajectory file (default: the one in RUN_DIR)")
+    p.add_argument("-o", "--output", default=None, help="folder for the CSV and PNG files "
+                                                        "(default: RUN_DIR/analysis)")
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from atomsim.analysis import analyze
+
+    if args.bins < 1 or args.skip < 0 or (args.rmax is not None and args.rmax <= 0):
+        raise ValueError("--bins must be >= 1, --skip >= 0 and --rmax > 0 (Å)")
+    chosen = args.rdf or args.msd or args.vacf  # none named: all three
+    summary = analyze(args.run_dir, do_rdf=args.rdf or not chosen, do_msd=args.msd or not chosen,
+                      do_vacf=args.vacf or not chosen, trajectory=args.trajectory, rmax=args.rmax,
+                      nbins=args.bins, skip=args.skip, output=args.output)
+    for key, how in (("D_msd_A2_per_ps", "MSD slope"), ("D_vacf_A2_per_ps", "VACF, Green-Kubo")):
+        if key in summary:
+            print(f"diffusion coefficient ({how}): {summary[key]:.4g} Å²/ps = {summary[key] * 1e-4:.4g} cm²/s")
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------- lammps --
 
 def _actions(p: argparse.ArgumentParser, dest: str, metavar: str):
@@ -390,6 +433,10 @@ COMMANDS: List[Command] = [
             _add_lammps, _cmd_lammps_export),
     Command("bench", "benchmark suite: `bench weak-scaling` (MPI step breakdown, network probe, scaling model)",
             _add_bench, _cmd_bench),
+    Command("plot", "plot a run's thermo.csv (temperature, energies, pressure, volume) to a PNG", _add_plot,
+            _cmd_plot),
+    Command("analyze", "RDF, MSD (diffusion) and VACF of a run's trajectory: CSV + PNG", _add_analyze,
+            _cmd_analyze),
 ]
 
 

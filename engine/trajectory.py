@@ -198,14 +198,18 @@ class H5MDWriter(TrajectoryWriter):
 
     @staticmethod
     def _create(f, state) -> None:
-        import atomsim
+        from importlib.metadata import PackageNotFoundError, version
 
+        try:
+            creator_version = version("atomsim")  # metadata: engine/ must not import the front ends
+        except PackageNotFoundError:
+            creator_version = "unknown"
         h5md = f.create_group("h5md")
         h5md.attrs["version"] = np.array([1, 1], dtype=np.int32)
         h5md.create_group("author").attrs["name"] = "atomsim"
         creator = h5md.create_group("creator")
         creator.attrs["name"] = "atomsim"
-        creator.attrs["version"] = atomsim.__version__
+        creator.attrs["version"] = creator_version
         part = f.create_group("particles/all")
         box = part.create_group("box")
         box.attrs["dimension"] = np.int32(3)

@@ -26,8 +26,14 @@ class AtomsimCalculator(Calculator):
 
     ``AtomsimCalculator(model="lj", epsilon=0.0104, sigma=3.4)`` builds the
     potential with ``load_potential(model, **params)``; ``model`` may also be a
-    :class:`Potential` instance. ``dtype`` (e.g. ``"float64"``) converts the
-    model; ``skin`` (Å) is the neighbor-list skin.
+    :class:`Potential` instance. ``skin`` (Å) is the neighbor-list skin.
+
+    ``dtype`` (``"float32"``, ``"float64"``, ``"bfloat16"``) converts the model. Default:
+    float64 for a model built by name, because ASE drives relaxations to small fmax,
+    finite-difference phonons and elastic constants and EOS fits, where float32 round-off
+    in forces and stress shows (``atomsim lammps export`` defaults to float64 for the same
+    reason; ``atomsim run`` MD uses float32 for speed). A Potential instance keeps its own
+    dtype unless ``dtype`` is given: casting would change the caller's module in place.
 
     Stress (Voigt xx yy zz yz xz xy, eV/Å^3) is virial / volume and, like
     ASE's LennardJones, exists only when the cell has three independent
@@ -50,6 +56,7 @@ class AtomsimCalculator(Calculator):
             potential = model
         else:
             potential = load_potential(model, **params)
+            dtype = "float64" if dtype is None else dtype
         potential = potential.to(self.device)
         if dtype is not None:
             potential = potential.to(torch_dtype(dtype))

@@ -158,7 +158,7 @@ def test_calculator_matches_sevennet_calculator(name, potential, reference_calc)
 def test_calculator_by_name_and_list_reuse(reference_calc):
     """``AtomsimCalculator(model="sevennet-0")``; a move below skin/2 reuses the list and still matches."""
     atoms = _nacl()
-    calc = AtomsimCalculator(model="sevennet-0", device="cpu", skin=1.0)
+    calc = AtomsimCalculator(model="sevennet-0", device="cpu", skin=1.0, dtype="float32")  # as the reference
     atoms.calc = calc
     atoms.get_forces()
     atoms.positions += np.random.default_rng(5).normal(0, 0.1, atoms.positions.shape)  # < 0.5 Å

@@ -61,7 +61,8 @@ def atomsim_vs_ase(model: str = "default", repeat: int = 4, steps: int = 10, rep
 
             atoms = build_atoms(cfg)
             initialize_velocities(atoms, cfg.system.temperature_K, cfg.system.seed)
-            atoms.calc = AtomsimCalculator(model=model, device="cpu", skin=1.0)
+            atoms.calc = AtomsimCalculator(model=model, device="cpu", skin=1.0,
+                                           dtype=cfg.potential.dtype)  # the same precision as the run
             dyn = VelocityVerlet(atoms, timestep=1.0 * units.fs)
             dyn.run(1)
             t = time.perf_counter()

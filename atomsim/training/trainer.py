@@ -47,6 +47,11 @@ class ModelSection(BaseModel):
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     data: str  # extxyz with energy, forces (and stress) per frame
+    # where each frame keeps its labels: calculator results, else atoms.info (energy, stress) or
+    # atoms.arrays (forces); MACE-style data sets use REF_energy / REF_forces / REF_stress
+    energy_key: str = Field("energy", min_length=1)
+    forces_key: str = Field("forces", min_length=1)
+    stress_key: str = Field("stress", min_length=1)
     output: str = "train_out"
     name: str = "egnn"
     model: ModelSection = ModelSection()
@@ -107,37 +112,74 @@ class Sample:
         return int(self.numbers.shape[0])
 
 
-def read_samples(path: str | Path, cutoff: float, index: str = ":") -> list[Sample]:
-    """Read labelled frames and precompute their neighbor graphs (positions are fixed)."""
+def read_samples(path: str | Path, cutoff: float, index: str = ":", energy_key: str = "energy",
+                 forces_key: str = "forces", stress_key: str = "stress") -> list[Sample]:
+    """Read labelled frames and precompute their neighbor graphs (positions are fixed).
+
+    The ``*_key`` names say where the labels are (see :func:`frame_label`), e.g. ``REF_energy``.
+    """
     from ase.io import read
 
     frames = read(str(path), index=index)
-    return [atoms_to_sample(a, cutoff) for a in frames]
+    keys = dict(energy_key=energy_key, forces_key=forces_key, stress_key=stress_key)
+    return [atoms_to_sample(a, cutoff, frame=k, **keys) for k, a in enumerate(frames)]
 
 
-def atoms_to_sample(atoms, cutoff: float) -> Sample:
+def frame_label(atoms, key: str, per_atom: bool):
+    """A frame's label ``key``: the calculator's result, else ``atoms.arrays`` (per-atom) or ``atoms.info``.
+
+    Why both: ASE's extxyz reader puts the standard names (energy, forces, stress) into a
+    SinglePointCalculator and any other name (MACE's REF_energy, REF_forces) into info/arrays.
+    """
+    res = getattr(atoms.calc, "results", {}) if atoms.calc is not None else {}
+    if key in res:
+        return res[key]
+    store = atoms.arrays if per_atom else atoms.info
+    return store.get(key)
+
+
+def _missing(atoms, frame: int, what: str, key: str) -> ValueError:
+    res = sorted(getattr(atoms.calc, "results", {}) if atoms.calc is not None else {})
+    info = sorted(k for k in atoms.info if k not in ("step",))
+    arrays = sorted(k for k in atoms.arrays if k not in ("numbers", "positions"))
+    return ValueError(f"training data: frame {frame} ({atoms.get_chemical_formula()}) has no {what} under "
+                      f"`{key}` ({what}_key); its calculator results: {res or 'none'}, info keys: "
+                      f"{info or 'none'}, per-atom arrays: {arrays or 'none'}. Set {what}_key to the name the "
+                      "data set uses (e.g. REF_energy / REF_forces for MACE-style files)")
+
+
+def atoms_to_sample(atoms, cutoff: float, *, frame: int = 0, energy_key: str = "energy",
+                    forces_key: str = "forces", stress_key: str = "stress") -> Sample:
     pos = atoms.get_positions()
     cell = atoms.cell.array
     i, j, S = neighbor_list(pos, cell, atoms.pbc, cutoff)
     vec = pos[j] - pos[i] + S @ cell
-    calc = atoms.calc
-    res = getattr(calc, "results", {}) if calc is not None else {}
-    if "energy" not in res or "forces" not in res:
-        raise ValueError(f"training data: frame {atoms.get_chemical_formula()} lacks energy/forces")
+    energy = frame_label(atoms, energy_key, per_atom=False)
+    if energy is None:
+        raise _missing(atoms, frame, "energy", energy_key)
+    forces = frame_label(atoms, forces_key, per_atom=True)
+    if forces is None:
+        raise _missing(atoms, frame, "forces", forces_key)
     stress = None
-    if "stress" in res and all(atoms.pbc):
-        s = np.asarray(res["stress"])
+    s = frame_label(atoms, stress_key, per_atom=False)
+    if s is not None and all(atoms.pbc):
+        s = np.asarray(s, dtype=np.float64)
         if s.shape == (6,):
             from ase.stress import voigt_6_to_full_3x3_stress
 
             s = voigt_6_to_full_3x3_stress(s)
+        elif s.shape == (9,):  # MACE/extxyz writes a 3x3 stress as 9 numbers
+            s = s.reshape(3, 3)
+        if s.shape != (3, 3):
+            raise ValueError(f"training data: frame {frame}: `{stress_key}` (stress_key) has shape "
+                             f"{s.shape}; expected 6 (Voigt), 9 or 3x3 values in eV/Å^3")
         stress = torch.tensor(s, dtype=torch.float64)
     syms = sorted(set(atoms.get_chemical_symbols()))
     return Sample(
         numbers=torch.tensor(atoms.numbers, dtype=torch.int64),
         vectors=torch.tensor(vec, dtype=torch.float64),
         receivers=torch.tensor(i, dtype=torch.int64), senders=torch.tensor(j, dtype=torch.int64),
-        energy=float(res["energy"]), forces=torch.tensor(np.asarray(res["forces"]), dtype=torch.float64),
+        energy=float(energy), forces=torch.tensor(np.asarray(forces), dtype=torch.float64),
         stress=stress, volume=float(abs(atoms.cell.volume)) if all(atoms.pbc) else 0.0,
         system="-".join(syms),
     )
@@ -376,7 +418,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, samples: Optional[l
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     if samples is None:
-        samples = read_samples(cfg.data, cfg.model.cutoff)
+        samples = read_samples(cfg.data, cfg.model.cutoff, energy_key=cfg.energy_key,
+                               forces_key=cfg.forces_key, stress_key=cfg.stress_key)
     split = split_indices(len(samples), cfg)
     train_s = [samples[k] for k in split["train"]]
     val_s = [samples[k] for k in split["val"]]

@@ -38,9 +38,11 @@ class AtomsimCalculator(Calculator):
     Stress (Voigt xx yy zz yz xz xy, eV/Å^3) is virial / volume and, like
     ASE's LennardJones, exists only when the cell has three independent
     vectors; otherwise ``get_stress`` raises PropertyNotImplementedError.
+    ``get_stresses()`` gives per-atom stresses as ASE's LennardJones does (atom
+    virial / volume, summing to the stress; kernels/edge_ops.py's edge split).
     """
 
-    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress", "stresses"]
     nolabel = True
 
     def __init__(self, model: Union[str, Potential] = "default", device: str = "auto",
@@ -78,7 +80,9 @@ class AtomsimCalculator(Calculator):
         if self._forces is None or "numbers" in system_changes or "pbc" in system_changes:
             self.potential.check_species(atoms.numbers)
             self._forces = SerialForces(self.potential, skin=self.skin)
-        out = self._forces.compute(self._state(atoms), virial=atoms.cell.rank == 3)
+        periodic_cell = atoms.cell.rank == 3
+        per_atom = periodic_cell and "stresses" in properties  # one more pass over the edges: on request
+        out = self._forces.compute(self._state(atoms), virial=periodic_cell, atom_virial=per_atom)
 
         self.results["energy"] = float(out.energy)
         self.results["free_energy"] = float(out.energy)
@@ -87,6 +91,9 @@ class AtomsimCalculator(Calculator):
         if atoms.cell.rank == 3:
             virial = out.virial.detach().cpu().numpy()
             self.results["stress"] = full_3x3_to_voigt_6_stress(virial / atoms.get_volume())
+        if per_atom:
+            atom_virials = out.atom_virials.detach().cpu().numpy()
+            self.results["stresses"] = full_3x3_to_voigt_6_stress(atom_virials) / atoms.get_volume()
 
     def _state(self, atoms) -> MDState:
         """A minimal MDState (positions, cell, pbc, numbers) on the model's device."""

@@ -119,6 +119,21 @@ def test_per_atom_stresses_and_energies_equal_ase_lennard_jones(tmp_path):
                                atol=1e-8)
 
 
+def test_calculator_get_stresses_equal_ase_lennard_jones():
+    from ase.build import bulk
+
+    from atomsim import AtomsimCalculator
+
+    atoms = bulk("Ar", "fcc", a=5.26, cubic=True).repeat(2)
+    atoms.rattle(0.15, seed=3)
+    atoms.cell[0, 1] = 0.4  # triclinic
+    ref = atoms.copy()
+    ref.calc = LennardJones(epsilon=EPS, sigma=SIG, rc=RC)
+    atoms.calc = AtomsimCalculator(model="lj", device="cpu", epsilon=EPS, sigma=SIG, cutoff=RC)
+    np.testing.assert_allclose(atoms.get_stresses(), ref.get_stresses(), rtol=1e-10, atol=1e-16)
+    np.testing.assert_allclose(atoms.get_stresses().sum(0), atoms.get_stress(), rtol=1e-10, atol=1e-16)
+
+
 def test_gnn_atom_virials_sum_to_the_virial():
     from ase.build import bulk
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from ase import Atoms, units
+from ase import Atoms
 from ase.geometry.rdf import get_rdf
 
 from atomsim.analysis import msd, unwrap_positions, vacf
@@ -63,7 +63,8 @@ def _direct_rdf(positions, cells, rmax, nbins) -> np.ndarray:
 
 def _direct_msd(x) -> np.ndarray:
     T = len(x)
-    return np.array([np.mean([((x[k + m] - x[k]) ** 2).sum(-1).mean() for k in range(T - m)]) for m in range(T)])
+    return np.array([np.mean([((x[k + m] - x[k]) ** 2).sum(-1).mean() for k in range(T - m)])
+                     for m in range(T)])
 
 
 def _direct_vacf(v) -> np.ndarray:
@@ -81,7 +82,8 @@ def test_plot_writes_a_png(run):
 
 
 def test_analyze_equals_ase_and_direct_references(run, capsys):
-    assert main(["analyze", str(run), "--rdf", "--msd", "--vacf", "--rmax", str(RMAX), "--bins", str(BINS)]) == 0
+    argv = ["analyze", str(run), "--rdf", "--msd", "--vacf", "--rmax", str(RMAX), "--bins", str(BINS)]
+    assert main(argv) == 0
     assert "diffusion coefficient (MSD slope)" in capsys.readouterr().out
     for name in ("rdf", "msd", "vacf"):
         assert (run / "analysis" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
@@ -107,8 +109,8 @@ def test_analyze_equals_ase_and_direct_references(run, capsys):
 
 def test_unwrapping_undoes_wrapping(run):
     pos, _, cells, numbers, _ = _frames(run)
-    frames = [Atoms(numbers=numbers, positions=x + np.array([0.37, -0.21, 0.55]) * cells[0].diagonal(), cell=c,
-                    pbc=True) for x, c in zip(pos, cells)]
+    shift = np.array([0.37, -0.21, 0.55]) * cells[0].diagonal()
+    frames = [Atoms(numbers=numbers, positions=x + shift, cell=c, pbc=True) for x, c in zip(pos, cells)]
     for a in frames:
         a.wrap()
     assert np.abs(frames[0].positions - pos[0]).max() > 1.0  # really moved across the box

@@ -29,7 +29,8 @@ def test_front_end_defaults_match_the_docs():
     doc = _documented()
     assert doc["`atomsim run`"] == PotentialConfig().dtype == "float32"
     assert doc["`atomsim train`"] == TrainConfig(data="x").dtype == "float32"
-    assert doc["`atomsim lammps export`"] == build_parser().parse_args(["lammps", "export"]).dtype == "float64"
+    export = build_parser().parse_args(["lammps", "export"])
+    assert doc["`atomsim lammps export`"] == export.dtype == "float64"
     by_name = AtomsimCalculator(model="default", device="cpu")
     assert doc["ASE `AtomsimCalculator`"] == "float64" and by_name.potential.dtype == torch.float64
     instance = load_potential("default")

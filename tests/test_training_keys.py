@@ -23,7 +23,8 @@ def _mace_style(path, n=4):
         atoms[k % 4].symbol = "Au"
         atoms.rattle(0.05, seed=k)
         atoms.calc = EMT()
-        energy, forces, stress = atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress(voigt=False)
+        energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+        stress = atoms.get_stress(voigt=False)
         plain = atoms.copy()  # no calculator: labels only under the REF_ names
         plain.info["REF_energy"] = energy
         plain.info["REF_stress"] = stress.ravel()
@@ -38,7 +39,8 @@ def test_mace_style_keys_load(tmp_path):
     ref = _mace_style(path)
     back = ase.io.read(path, ":")
     assert "REF_energy" in back[0].info and "REF_forces" in back[0].arrays and back[0].calc is None
-    samples = read_samples(path, 4.0, energy_key="REF_energy", forces_key="REF_forces", stress_key="REF_stress")
+    samples = read_samples(path, 4.0, energy_key="REF_energy", forces_key="REF_forces",
+                           stress_key="REF_stress")
     for s, (_, energy, forces, stress) in zip(samples, ref, strict=True):
         assert s.energy == pytest.approx(energy, rel=1e-9)
         np.testing.assert_allclose(s.forces.numpy(), forces, rtol=1e-7, atol=1e-9)

@@ -267,6 +267,9 @@ def relax_config(cfg: RunConfig, atoms: Optional[Atoms] = None, potential=None, 
         fixed = _fixed_indices(atoms, cfg)
     else:
         fixed = None  # the FixAtoms already on the atoms stay
+    from atomsim.engine.simulation import set_threads
+
+    set_threads(cfg.parallel.threads, len(atoms), 1)  # as a run would: few threads for small systems
     atoms.calc = calculator_from_config(cfg, potential)
     atoms.calc.potential.check_species(atoms.numbers)
     result = relax_atoms(atoms, relax, outdir, fixed=fixed)

@@ -637,6 +637,7 @@ def apply_override(data: dict, assignment: str) -> None:
     The key path is checked against the schema so a typo gets the same
     "did you mean" message as in the file; below free-form mappings
     (``potential.params``, ``system.structure.alloy``) any key is allowed.
+    A number indexes a list of sections from 0: ``--set stages.1.dynamics.steps=500``.
     """
     from .errors import InputError, model_at, suggest
 
@@ -654,6 +655,20 @@ def apply_override(data: dict, assignment: str) -> None:
     for depth, part in enumerate(parts):
         here = ".".join(parts[: depth + 1])
         last = depth == len(parts) - 1
+        if isinstance(node, list):  # an index into a list of sections (stages)
+            above = ".".join(parts[:depth])
+            if not part.isdigit() or int(part) >= len(node):
+                raise InputError(f"--set {path}: `{above}` is a list of {len(node)}; index it with a number "
+                                 f"from 0 to {len(node) - 1}, e.g. --set {above}.0.KEY=VALUE")
+            if last:
+                node[int(part)] = value
+                return
+            if node[int(part)] is None:
+                node[int(part)] = {}
+            node = node[int(part)]
+            if not isinstance(node, dict):
+                raise InputError(f"--set {path}: `{here}` holds {node!r}, not a section of keys")
+            continue
         if not free:
             if model is None:
                 raise InputError(
@@ -667,7 +682,7 @@ def apply_override(data: dict, assignment: str) -> None:
                     f"valid keys in {where}: {', '.join(model.model_fields)}"
                 )
             annotation = model.model_fields[part].annotation
-            model = model_at(RunConfig, parts[: depth + 1])
+            model = model_at(RunConfig, [int(p) if p.isdigit() else p for p in parts[: depth + 1]])
             free = annotation is dict or get_origin(annotation) is dict
         if last:
             node[part] = value
@@ -675,7 +690,7 @@ def apply_override(data: dict, assignment: str) -> None:
         child = node.get(part)
         if child is None:
             child = node[part] = {}
-        if not isinstance(child, dict):
+        if not isinstance(child, (dict, list)):
             raise InputError(f"--set {path}: `{here}` holds {child!r}, not a section of keys")
         node = child
 

@@ -190,3 +190,15 @@ def test_bad_stage_keys_exit_2_naming_the_key(tmp_path, capsys, stages, key, tex
 def test_resume_with_nothing_started_is_an_input_error(tmp_path, capsys):
     assert main(["run", str(staged_input(tmp_path, "never")), "--resume"]) == 2
     assert "no stage" in capsys.readouterr().err
+
+
+def test_set_reaches_into_a_stage(tmp_path, capsys):
+    """--set stages.K.section.key=value (K from 0, as in error messages) changes one stage."""
+    path = staged_input(tmp_path, "set")
+    cfg = load_config(path, ["stages.3.dynamics.steps=7", "stages.0.relax.fmax_eV_per_A=0.02"])
+    assert cfg.stages[3].dynamics.steps == 7 and cfg.stages[0].relax.fmax_eV_per_A == 0.02
+    assert cfg.stages[1].dynamics.steps == 24  # the others keep theirs
+    assert main(["run", str(path), "--set", "stages.4.dynamics.steps=7"]) == 2
+    assert "index it with a number from 0 to 3" in capsys.readouterr().err
+    assert main(["run", str(path), "--set", "stages.1.dynamics.stpes=7"]) == 2
+    assert "did you mean `steps`" in capsys.readouterr().err

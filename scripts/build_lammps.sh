@@ -8,7 +8,12 @@
 #
 # Settings (environment):
 #   ATOMSIM_LAMMPS_VERSION  Debian source version prefix: 20250204 (trixie, the default)
-#                           or 20260704 (unstable); any version either suite offers works
+#                           or 20260704 (unstable); any version either suite offers works.
+#                           Both pass tests/test_lammps_mliap.py (deep halo). Neither gives
+#                           atomsim's per-layer path here: 20260704 has ML-IAP's per-layer
+#                           ghost exchange (forward_exchange/reverse_exchange) only in the
+#                           KOKKOS package (pair_style mliap/kk), which needs Kokkos >= 5.1
+#                           (not in Debian's dfsg tarball) and is not built by this script.
 #   ATOMSIM_LAMMPS_CACHE    build + source cache (default ~/.cache/atomsim/lammps-VERSION);
 #                           a finished build there is reused
 #   ATOMSIM_LAMMPS_JOBS     parallel compile jobs (default: number of cores)

@@ -170,7 +170,12 @@ def relax_atoms(atoms: Atoms, relax: RelaxConfig, outdir, fixed: Optional[np.nda
         files["trajectory"] = str(outdir / "relax.traj")
     e0 = float(atoms.get_potential_energy())
     v0 = float(atoms.get_volume()) if periodic else None
-    with cls(target, logfile=files.get("log"), trajectory=files.get("trajectory"), **kwargs) as opt:
+    from ase.parallel import DummyMPI
+
+    # comm: this process alone (ASE would otherwise use MPI's world when mpi4py is loaded, and wait on
+    # the other ranks, which do not relax: a relax stage under mpiexec runs on rank 0)
+    with cls(target, logfile=files.get("log"), trajectory=files.get("trajectory"), comm=DummyMPI(),
+             **kwargs) as opt:
         if relax.smax_GPa is not None:
             opt.stress_limit, opt.pressure, opt.stress_atoms = relax.smax_GPa * units.GPa, pressure, atoms
         converged = bool(opt.run(fmax=relax.fmax_eV_per_A, steps=relax.steps))

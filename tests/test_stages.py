@@ -190,6 +190,15 @@ def test_bad_stage_keys_exit_2_naming_the_key(tmp_path, capsys, stages, key, tex
     assert key in err and text in err and "Traceback" not in err
 
 
+def test_unconverged_relax_stage_stops_the_run_with_status_4(tmp_path):
+    path = staged_input(tmp_path, "stuck")
+    assert main(["run", str(path), "--set", "stages.0.relax.steps=1",
+                 "--set", "stages.0.relax.fmax_eV_per_A=1e-6"]) == 4
+    run = tmp_path / "stuck"
+    assert (run / DIRS[0] / "final.extxyz").exists() and not (run / DIRS[0] / STAGE_FILE).exists()
+    assert not (run / DIRS[1]).exists()  # the MD stages did not start
+
+
 def test_resume_with_nothing_started_is_an_input_error(tmp_path, capsys):
     assert main(["run", str(staged_input(tmp_path, "never")), "--resume"]) == 2
     assert "no stage" in capsys.readouterr().err

@@ -59,8 +59,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from atomsim.engine.stages import run_stages
         from atomsim.relax import relax_config
 
+        from atomsim.potentials import load_potential
+
         with _potential_params(cfg):
-            out = run_stages(cfg, resume=args.resume, relax=relax_config)
+            potential = load_potential(cfg.potential.model, **cfg.potential.params)
+        out = run_stages(cfg, resume=args.resume, relax=relax_config, potential=potential)
         return EXIT_NOT_CONVERGED if out["status"] == "not_converged" else EXIT_OK
     from atomsim.engine.simulation import Simulation
 
@@ -119,8 +122,11 @@ def _relax(cfg, resume: bool) -> int:
         raise InputError("a relaxation runs on one process (ASE's optimizers); start it without mpiexec")
     from atomsim.relax import relax_config
 
+    from atomsim.potentials import load_potential
+
     with _potential_params(cfg):
-        result = relax_config(cfg)
+        potential = load_potential(cfg.potential.model, **cfg.potential.params)
+    result = relax_config(cfg, potential=potential)
     return EXIT_OK if result.converged else EXIT_NOT_CONVERGED
 
 

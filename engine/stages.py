@@ -114,9 +114,11 @@ def run_stages(cfg: RunConfig, resume: bool = False, relax: Optional[Callable] =
                comm=None, potential=None) -> dict:
     """Run (or with ``resume``, continue) every stage of ``cfg.stages``; returns a summary.
 
-    ``relax(stage_cfg, atoms, console) -> result`` (with ``.converged`` and ``.atoms``) runs a relaxation
-    stage (atomsim/relax.py ``relax_config``). The summary's ``status`` is ``done``, or
-    ``not_converged`` when a relaxation stage ran out of steps (the later stages are not run).
+    ``relax(stage_cfg, atoms=, console=, potential=) -> result`` (with ``.converged`` and ``.atoms``;
+    ``atoms`` None: build the structure from the config) runs a relaxation stage: atomsim/relax.py's
+    ``relax_config``. ``potential`` (built from ``cfg.potential`` when None) serves every stage. The
+    summary's ``status`` is ``done``, or ``not_converged`` when a relaxation stage ran out of steps
+    (the later stages are not run).
     """
     from atomsim.kernels.dtypes import resolve_device
 

@@ -57,9 +57,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return _relax(cfg, args.resume)
     if cfg.stages is not None:
         from atomsim.engine.stages import run_stages
-        from atomsim.relax import relax_config
-
         from atomsim.potentials import load_potential
+        from atomsim.relax import relax_config
 
         with _potential_params(cfg):
             potential = load_potential(cfg.potential.model, **cfg.potential.params)
@@ -120,9 +119,8 @@ def _relax(cfg, resume: bool) -> int:
         raise InputError("--resume: a relaxation has no restart; run it again (from final.extxyz to go on)")
     if launched_under_mpi():
         raise InputError("a relaxation runs on one process (ASE's optimizers); start it without mpiexec")
-    from atomsim.relax import relax_config
-
     from atomsim.potentials import load_potential
+    from atomsim.relax import relax_config
 
     with _potential_params(cfg):
         potential = load_potential(cfg.potential.model, **cfg.potential.params)

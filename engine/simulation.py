@@ -342,7 +342,7 @@ class Simulation:
         out, dyn = cfg.output, cfg.dynamics
         start = st.step
         end = dyn.steps if steps is None else start + int(steps)
-        n_steps = max(end - start, 0)
+        n_steps = 0 if integ.converged else max(end - start, 0)  # a resumed, converged minimisation stays put
         thermo_every, traj_every, restart_every = out.thermo_every, out.trajectory_every, out.restart_every
         virial_always = bool(integ.changes_cell)
         n_atoms = st.n_atoms_global

@@ -125,8 +125,6 @@ def test_resume_with_cell_and_barostat_state_is_bit_for_bit(tmp_path, key):
     assert np.abs(ra.arrays["cell"] - cell0).max() > 1e-3  # the cell did move: the test is not trivial
 
 
-@pytest.mark.xfail(strict=True, reason="engine/simulation.py runs one md_step before it checks "
-                   "integrator.converged, so resuming a converged minimisation moves the atoms once more")
 def test_resuming_a_converged_fire_run_takes_no_step(tmp_path):
     dyn = dict(CELL_INTEGRATORS["fire-cell"])
     name = dyn.pop("integrator")

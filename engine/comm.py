@@ -174,12 +174,13 @@ class Comm:
             raise RuntimeError(f"Comm.{what}: a blocking message needs another rank")
 
     # -- ending the job -------------------------------------------------------
-    def abort(self, exit_code: int = 1, message: Optional[str] = None) -> None:
+    def abort(self, exit_code: int = 1, message: Optional[str] = None, *, cause: bool = True) -> None:
         """End every rank now with ``exit_code`` (``[rank r/N] message`` on stderr first).
 
         MPI_Abort passes the code to ``mpiexec``'s exit status, so 2 (input
         error) and 3 (stopped run) reach the caller as in a serial run. Serial:
-        raises SystemExit(exit_code).
+        raises SystemExit(exit_code). ``cause=False``: this rank only noticed another
+        rank's end (an MPI error), so the watchdogs still name the rank that died.
         """
         if message is not None:
             sys.stderr.write(f"{self.prefix}{message}\n")
@@ -187,6 +188,7 @@ class Comm:
         sys.stdout.flush()
         if self._comm is None:
             raise SystemExit(exit_code)
+        _tell_watchdog(b"aborted" if cause else b"lost a peer")  # this rank said why it ends
         self._comm.Abort(int(exit_code))
 
     @property
@@ -207,15 +209,109 @@ class Comm:
             from .errors import exit_status
 
             code = 130 if issubclass(exc_type, KeyboardInterrupt) else exit_status(exc)
+            # an MPI error here means a peer is gone: the consequence, not the cause
+            lost_peer = self._MPI is not None and isinstance(exc, self._MPI.Exception)
             try:
                 text = "".join(traceback.format_exception(exc_type, exc, tb))
                 sys.stderr.write("".join(self.prefix + line + "\n" for line in text.rstrip().splitlines()))
-                sys.stderr.write(f"{self.prefix}aborting all ranks (exit status {code}): "
+                why = "lost contact with another rank; " if lost_peer else ""
+                sys.stderr.write(f"{self.prefix}{why}aborting all ranks (exit status {code}): "
                                  f"{exc_type.__name__}: {exc}\n")
             finally:
-                self.abort(code)
+                self.abort(code, cause=not lost_peer)
 
         sys.excepthook = hook
+
+    def watch_for_silent_death(self, folder) -> None:
+        """Name the rank when one dies without a word (SIGKILL, the OOM killer, a crash in C code).
+
+        ``mpiexec`` then ends the job naming a process ID at best, often the wrong one
+        (the first it reaps after killing the others). Each rank starts a tiny watchdog
+        process in its own session, holding the read end of a pipe whose write end only
+        this rank has: a clean exit or an abort with a message writes to it first, a
+        silent death closes it. Watchdogs of ranks that died silently note the moment in
+        ``folder`` (shared by the ranks: the output directory); the earliest, the rank
+        that died first, the others being ended by ``mpiexec`` after it, prints one line
+        naming its rank, PID and host. No-op on one rank or where it cannot start.
+        """
+        global _WATCHDOG_FD
+        if self.size == 1 or _WATCHDOG_FD is not None:
+            return
+        import atexit
+        import socket
+        import subprocess
+        import uuid
+
+        job = self.bcast(uuid.uuid4().hex[:12] if self.rank == 0 else None)
+        folder = os.path.abspath(os.fspath(folder))
+        try:
+            os.makedirs(folder, exist_ok=True)
+            read_end, write_end = os.pipe()
+            subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _WATCHDOG, str(read_end), str(self.rank), str(self.size),
+                 str(os.getpid()), socket.gethostname(), folder, job],
+                pass_fds=(read_end,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
+        except OSError:  # a watchdog is a courtesy: a run must not fail for want of one
+            return
+        os.close(read_end)
+        _WATCHDOG_FD = write_end
+        atexit.register(_tell_watchdog, b"exited")
+
+
+_WATCHDOG_FD: Optional[int] = None
+
+# Runs as `python -I -S -c` beside each rank (see Comm.watch_for_silent_death): standard library only.
+_WATCHDOG = r"""
+import glob, os, sys, time
+fd, rank, size, pid, host, folder, job = sys.argv[1:8]
+said = b""
+while True:  # blocks until the rank writes (it ends with a word) or dies (end of file)
+    chunk = os.read(int(fd), 64)
+    if not chunk:
+        break
+    said += chunk
+reported = os.path.join(folder, f".atomsim-reported.{job}")
+if said:
+    if said.startswith(b"aborted"):  # this rank named its own failure: the others' watchdogs stay quiet
+        open(reported, "w").close()
+        time.sleep(5.0)
+        os.remove(reported)
+    sys.exit(0)
+mark = os.path.join(folder, f".atomsim-died.{job}.rank{rank}")
+with open(mark, "w") as fh:
+    fh.write(repr(time.time()))
+time.sleep(1.0)  # the other watchdogs of this job note their ranks' ends meanwhile
+died = {}
+for path in glob.glob(os.path.join(folder, f".atomsim-died.{job}.rank*")):
+    try:
+        died[int(path.rsplit("rank", 1)[1])] = float(open(path).read())
+    except (OSError, ValueError):
+        pass
+first = min(died, key=lambda r: (died[r], r)) if died else int(rank)
+if first == int(rank) and not os.path.exists(reported):
+    later = sorted(r for r in died if r != first)
+    also = f"; rank(s) {', '.join(map(str, later))} ended after it" if later else ""
+    sys.stderr.write(f"atomsim: rank {rank}/{size} (pid {pid} on {host}) died without a message (killed, out of "
+                     f"memory, or crashed outside Python){also}. mpiexec ends the job; `--resume` continues from "
+                     f"the last restart.\n")
+    sys.stderr.flush()
+    time.sleep(1.0)
+    for path in glob.glob(os.path.join(folder, f".atomsim-died.{job}.rank*")):
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+"""
+
+
+def _tell_watchdog(word: bytes) -> None:
+    """This rank ends with a word (clean exit or a reported abort): its watchdog stays quiet."""
+    if _WATCHDOG_FD is None:
+        return
+    try:
+        os.write(_WATCHDOG_FD, word)
+    except OSError:
+        pass
 
 
 # -- the launch -----------------------------------------------------------------

@@ -15,9 +15,9 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .comm import Comm, compute_dims
-
 from atomsim.kernels.cell_grid import face_distances
+
+from .comm import Comm, compute_dims
 
 # Per-atom fields of MDState that travel with an atom when it changes owner.
 PER_ATOM_FIELDS = ("positions", "velocities", "masses", "numbers", "ids", "forces", "fixed")

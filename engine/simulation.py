@@ -141,6 +141,7 @@ class Simulation:
         from .parallel_forces import ParallelForces
 
         self.comm.install_abort_handler()
+        self.comm.watch_for_silent_death(self.outdir)
         par = self.config.parallel
         return ParallelForces(self.potential, self.comm, skin=skin, halo=par.halo,
                               grid=None if par.grid == "auto" else par.grid)

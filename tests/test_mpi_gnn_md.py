@@ -1,0 +1,76 @@
+"""Multi-step MD with the bundled GNN on the default per-layer halo, 2 and 3 ranks vs 1 rank.
+
+The riskiest parallel path: every layer's features cross the halo (engine/halo.py LayerHalo) and
+their gradients come back, atoms migrate, ghosts are rebuilt. Launched through the real command
+line; the reference is the same input on one rank (float64 model, so the runs differ only by
+summation order: ~1e-12 per step, grown by the dynamics over the run).
+"""
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from atomsim.engine.restart import RESTART_NAME, Restart
+
+pytestmark = pytest.mark.mpi
+
+MPIEXEC = Path(sys.executable).parent / "mpiexec"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+INPUT = """
+system:
+  structure: {{lattice: fcc, symbols: Cu, a: 3.61, cubic: true, repeat: [6, 3, 3], alloy: {{Ag: 0.25}}}}
+  temperature_K: 1200
+  seed: 5
+potential: {{model: default, dtype: float64, device: cpu}}
+dynamics: {{integrator: langevin, timestep_fs: 2.0, steps: 40, tdamp_fs: 200}}
+neighbor: {{skin: 0.5}}
+parallel: {{halo: {halo}, threads: 1}}
+output: {{directory: {out}, thermo_every: 10, trajectory_every: 0, restart_every: 40, progress: false}}
+"""
+
+
+def _run(tmp_path: Path, name: str, ranks: int, halo: str = "per-layer") -> Path:
+    out = tmp_path / name
+    inp = tmp_path / f"{name}.yaml"
+    inp.write_text(INPUT.format(out=out, halo=halo))
+    cmd = [sys.executable, "-m", "atomsim", "run", str(inp)]
+    if ranks > 1:
+        if not MPIEXEC.exists():
+            pytest.skip(f"no mpiexec next to {sys.executable} (install atomsim[mpi])")
+        cmd = [str(MPIEXEC), "-n", str(ranks), *cmd]
+    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return out
+
+
+def _rows(out: Path) -> list:
+    return list(csv.DictReader(open(out / "thermo.csv")))
+
+
+@pytest.fixture(scope="module")
+def one_rank(tmp_path_factory) -> Path:
+    return _run(tmp_path_factory.mktemp("gnn1"), "one", 1)
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_gnn_per_layer_md_on_n_ranks_tracks_one_rank(one_rank, tmp_path, ranks):
+    many = _run(tmp_path, f"n{ranks}", ranks)
+    a, b = Restart(one_rank / RESTART_NAME), Restart(many / RESTART_NAME)
+    assert a.step == b.step == 40
+    assert np.array_equal(a.arrays["ids"], b.arrays["ids"])
+    assert np.abs(a.arrays["positions"] - b.arrays["positions"]).max() < 1e-8
+    assert np.abs(a.arrays["velocities"] - b.arrays["velocities"]).max() < 1e-8
+    ra, rb = _rows(one_rank), _rows(many)
+    assert [r["step"] for r in ra] == [r["step"] for r in rb] == ["0", "10", "20", "30", "40"]
+    for x, y in zip(ra, rb, strict=True):
+        for col in ("pe_eV", "ke_eV", "etotal_eV", "conserved_eV", "pressure_GPa", "pxx_GPa", "pyz_GPa"):
+            assert abs(float(x[col]) - float(y[col])) <= 1e-8 * max(1.0, abs(float(x[col]))), (col, x, y)
+    # the test is not trivial: the atoms moved past the skin, so lists, ghosts and owners were rebuilt
+    assert int(rb[-1]["n_neighbor_builds"]) >= 2

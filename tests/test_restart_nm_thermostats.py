@@ -52,7 +52,8 @@ def _run(directory: Path, ranks: int, *extra: str) -> None:
     assert proc.returncode == 0, f"{ranks} rank(s): exit {proc.returncode}\n{proc.stderr[-3000:]}"
 
 
-def _restart(directory: Path) -> dict:
+def _restart(directory: Path) -> tuple[dict, dict]:
+    """The restart archive's arrays and its metadata (step, integrator state)."""
     with np.load(directory / "out" / "restart.npz") as d:
         out = {k: d[k] for k in d.files if k != "meta"}
         meta = json.loads(str(d["meta"]))

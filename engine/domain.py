@@ -140,7 +140,8 @@ def migrate(state, decomp: Decomposition, comm: Comm, by: Optional[torch.Tensor]
     outgoing = []
     for r in range(decomp.size):
         sel = np.nonzero(owner == r)[0]
-        outgoing.append({f: (None if a is None else a[sel]) for f, a in cpu.items()} if sel.size or r == decomp.rank else None)
+        keep = sel.size or r == decomp.rank
+        outgoing.append({f: (None if a is None else a[sel]) for f, a in cpu.items()} if keep else None)
     if by is not None:
         ref = by.detach().cpu().numpy()
         for r, blk in enumerate(outgoing):

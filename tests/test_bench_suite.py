@@ -125,7 +125,8 @@ def _synthetic_point(ranks, n, heldout=False, c_own=2e-4, t_model=0.01):
              "reverse": 5e-4, "integrate": 1e-7 * n, "io": 1e-4, "sync": 1e-4 if ranks == 1 else 2e-3}
     r = {"n_owned": n, "n_ghost": g, "halo_calls_per_step": 1, "breakdown_s": parts,
          "rebuild_s": {"neighbor": 1e-6 * (n + g), "ghosts": 0.0, "total": 1e-6 * (n + g)},
-         "offrank_messages_per_step": 0 if ranks == 1 else 4, "bytes_sent_offrank_per_step": 0 if ranks == 1 else 100 * g,
+         "offrank_messages_per_step": 0 if ranks == 1 else 4,
+         "bytes_sent_offrank_per_step": 0 if ranks == 1 else 100 * g,
          "peak_rss_MB": (300e6 + 2e4 * (n + g)) / 2**20}
     r["step_total_s"] = sum(parts.values())
     return {"ranks": ranks, "atoms_per_rank": n, "atoms_requested": n, "mode": "weak", "oversubscribed": ranks > 2,

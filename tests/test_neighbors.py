@@ -9,16 +9,16 @@ from __future__ import annotations
 import zlib
 
 import numpy as np
-import torch
 import pytest
+import torch
 from ase.build import bulk
 from ase.neighborlist import primitive_neighbor_list
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from atomsim.kernels.neighbor_list import NeighborList
 from atomsim.kernels.neighbors import neighbor_list, neighbor_list_csr, spatial_order
 from atomsim.kernels.neighbors_array_api import neighbor_list as neighbor_list_xp
-from atomsim.kernels.neighbor_list import NeighborList
 
 TIE = 1e-9
 
@@ -164,7 +164,7 @@ def test_neighbor_list_reuse_matches_fresh_list():
     assert nl.update(pos, cell, pbc) and nl.n_builds == 1
     start = pos.copy()
     rebuilt = 0
-    for step in range(12):
+    for _ in range(12):
         pos = pos + rng.normal(0, 0.07, pos.shape)
         rebuilt += nl.update(pos, cell, pbc)
         max_disp = np.sqrt(((pos - nl.reference_positions.numpy()) ** 2).sum(1).max())

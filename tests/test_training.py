@@ -14,7 +14,13 @@ import torch
 from atomsim.potentials.base import build_graph, evaluate_potential
 from atomsim.training.datagen import KINDS, generate_structures, write_dataset
 from atomsim.training.trainer import (
-    TrainConfig, collate, fit_species_energies, load_config, predict, read_samples, train,
+    TrainConfig,
+    collate,
+    fit_species_energies,
+    load_config,
+    predict,
+    read_samples,
+    train,
 )
 
 VENV_BIN = Path(sys.executable).parent
@@ -37,7 +43,8 @@ def test_datagen_labels_equal_emt_and_cover_kinds():
     assert {s for a in frames for s in a.get_chemical_symbols()} == {"Cu", "Pt"}
     for a in frames[::8]:
         e, f = a.get_potential_energy(), a.get_forces()
-        b = a.copy(); b.calc = EMT()
+        b = a.copy()
+        b.calc = EMT()
         assert abs(b.get_potential_energy() - e) < 1e-10
         np.testing.assert_allclose(b.get_forces(), f, atol=1e-10)
     assert any(any(np.abs(a.cell.array[2]) > 0) and a.info["config_type"] == "surface" for a in frames)

@@ -375,13 +375,14 @@ def parity_plot(rows, path: str | Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(1, 2, figsize=(8, 3.8), dpi=90)
-    et = np.array([r[2] for r in rows]); ep = np.array([r[3] for r in rows])
-    ft = np.concatenate([r[4].ravel() for r in rows]); fp = np.concatenate([r[5].ravel() for r in rows])
+    et, ep = np.array([r[2] for r in rows]), np.array([r[3] for r in rows])
+    ft, fp = np.concatenate([r[4].ravel() for r in rows]), np.concatenate([r[5].ravel() for r in rows])
     for a, t, p, lab in ((ax[0], et, ep, "energy (eV/atom)"), (ax[1], ft, fp, "force component (eV/Å)")):
         a.scatter(t, p, s=3, alpha=0.5)
         lo, hi = float(min(t.min(), p.min())), float(max(t.max(), p.max()))
         a.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-        a.set_xlabel(f"reference {lab}"); a.set_ylabel(f"model {lab}")
+        a.set_xlabel(f"reference {lab}")
+        a.set_ylabel(f"model {lab}")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(str(path))
@@ -439,7 +440,9 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, samples: Optional[l
     start_epoch, step, best, bad_epochs, history = 0, 0, float("inf"), 0, []
     if resume and state_file.exists():
         st = torch.load(state_file, weights_only=True)
-        model.load_state_dict(st["model"]); ema.load_state_dict(st["ema"]); opt.load_state_dict(st["opt"])
+        model.load_state_dict(st["model"])
+        ema.load_state_dict(st["ema"])
+        opt.load_state_dict(st["opt"])
         if plateau is not None and "plateau" in st:
             plateau.load_state_dict(st["plateau"])
         start_epoch, step, best, bad_epochs = int(st["epoch"]), int(st["step"]), float(st["best"]), int(st["bad"])
@@ -449,7 +452,6 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, samples: Optional[l
         log(f"{cfg.name}: {count_parameters(model):,} parameters, {len(train_s)} train / {len(val_s)} val / "
             f"{len(test_s)} test structures, {size} rank(s)")
 
-    rng = np.random.default_rng(cfg.seed)
     t0, deadline = time.time(), (time.time() + 60 * cfg.max_minutes) if cfg.max_minutes else None
     stopped = "epochs"
 
@@ -551,7 +553,8 @@ def finalize(cfg: TrainConfig, result: dict, card: Optional[dict] = None, log=pr
     card.setdefault("name", cfg.name)
     card["metrics"] = metrics
     card.setdefault("training", {"epochs": len(result["history"]), "stopped": result["stopped"],
-                                 "train/val/test structures": f"{len(result['train'])}/{len(result['val'])}/{len(result['test'])}",
+                                 "train/val/test structures":
+                                     f"{len(result['train'])}/{len(result['val'])}/{len(result['test'])}",
                                  "loss": f"{cfg.energy_weight} * MSE(E/atom) + {cfg.force_weight} * MSE(F)"
                                          + (f" + {cfg.stress_weight} * MSE(stress)" if cfg.stress_weight else "")})
     save_checkpoint(model, final, card)

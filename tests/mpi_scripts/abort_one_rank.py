@@ -5,10 +5,10 @@ Usage: mpiexec -n N python abort_one_rank.py [input | simulation]  (the exceptio
 import sys
 import time
 
-from mpi_common import mpi
-
 from atomsim.engine.errors import InputError
 from atomsim.engine.safety import SimulationError
+
+from mpi_common import mpi
 
 KINDS = {"runtime": RuntimeError, "input": InputError, "simulation": SimulationError}
 

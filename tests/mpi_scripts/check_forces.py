@@ -11,10 +11,9 @@ import sys
 import numpy as np
 import torch
 
-from mpi_common import (compare, dump, gnn, grid_for, lj, mpi, parallel_result, serial_result, state_of,
-                        systems)
 from atomsim.engine.parallel_forces import ParallelForces
 
+from mpi_common import compare, dump, gnn, grid_for, lj, mpi, parallel_result, serial_result, state_of, systems
 
 CASES = [("lj", "full", torch.float64), ("gnn", "full", torch.float64), ("gnn", "per-layer", torch.float64),
              ("gnn", "per-layer", torch.float32), ("lj", "per-layer", torch.float32)]
@@ -47,7 +46,7 @@ def main(ref_path, out_path, only64=False):
     with open(ref_path, "rb") as fh:
         all_refs = pickle.load(fh)
     results = {}
-    for key, sname, atoms, moved, move, gkind, pot, halo in cases(only64):
+    for key, _, atoms, _, move, gkind, pot, halo in cases(only64):
         refs = all_refs[key]
         st = state_of(atoms)
         prov = ParallelForces(pot, comm, skin=1.0, halo=halo, grid=grid_for(gkind, size))

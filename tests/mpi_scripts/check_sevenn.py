@@ -4,9 +4,10 @@ Usage: mpiexec -n N python check_sevenn.py OUT.json   (rank 0 also computes the 
 """
 import sys
 
-from mpi_common import compare, dump, mpi, parallel_result, serial_result, state_of, systems
 from atomsim.engine.parallel_forces import ParallelForces
 from atomsim.potentials.registry import load_potential
+
+from mpi_common import compare, dump, mpi, parallel_result, serial_result, state_of, systems
 
 comm = mpi()
 atoms, _ = systems()["small"]

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import torch
+
 from mpi_common import dump, mpi
 
 comm = mpi()

@@ -2,16 +2,13 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import torch
-from ase import Atoms
 from ase.build import bulk, fcc100
 
 from atomsim.engine.comm import Comm, world_comm
 from atomsim.engine.forces import SerialForces
-from atomsim.engine.parallel_forces import ParallelForces
 from atomsim.engine.state import MDState
 
 

@@ -8,14 +8,14 @@ rebuilds and migrations happen, and the test checks that they did.
 import sys
 
 import numpy as np
-import torch
 from ase.build import bulk
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 
-from mpi_common import dump, lj, mpi, state_of
 from atomsim.engine.forces import SerialForces
 from atomsim.engine.parallel_forces import ParallelForces
 from atomsim.integrators.verlet import VelocityVerlet
+
+from mpi_common import dump, lj, mpi, state_of
 
 STEPS, SKIN, DT_FS = 200, 0.6, 2.0
 
@@ -53,7 +53,6 @@ def main(ref_path, out_path):
     prov = ParallelForces(lj(), comm, skin=SKIN, halo="full")
     prov.prepare(st)
     energies = []
-    owners_changed = []
     run(st, prov, lambda s, step: energies.append(s.energy))
     g = comm.gather_by_id(st.ids.numpy(), positions=st.positions.numpy(), velocities=st.velocities.numpy())
     migrated = comm.allreduce_sum(prov.n_migrated)

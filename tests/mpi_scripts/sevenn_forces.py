@@ -16,9 +16,10 @@ import torch
 from ase.build import bulk
 from ase.cluster import Octahedron
 
-from mpi_common import compare, dump, mpi, parallel_result, serial_result, state_of
 from atomsim.engine.parallel_forces import ParallelForces
 from atomsim.potentials.registry import load_potential
+
+from mpi_common import compare, dump, mpi, parallel_result, serial_result, state_of
 
 
 def systems():
@@ -61,7 +62,7 @@ def main(ref_path, out_path):
         all_refs = pickle.load(fh)
     pot = load_potential("sevennet-0")
     results = {}
-    for key, atoms, moved, move, halo in cases(pot):
+    for key, atoms, _, move, halo in cases(pot):
         refs = all_refs[key]
         st = state_of(atoms)
         prov = ParallelForces(pot, comm, skin=1.0, halo=halo)

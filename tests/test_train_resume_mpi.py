@@ -23,7 +23,7 @@ from atomsim.training.datagen import write_dataset
 
 pytestmark = pytest.mark.mpi
 
-EPOCHS = 10
+EPOCHS = 40  # ~0.2 s each: seconds of margin for the kill after epoch 2 on a loaded machine
 MPIEXEC = Path(sys.executable).parent / "mpiexec"
 CONFIG = """
 data: {data}
@@ -119,5 +119,6 @@ def test_train_on_2_ranks_killed_and_resumed_equals_uninterrupted(tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    assert _history(tmp_path / "full") == _history(tmp_path / "cut")
-    assert len(_history(tmp_path / "cut")) == EPOCHS
+    full = _history(tmp_path / "full")
+    assert full == _history(tmp_path / "cut")
+    assert len(full) >= killed_at + 3  # the resumed run trained on (early stopping may end both before EPOCHS)

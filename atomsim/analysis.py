@@ -48,6 +48,25 @@ def _write_csv(path: Path, header: Sequence[str], columns: Sequence[np.ndarray])
             w.writerow([repr(float(x)) for x in row])
 
 
+def _plot(path: Path, x: np.ndarray, curves: dict, xlabel: str, ylabel: str, title: str,
+          zero_line: bool = False) -> None:
+    """One PNG of named curves over ``x`` (a legend when any curve has a name)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for name, y in curves.items():
+        ax.plot(x, y, label=name or None)
+    if zero_line:
+        ax.axhline(0.0, color="k", lw=0.5)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if any(curves):
+        ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 # ---------------------------------------------------------------- thermo plot --
 
 _PANELS = (("temperature_K", "temperature (K)"), ("etotal_eV", "energy (eV)"),
@@ -238,7 +257,6 @@ def analyze(run_dir, *, do_rdf: bool = True, do_msd: bool = True, do_vacf: bool 
     out = Path(output) if output is not None else Path(run_dir) / "analysis"
     out.mkdir(parents=True, exist_ok=True)
     summary: Dict[str, object] = {"trajectory": str(path), "frames": len(frames), "files": []}
-    plt = _plt()
     symbols = sorted(set(frames[0].get_chemical_symbols()))
 
     if do_rdf:
@@ -251,16 +269,8 @@ def analyze(run_dir, *, do_rdf: bool = True, do_msd: bool = True, do_vacf: bool 
                     cols.append(rdf(frames, rmax, nbins, (a, b))[1])
                     header.append(f"g_{a}-{b}")
         _write_csv(out / "rdf.csv", header, cols)
-        fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-        for name, col in zip(header[1:], cols[1:]):
-            ax.plot(r, col, label=name)
-        ax.set_xlabel("r (Å)")
-        ax.set_ylabel("g(r)")
-        ax.legend(fontsize=8)
-        ax.set_title(f"RDF, {len(frames)} frames (ASE get_rdf)", fontsize=10)
-        fig.tight_layout()
-        fig.savefig(out / "rdf.png")
-        plt.close(fig)
+        _plot(out / "rdf.png", r, dict(zip(header[1:], cols[1:])), "r (Å)", "g(r)",
+              f"RDF, {len(frames)} frames (ASE get_rdf)")
         summary["files"] += [str(out / "rdf.csv"), str(out / "rdf.png")]
         summary["rdf_first_peak_A"] = float(r[int(np.argmax(g))])
 
@@ -282,17 +292,8 @@ def analyze(run_dir, *, do_rdf: bool = True, do_msd: bool = True, do_vacf: bool 
         _write_csv(out / "msd.csv", header, cols)
         d = diffusion_from_msd(lag, cols[1])
         summary["D_msd_A2_per_ps"] = d
-        fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-        for name, col in zip(header[1:], cols[1:]):
-            ax.plot(lag, col, label=name)
-        ax.set_xlabel("lag time (ps)")
-        ax.set_ylabel("MSD (Å²)")
-        ax.legend(fontsize=8)
-        ax.set_title(f"MSD; D = {d:.4g} Å²/ps (fit over {MSD_FIT[0]:g}-{MSD_FIT[1]:g} of the lags)",
-                     fontsize=10)
-        fig.tight_layout()
-        fig.savefig(out / "msd.png")
-        plt.close(fig)
+        _plot(out / "msd.png", lag, dict(zip(header[1:], cols[1:])), "lag time (ps)", "MSD (Å²)",
+              f"MSD; D = {d:.4g} Å²/ps (fit over {MSD_FIT[0]:g}-{MSD_FIT[1]:g} of the lags)")
         summary["files"] += [str(out / "msd.csv"), str(out / "msd.png")]
 
     if do_vacf:
@@ -307,16 +308,8 @@ def analyze(run_dir, *, do_rdf: bool = True, do_msd: bool = True, do_vacf: bool 
         _write_csv(out / "vacf.csv", ["lag_ps", "vacf_A2_per_ps2", "vacf_normalized", "D_running_A2_per_ps"],
                    [lag, c, c / c[0] if c[0] else c, running])
         summary["D_vacf_A2_per_ps"] = float(running[half - 1])
-        fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-        ax.plot(lag, c / c[0] if c[0] else c)
-        ax.axhline(0.0, color="k", lw=0.5)
-        ax.set_xlabel("lag time (ps)")
-        ax.set_ylabel("VACF / VACF(0)")
-        ax.set_title(f"VACF; Green-Kubo D = {running[half - 1]:.4g} Å²/ps (to lag {lag[half - 1]:g} ps)",
-                     fontsize=10)
-        fig.tight_layout()
-        fig.savefig(out / "vacf.png")
-        plt.close(fig)
+        _plot(out / "vacf.png", lag, {"": c / c[0] if c[0] else c}, "lag time (ps)", "VACF / VACF(0)",
+              f"VACF; Green-Kubo D = {running[half - 1]:.4g} Å²/ps (to lag {lag[half - 1]:g} ps)", zero_line=True)
         summary["files"] += [str(out / "vacf.csv"), str(out / "vacf.png")]
     for f in summary["files"]:
         log(f"wrote {f}")

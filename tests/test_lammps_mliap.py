@@ -35,7 +35,7 @@ from ase.neighborlist import neighbor_list
 from scipy.spatial import cKDTree
 
 from atomsim import AtomsimCalculator
-from atomsim.lammps_mliap import AtomsimMLIAP, lammps_input_problems, lammps_lines
+from atomsim.lammps_mliap import AtomsimMLIAP, create_box_and_atoms, lammps_input_problems, lammps_lines
 from atomsim.potentials import load_potential
 from atomsim.potentials.egnn import build_egnn
 
@@ -314,21 +314,9 @@ def cases():
 def lammps_lj_cut(atoms: Atoms, elements, params: dict, cmdargs=None):
     """A ``lammps.lammps`` (metal units) holding ``atoms`` with LAMMPS's own ``lj/cut`` for ``params``."""
     import lammps
-    from ase.data import atomic_masses, atomic_numbers
 
-    cell = atoms.cell.array
-    (lx, _, _), (xy, ly, _), (xz, yz, lz) = cell.tolist()
     lmp = lammps.lammps(cmdargs=cmdargs if cmdargs is not None else ["-log", "none", "-screen", "none", "-nocite"])
-    lmp.commands_list([
-        "units metal", "atom_style atomic", "atom_modify map yes", "boundary p p p", "newton on",
-        f"region box prism 0 {lx!r} 0 {ly!r} 0 {lz!r} {xy!r} {xz!r} {yz!r} units box",
-        f"create_box {len(elements)} box",
-        *[f"mass {k + 1} {float(atomic_masses[atomic_numbers[e]])!r}" for k, e in enumerate(elements)]])
-    wrapped = atoms.copy()
-    wrapped.wrap(eps=0.0)
-    n = len(atoms)
-    types = [elements.index(s) + 1 for s in atoms.get_chemical_symbols()]
-    lmp.create_atoms(n, list(range(1, n + 1)), types, wrapped.positions.ravel().tolist())
+    create_box_and_atoms(lmp, atoms, elements)
     lmp.commands_list([
         "neighbor 1.0 bin", f"pair_style lj/cut {params['cutoff']!r}", "pair_modify mix arithmetic",
         *[f"pair_coeff {k + 1} {k + 1} {params['epsilon'][e]!r} {params['sigma'][e]!r}"

@@ -8,7 +8,6 @@ step counter, learning-rate schedule, history).
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -21,23 +20,12 @@ import torch
 
 from atomsim.training.datagen import write_dataset
 
+from test_train_cli import CONFIG, _epoch_saved, _history  # the same tiny config and readers as 1 rank
+
 pytestmark = pytest.mark.mpi
 
 EPOCHS = 40  # ~0.2 s each: seconds of margin for the kill after epoch 2 on a loaded machine
 MPIEXEC = Path(sys.executable).parent / "mpiexec"
-CONFIG = """
-data: {data}
-output: {out}
-name: tiny
-model: {{width: 8, depth: 2, n_rbf: 4, cutoff: 4.0, readout_hidden: 4}}
-batch_size: 4
-epochs: {epochs}
-val_fraction: 0.2
-test_fraction: 0.0
-lr: 0.005
-seed: 0
-threads: 1
-"""
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
        "PYTHONWARNINGS": "ignore"}
 
@@ -50,19 +38,6 @@ def _config(tmp_path: Path, data: Path, name: str) -> Path:
     path = tmp_path / f"{name}.yaml"
     path.write_text(CONFIG.format(data=data, out=tmp_path / name, epochs=EPOCHS))
     return path
-
-
-def _epoch_saved(state_file: Path) -> int:
-    try:
-        return int(torch.load(state_file, weights_only=True)["epoch"])
-    except Exception:  # not written yet
-        return 0
-
-
-def _history(out: Path) -> list:
-    """Per-epoch losses, learning rates and errors (not the wall-clock fields)."""
-    rows = json.loads((out / "history.json").read_text())
-    return [{k: v for k, v in r.items() if "time" not in k and not k.endswith("_s")} for r in rows]
 
 
 def _kill_job(proc: subprocess.Popen) -> None:

@@ -16,23 +16,21 @@ status=0
 
 required() { case "${!1:-}" in ''|0) return 1 ;; *) return 0 ;; esac; }
 
-if ! "$VENV/bin/python" -m pip install -q -e plugins/atomsim-sevenn; then
-    echo "atomsim: installing the SevenNet-0 plugin (pip install -e plugins/atomsim-sevenn) failed (see above)" >&2
-    if required ATOMSIM_REQUIRE_SEVENN; then
-        echo "atomsim: ATOMSIM_REQUIRE_SEVENN is set: failing" >&2
+# failed REQUIRE_VAR WHAT-FAILED WHAT-SKIPS: under the require variable a failure, else skips named
+failed() {
+    echo "atomsim: $2 failed; the reason is above" >&2
+    if required "$1"; then
+        echo "atomsim: $1 is set: failing" >&2
         status=1
     else
-        echo "atomsim: tests/test_sevenn_plugin.py will skip" >&2
+        echo "atomsim: $3 will skip" >&2
     fi
-fi
+}
 
-if ! ATOMSIM_VENV="$VENV" bash scripts/build_lammps.sh; then
-    echo "atomsim: building LAMMPS (scripts/build_lammps.sh) failed; the reason is above" >&2
-    if required ATOMSIM_REQUIRE_LAMMPS; then
-        echo "atomsim: ATOMSIM_REQUIRE_LAMMPS is set: failing" >&2
-        status=1
-    else
-        echo "atomsim: the real-LAMMPS tests in tests/test_lammps_mliap.py will skip" >&2
-    fi
-fi
+"$VENV/bin/python" -m pip install -q -e plugins/atomsim-sevenn \
+    || failed ATOMSIM_REQUIRE_SEVENN "installing the SevenNet-0 plugin (pip install -e plugins/atomsim-sevenn)" \
+              "tests/test_sevenn_plugin.py"
+ATOMSIM_VENV="$VENV" bash scripts/build_lammps.sh \
+    || failed ATOMSIM_REQUIRE_LAMMPS "building LAMMPS (scripts/build_lammps.sh)" \
+              "the real-LAMMPS tests in tests/test_lammps_mliap.py"
 exit "$status"

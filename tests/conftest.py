@@ -80,6 +80,14 @@ STRUCTURES = {
 }
 
 
+@pytest.fixture(scope="module")
+def one_thread_pools():
+    """Every thread pool (BLAS and OpenMP) at 1 for a module: tiny 3x3 LAPACK calls (ASE's
+    FrechetCellFilter, eigh) crawl when threads fight over busy cores."""
+    with threadpool_limits(1):
+        yield
+
+
 @pytest.fixture(params=sorted(STRUCTURES))
 def lj_structure(request) -> Atoms:
     """One of the standard geometry cases (fresh copy), parametrized by name."""

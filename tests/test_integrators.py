@@ -21,16 +21,8 @@ from atomsim.potentials.base import Potential
 EPS, SIGMA, RC = 0.0104, 3.4, 8.5  # LJ argon (eV, Å, Å)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_blas_thread():
-    """Tiny 3x3 LAPACK calls (ASE's FrechetCellFilter, eigh) crawl when BLAS threads fight over busy cores."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(1):
-        yield
+# every thread pool to 1 (tests/conftest.py): ASE's 3x3 linear algebra crawls when threads fight over cores
+pytestmark = pytest.mark.usefixtures("one_thread_pools")
 
 
 class ShiftedLJ(Potential):

@@ -29,16 +29,8 @@ LJ = {"model": "lj", "params": {"epsilon": EPS, "sigma": SIGMA, "cutoff": RC}, "
       "device": "cpu"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_blas_thread():
-    """ASE's 3x3 linear algebra crawls when BLAS threads fight over busy cores."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(1):
-        yield
+# every thread pool to 1 (tests/conftest.py): ASE's 3x3 linear algebra crawls when threads fight over cores
+pytestmark = pytest.mark.usefixtures("one_thread_pools")
 
 
 def start_structure():

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from ase import units
 from scipy import stats
-from test_integrators import Runner, argon, ase_lj, one_blas_thread  # noqa: F401  (autouse fixture)
+from test_integrators import Runner, argon, ase_lj
 
 from atomsim.integrators import make_integrator
 
@@ -30,6 +30,8 @@ from stats_util import (
     variance_z,
     z_limit,
 )
+
+pytestmark = pytest.mark.usefixtures("one_thread_pools")  # tests/conftest.py: 1 BLAS/OpenMP thread
 
 T0 = 70.0  # K: solid LJ argon, anharmonic enough to mix
 P0_GPA = 0.1

@@ -17,6 +17,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from atomsim.engine.forces import SerialForces
 from atomsim.engine.state import MDState
 from atomsim.kernels.dtypes import resolve_device, torch_dtype
+from atomsim.kernels.threads import configure_threads, configured_threads
 from atomsim.potentials.base import Potential
 from atomsim.potentials.registry import load_potential
 
@@ -40,16 +41,25 @@ class AtomsimCalculator(Calculator):
     vectors; otherwise ``get_stress`` raises PropertyNotImplementedError.
     ``get_stresses()`` gives per-atom stresses as ASE's LennardJones does (atom
     virial / volume, summing to the stress; kernels/edge_ops.py's edge split).
+
+    ``threads`` sets torch, numba and BLAS threads together (kernels/threads.py): an integer at
+    construction; ``"auto"`` (default) at the first calculation, as ``atomsim run`` would for the
+    system, unless the process already chose (``configure_threads`` or an atomsim run/relax
+    did); None leaves every pool as it is.
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress", "stresses"]
     nolabel = True
 
     def __init__(self, model: Union[str, Potential] = "default", device: str = "auto",
-                 dtype: Optional[str] = None, skin: float = 1.0, atoms=None, **params):
+                 dtype: Optional[str] = None, skin: float = 1.0, atoms=None,
+                 threads: Union[int, str, None] = "auto", **params):
         Calculator.__init__(self)
         if skin < 0:
             raise ValueError(f"skin must be >= 0 Å, got {skin}")
+        if threads is not None and threads != "auto":
+            configure_threads(threads)  # raises for anything but "auto" or an integer >= 1
+        self._auto_threads = threads == "auto"
         self.device = torch.device(resolve_device(device))
         if isinstance(model, Potential):
             if params:
@@ -77,6 +87,10 @@ class AtomsimCalculator(Calculator):
             properties = self.implemented_properties
         Calculator.calculate(self, atoms, properties, system_changes)
         atoms = self.atoms
+        if self._auto_threads:
+            if configured_threads() is None:
+                configure_threads("auto", atoms_per_rank=len(atoms))
+            self._auto_threads = False
         if self._forces is None or "numbers" in system_changes or "pbc" in system_changes:
             self.potential.check_species(atoms.numbers)
             self._forces = SerialForces(self.potential, skin=self.skin)

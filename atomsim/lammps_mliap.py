@@ -140,7 +140,9 @@ class AtomsimMLIAP(_Base):
     def compute_forces(self, data) -> None:
         """Energies of local atoms, dE/dr_ij per pair -> LAMMPS (forces and virial tally)."""
         if self.num_threads is not None and torch.get_num_threads() != self.num_threads:
-            torch.set_num_threads(int(self.num_threads))
+            from atomsim.kernels.threads import configure_threads
+
+            configure_threads(int(self.num_threads))  # torch, numba and BLAS alike
         nlocal, ntotal = int(data.nlocal), int(data.ntotal)
         npairs = int(data.npairs)
         per_layer = self.exchange == "per-layer" or (self.exchange == "auto" and has_layer_exchange(data))

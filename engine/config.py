@@ -383,14 +383,16 @@ class ParallelConfig(_Strict):
     grid: Union[Literal["auto"], List[int]] = Field("auto", description="MPI rank grid: auto or [nx, ny, nz]")
     halo: Literal["per-layer", "full"] = Field("per-layer", description="ghost-atom scheme for message passing")
     threads: Union[Literal["auto"], int] = Field(
-        "auto", description="torch/numba threads per rank: auto or an integer >= 1")
+        "auto", description="threads per rank for torch, numba and BLAS alike (kernels/threads.py): "
+        "an integer >= 1, or auto: OMP_NUM_THREADS if set, else the cores this process may use divided "
+        "by the ranks on the node, at most one per 1000 atoms of a rank")
 
-    @field_validator("threads")
+    @field_validator("threads", mode="before")
     @classmethod
     def _threads(cls, value):
-        if value != "auto" and value < 1:
-            raise ValueError(f"must be 'auto' or an integer >= 1; got {value!r}")
-        return value
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        raise ValueError(f"must be 'auto' or an integer >= 1 (threads per rank); got {value!r}")
 
     @field_validator("grid", mode="before")
     @classmethod
@@ -416,6 +418,10 @@ class OutputConfig(_Strict):
     trajectory_format: Literal["extxyz", "traj", "h5md"] = Field(
         "extxyz", description="trajectory file: trajectory.extxyz, trajectory.traj (ASE) or "
         "trajectory.h5md (H5MD)")
+    parallel: Literal["auto", "gather", "sharded"] = Field(
+        "auto", description="restarts and trajectory frames of a multi-rank run: sharded (one file per "
+        "rank + a manifest; `atomsim convert` merges them), gather (one file, via rank 0: small runs), "
+        "auto (sharded on more than one rank)")
     per_atom: List[Literal["energies", "stresses"]] = Field(
         default_factory=lambda: ["energies"],
         description="per-atom quantities in trajectory frames: energies (eV), stresses "

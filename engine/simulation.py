@@ -10,7 +10,6 @@ rank and ``ParallelForces`` under ``mpiexec -n N``; a caller may pass its own.
 """
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Iterable, Optional
@@ -18,6 +17,7 @@ from typing import Iterable, Optional
 import torch
 
 from atomsim.kernels.dtypes import resolve_device, torch_dtype
+from atomsim.kernels.threads import configure_threads, ranks_per_node
 
 from .comm import world_comm
 from .config import RunConfig, load_config, write_resolved_config
@@ -41,28 +41,16 @@ def _cast_potential(potential, device: str, dtype: torch.dtype):
     return potential
 
 
-def set_threads(setting, n_atoms: int, n_ranks: int) -> int:
-    """Torch (and numba) threads per rank; returns the number set.
+def set_threads(setting, n_atoms: int, n_ranks: int, comm=None) -> int:
+    """Threads per rank for torch, numba and BLAS alike (kernels/threads.py); returns the count set.
 
-    Why a heuristic: on a small system every extra thread is pure
-    synchronisation cost (on a busy 2-core machine 2 threads made a 108-atom
-    step ~15x slower than 1), and ranks sharing a node must split its cores.
+    ``"auto"``: the cores available divided by the ranks on this node (counted over ``comm`` by host
+    name; without one, all ``n_ranks`` are taken to share the node), at most one thread per 1000
+    atoms of a rank: on a small system every extra thread is pure synchronisation cost (on a busy
+    2-core machine 2 threads made a 108-atom step ~15x slower than 1).
     """
-    if setting == "auto":
-        if os.environ.get("OMP_NUM_THREADS"):
-            return torch.get_num_threads()
-        cores_per_rank = max(1, (os.cpu_count() or 1) // max(1, n_ranks))
-        n = max(1, min(cores_per_rank, (n_atoms // max(1, n_ranks)) // 1000))
-    else:
-        n = int(setting)
-    try:  # numba first: starting its OpenMP layer resets OpenMP's (and so torch's) thread count
-        import numba
-
-        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-    except Exception:  # numba absent or its threading layer already fixed
-        pass
-    torch.set_num_threads(n)
-    return n
+    per_node = ranks_per_node(comm) if setting == "auto" and comm is not None else max(1, n_ranks)
+    return configure_threads(setting, atoms_per_rank=n_atoms // max(1, n_ranks), ranks_per_node=per_node)
 
 
 class Simulation:
@@ -108,7 +96,8 @@ class Simulation:
                 initial_velocities(atoms, config.system)  # the file's own, or Maxwell-Boltzmann
             self.state = MDState.from_atoms(atoms, device=self.device, comm=self.comm)
         self.potential.check_species(self.state.numbers.cpu().numpy())
-        self.threads = set_threads(config.parallel.threads, self.state.n_atoms_global, self.comm.size)
+        self.threads = set_threads(config.parallel.threads, self.state.n_atoms_global, self.comm.size,
+                                   self.comm)
 
         dyn = config.dynamics
         target_T = dyn.temperature_K if dyn.temperature_K is not None else config.system.temperature_K

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from atomsim.engine.comm import Comm, world_comm
 from atomsim.kernels.graph import Graph, csr_row_ptr
 from atomsim.kernels.neighbors import neighbor_list
+from atomsim.kernels.threads import configure_threads, ranks_per_node
 from atomsim.potentials.egnn import EGNNConfig, EGNNPotential, count_parameters
 
 
@@ -411,8 +412,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, samples: Optional[l
     comm = world_comm()  # serial (size 1) unless launched on several MPI ranks
     comm.install_abort_handler()  # a rank that fails must not leave the others waiting
     rank, size = comm.rank, comm.size
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    # torch, numba and BLAS alike; unset: the cores available / ranks on this node (kernels/threads.py)
+    configure_threads(cfg.threads or "auto", ranks_per_node=ranks_per_node(comm))
     torch.manual_seed(cfg.seed)
     dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
     out = Path(cfg.output)

@@ -40,6 +40,9 @@ class EGNNConfig:
     cutoff: float = 5.0  # Å
     avg_num_neighbors: float = 30.0  # aggregate normalisation (1/avg) keeps activations O(1)
     readout_hidden: int = 32
+    # E(n)-equivariant coordinate update in every layer but the last (potentials/egnn_equivariant.py)
+    equivariant: bool = False
+    coord_hidden: int = 16  # width of its edge MLP phi_x (used only when equivariant)
 
     def __post_init__(self) -> None:
         self.species = sorted(int(z) for z in self.species)
@@ -48,6 +51,10 @@ class EGNNConfig:
         for key in ("width", "depth", "n_rbf", "readout_hidden"):
             if int(getattr(self, key)) < 1:
                 raise ValueError(f"{key}: must be a positive integer, got {getattr(self, key)}")
+        if not isinstance(self.equivariant, bool):
+            raise ValueError(f"equivariant: true or false expected, got {self.equivariant!r}")
+        if int(self.coord_hidden) < 1:
+            raise ValueError(f"coord_hidden: must be a positive integer, got {self.coord_hidden}")
         if not self.cutoff > 0:
             raise ValueError(f"cutoff: must be > 0 Å, got {self.cutoff}")
         if not self.avg_num_neighbors > 0:
@@ -103,7 +110,12 @@ class EGNNPotential(Potential):
         self.register_buffer("z_to_index", z_to_index, persistent=False)
         self.embedding = nn.Embedding(n_s, width)
         nn.init.normal_(self.embedding.weight, std=1.0)
-        self.layers = nn.ModuleList(EGNNLayer(width, config.n_rbf) for _ in range(config.depth))
+        if config.equivariant:
+            from .egnn_equivariant import build_layers
+
+            self.layers = build_layers(width, config.n_rbf, config.depth, config.coord_hidden)
+        else:
+            self.layers = nn.ModuleList(EGNNLayer(width, config.n_rbf) for _ in range(config.depth))
         self.readout = nn.Sequential(
             nn.Linear(width, config.readout_hidden), nn.SiLU(), nn.Linear(config.readout_hidden, 1)
         )
@@ -152,6 +164,10 @@ class EGNNPotential(Potential):
         """Final node states (n_nodes, F) after all layers (ghost rows refreshed per layer)."""
         graph = self.within_cutoff(graph)
         h = self.embedding(self.species_index(numbers))
+        if self.config.equivariant:
+            from .egnn_equivariant import equivariant_node_features
+
+            return equivariant_node_features(self.layers, h, graph, self.cutoff, self._inv_avg)
         for layer in self.layers:
             h = layer(h, graph, self.cutoff, self._inv_avg)
             h = graph.refresh_ghosts(h)
@@ -166,7 +182,7 @@ class EGNNPotential(Potential):
     def extra_repr(self) -> str:
         c = self.config
         return (f"width={c.width}, depth={c.depth}, n_rbf={c.n_rbf}, cutoff={c.cutoff}, "
-                f"species={list(c.species)}, params={count_parameters(self):,}")
+                f"species={list(c.species)}, equivariant={c.equivariant}, params={count_parameters(self):,}")
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -264,27 +264,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _add_datagen(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--calculator", default="emt", help="ASE calculator that labels the structures (emt, lj)")
-    p.add_argument("--n", type=int, default=2000, help="number of structures")
-    p.add_argument("-o", "--output", default="data.extxyz", help="extxyz file to write")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--elements", default="Al,Cu,Ag,Au,Ni,Pd,Pt", help="comma-separated element symbols")
+    from atomsim.training.datagen import add_arguments
+
+    add_arguments(p)
 
 
 def _cmd_datagen(args: argparse.Namespace) -> int:
-    from rich.progress import Progress
+    from atomsim.training.datagen import cli_main
 
-    from atomsim.training.datagen import write_dataset
-
-    if args.n < 1:
-        raise ValueError(f"--n: must be >= 1, got {args.n}")
-    elements = [e.strip() for e in args.elements.split(",") if e.strip()]
-    with Progress() as bar:
-        task = bar.add_task("labelling", total=args.n)
-        n = write_dataset(args.output, args.n, seed=args.seed, elements=elements, calculator=args.calculator,
-                          progress=lambda k: bar.update(task, completed=k))
-    print(f"wrote {n} structures to {args.output}")
-    return EXIT_OK
+    return cli_main(args)
 
 
 # ------------------------------------------------------- plot / analyze --
@@ -431,7 +419,8 @@ COMMANDS: List[Command] = [
             "converged", _add_relax, _cmd_relax),
     Command("info", "versions, devices, MPI, registered potentials and bundled models", _add_info, _cmd_info),
     Command("train", "train an EGNN potential on extxyz data (mpiexec for data parallelism)", _add_train, _cmd_train),
-    Command("datagen", "label diverse structures with an ASE calculator (EMT default) into extxyz", _add_datagen,
+    Command("datagen", "label structures (EMT, LJ or an atomsim potential such as sevennet-0) into extxyz; "
+            "--student: MD snapshots of a student model labelled by the teacher", _add_datagen,
             _cmd_datagen),
     Command("lammps", "LAMMPS front end: `lammps export` (pair_style mliap unified model) and `lammps check`",
             _add_lammps, _cmd_lammps_export),

@@ -16,7 +16,9 @@ plugin author adds two lines to their tests (``docs/bring_your_own_model.md``)::
 
 or calls :func:`check_potential` directly. Graphs are built exactly as the engine
 builds them (``kernels/neighbor_list.NeighborList`` -> ``build_graph`` ->
-``evaluate_potential``).
+``evaluate_potential``); a potential with a direct path (``Potential.direct_list()``,
+e.g. LJ in float64 on CPU) is evaluated through ``direct_forces`` on the same
+(full) pair lists instead, as the engine would run it.
 """
 from __future__ import annotations
 
@@ -30,8 +32,9 @@ import torch
 from ase import Atoms
 from ase.data import atomic_numbers, chemical_symbols, covalent_radii
 
+from atomsim.kernels.graph import csr_row_ptr
 from atomsim.kernels.neighbor_list import NeighborList
-from atomsim.potentials.base import Potential, build_graph, evaluate_potential
+from atomsim.potentials.base import PairList, Potential, build_graph, evaluate_potential
 
 __all__ = ["CHECKS", "AGREEMENT_TOLERANCE", "CheckResult", "ConformanceReport", "check_potential",
            "conformance_tests", "default_structures"]
@@ -199,10 +202,14 @@ def _evaluate(potential: Potential, positions: np.ndarray, cell: np.ndarray, num
     cel = torch.as_tensor(np.asarray(cell), dtype=torch.float64, device=dev)
     i, j, S = (t.to(dev) for t in edges)
     n_local = len(positions) if n_local is None else n_local
-    # positional arguments: receivers, senders, integer cell shifts (whatever their names)
-    graph = build_graph(pos, cel, i, j, S, n_local, potential.dtype, halo_update=hook)
     nums = torch.as_tensor(np.asarray(numbers), dtype=torch.int64, device=dev)
-    out = evaluate_potential(potential, nums, graph)
+    if potential.direct_list() is not None:  # the engine's direct path (it never calls the hook)
+        pairs = PairList(row_ptr=csr_row_ptr(i, len(pos)), senders=j, cell_shifts=S, half=False)
+        out = potential.direct_forces(nums, pos, cel, pairs, n_local, virial=True)
+    else:
+        # positional arguments: receivers, senders, integer cell shifts (whatever their names)
+        graph = build_graph(pos, cel, i, j, S, n_local, potential.dtype, halo_update=hook)
+        out = evaluate_potential(potential, nums, graph)
     return _Eval(out.energy, np.asarray(out.energies, dtype=np.float64), out.forces.detach().cpu().numpy(),
                  out.virial.detach().cpu().numpy())
 

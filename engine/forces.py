@@ -19,7 +19,7 @@ from torch import Tensor
 
 from atomsim.kernels.edge_ops import edge_atom_virials
 from atomsim.kernels.neighbor_list import NeighborList
-from atomsim.potentials.base import Potential, build_graph, evaluate_potential
+from atomsim.potentials.base import PairList, Potential, build_graph, evaluate_potential
 
 __all__ = ["ForceResult", "ForceProvider", "NeighborListForces", "SerialForces"]
 
@@ -85,12 +85,30 @@ class NeighborListForces:
         self.nlist.n_builds = int(value)
 
 
+def direct_pairs(nlist: NeighborList) -> PairList:
+    """The neighbor list's current edges as the direct path's CSR pair list."""
+    return PairList(row_ptr=nlist.row_ptr, senders=nlist.senders, cell_shifts=nlist.cell_shifts, half=nlist.half)
+
+
 class SerialForces(NeighborListForces):
-    """One rank, periodic images through the neighbor list's cell shifts."""
+    """One rank, periodic images through the neighbor list's cell shifts.
+
+    A potential with a direct path (``Potential.direct_list()``, e.g. LJ in float64 on
+    CPU) gets the list it asks for (half, compact int32 indices) and computes energy,
+    forces and virial itself in one pass; any other goes through ``evaluate_potential``.
+    """
 
     def __init__(self, potential: Potential, skin: float = 1.0, neighbor_list: Optional[NeighborList] = None):
-        nlist = neighbor_list if neighbor_list is not None else NeighborList(float(potential.cutoff), skin)
+        direct = potential.direct_list()
+        if neighbor_list is not None:
+            nlist = neighbor_list
+        else:
+            nlist = NeighborList(float(potential.cutoff), skin, half=direct == "half",
+                                 compact=direct is not None)
+        if nlist.half and direct is None:
+            raise ValueError(f"{type(potential).__name__} needs a full neighbor list (it has no direct path)")
         super().__init__(potential, nlist, ("neighbor", "model"))
+        self.direct = direct is not None
         self._shift_cache = None  # (cell, cell_shifts @ cell): constant between rebuilds and cell changes
 
     def prepare(self, state) -> None:
@@ -101,6 +119,14 @@ class SerialForces(NeighborListForces):
         rebuilt = self.nlist.update(state.positions, state.cell, state.pbc)
         t1 = time.perf_counter()
         nl = self.nlist
+        if self.direct:
+            out = self.potential.direct_forces(state.numbers, state.positions, state.cell, direct_pairs(nl),
+                                               state.n_local, virial=virial, atom_virial=atom_virial)
+            self.timers["neighbor"] += t1 - t0
+            self.timers["model"] += time.perf_counter() - t1
+            atoms = None if out.atom_virials is None else out.atom_virials[: state.n_local]
+            return ForceResult(energy=out.energy, energies=out.energies, forces=out.forces[: state.n_local],
+                               virial=out.virial, rebuilt=rebuilt, atom_virials=atoms)
         graph = build_graph(state.positions, state.cell, nl.receivers, nl.senders, nl.cell_shifts,
                             state.n_local, self.potential.dtype, shifts=self._shifts(state.cell, rebuilt),
                             row_ptr=nl.row_ptr)

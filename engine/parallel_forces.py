@@ -29,7 +29,7 @@ from atomsim.potentials.base import Potential, build_graph, evaluate_potential
 
 from .comm import as_comm
 from .domain import Decomposition, keep_owned, migrate
-from .forces import ForceResult, NeighborListForces
+from .forces import ForceResult, NeighborListForces, direct_pairs
 from .halo import Ghosts, LayerHalo, build_ghosts
 
 HALO_SCHEMES = ("full", "per-layer")
@@ -153,12 +153,18 @@ class ParallelForces(NeighborListForces):
         hook = LayerHalo(self.ghosts.plan, n_owned, self.layers - 1) if self.halo == "per-layer" else None
         t0 = time.perf_counter()
         comm_s = self.ghosts.plan.seconds
-        graph = build_graph(local, state.cell, nl.receivers, nl.senders, nl.cell_shifts, n_owned,
-                            self.potential.dtype, halo_update=hook, shifts=self._zero_shifts, row_ptr=nl.row_ptr)
-        if hook is not None:
-            hook.graph = graph
-        out = evaluate_potential(self.potential, self._numbers, graph, compute_virial=virial,
-                                 keep_edge_gradients=atom_virial)
+        if self.potential.direct_list() is not None:  # pair potential: one pass over the full local list
+            graph = None  # (edges into owned atoms; ghost forces go back below, energies count owned rows)
+            out = self.potential.direct_forces(self._numbers, local, state.cell, direct_pairs(nl), n_owned,
+                                               virial=virial, atom_virial=atom_virial)
+        else:
+            graph = build_graph(local, state.cell, nl.receivers, nl.senders, nl.cell_shifts, n_owned,
+                                self.potential.dtype, halo_update=hook, shifts=self._zero_shifts,
+                                row_ptr=nl.row_ptr)
+            if hook is not None:
+                hook.graph = graph
+            out = evaluate_potential(self.potential, self._numbers, graph, compute_virial=virial,
+                                     keep_edge_gradients=atom_virial)
         if hook is not None and hook.calls < self.layers - 1:
             raise ValueError(
                 f"parallel.halo: per-layer needs a model that calls graph.refresh_ghosts() after each of "
@@ -169,8 +175,11 @@ class ParallelForces(NeighborListForces):
         forces = out.forces[:n_owned] + self.ghosts.plan.reverse(out.forces[n_owned:], n_owned)
         atoms = None
         if atom_virial:  # ghosts' halves go back to their owners, as their forces do
-            per_node = edge_atom_virials(out.edge_gradients, graph.edge_vectors, graph.receivers,
-                                         graph.senders, graph.n_nodes).reshape(-1, 9)
+            if graph is None:
+                per_node = out.atom_virials.reshape(-1, 9)
+            else:
+                per_node = edge_atom_virials(out.edge_gradients, graph.edge_vectors, graph.receivers,
+                                             graph.senders, graph.n_nodes).reshape(-1, 9)
             atoms = per_node[:n_owned] + self.ghosts.plan.reverse(per_node[n_owned:], n_owned)
             atoms = atoms.reshape(-1, 3, 3)
         # one allreduce for energy + virial

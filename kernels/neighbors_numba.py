@@ -272,6 +272,94 @@ def _pairs_pass(xs, ys, zs, order, start, cell, pbc, n_bins, search, rc2, half, 
                     s_out[e, 2] = code % w2 - m2 + wrap[i, 2] - wrap[j, 2]
 
 
+def _newton_pass(xs, ys, zs, order, start, cell, pbc, n_bins, search, rc2, fill, counts, row_ptr, wrap,
+                 j_out, s_out):
+    """Half list by bin order, as LAMMPS's newton-on half lists: of the two images (p, q, S) and
+    (q, p, -S) of a pair (p, q: places in bin order) the one with q > p is kept, or with q == p
+    the one with S lexicographically positive. Only candidates after p are visited (half the
+    distance checks of the i < j list), and rows are left in stencil order (no sort, no key):
+    fill=True writes int32 j and small-int S straight into ``j_out``/``s_out``.
+    fill=False: counts[i] = row length.
+    """
+    nb0, nb1, nb2 = n_bins[0], n_bins[1], n_bins[2]
+    m0, m1, m2 = search[0], search[1], search[2]
+    ns = (2 * m0 + 1) * (2 * m1 + 1) * (2 * m2 + 1)
+    total = nb0 * nb1 * nb2
+    for home in prange(total):
+        h_start = start[home]
+        h_end = start[home + 1]
+        if h_start == h_end:
+            continue
+        b0 = home // (nb1 * nb2)
+        b1 = (home // nb2) % nb1
+        b2 = home % nb2
+        t_q0 = np.empty(ns, dtype=np.int64)
+        t_q1 = np.empty(ns, dtype=np.int64)
+        t_sx = np.empty(ns, dtype=np.float64)
+        t_sy = np.empty(ns, dtype=np.float64)
+        t_sz = np.empty(ns, dtype=np.float64)
+        t_s = np.empty((ns, 3), dtype=np.int64)
+        t_pos = np.empty(ns, dtype=np.bool_)
+        nt = 0
+        for d0 in range(-m0, m0 + 1):
+            c0, s0 = _axis_cell(b0, d0, nb0, pbc[0])
+            if c0 < 0:
+                continue
+            for d1 in range(-m1, m1 + 1):
+                c1, s1 = _axis_cell(b1, d1, nb1, pbc[1])
+                if c1 < 0:
+                    continue
+                for d2 in range(-m2, m2 + 1):
+                    c2, s2 = _axis_cell(b2, d2, nb2, pbc[2])
+                    if c2 < 0:
+                        continue
+                    nbin = (c0 * nb1 + c1) * nb2 + c2
+                    if start[nbin + 1] <= h_start:  # empty, or every candidate before this bin's atoms
+                        continue
+                    t_q0[nt] = start[nbin]
+                    t_q1[nt] = start[nbin + 1]
+                    t_sx[nt] = s0 * cell[0, 0] + s1 * cell[1, 0] + s2 * cell[2, 0]
+                    t_sy[nt] = s0 * cell[0, 1] + s1 * cell[1, 1] + s2 * cell[2, 1]
+                    t_sz[nt] = s0 * cell[0, 2] + s1 * cell[1, 2] + s2 * cell[2, 2]
+                    t_s[nt, 0] = s0
+                    t_s[nt, 1] = s1
+                    t_s[nt, 2] = s2
+                    t_pos[nt] = s0 > 0 or (s0 == 0 and (s1 > 0 or (s1 == 0 and s2 > 0)))
+                    nt += 1
+        for p in range(h_start, h_end):
+            i = order[p]
+            cur = row_ptr[i] if fill else 0
+            cnt = 0
+            for t in range(nt):
+                xi = xs[p] - t_sx[t]
+                yi = ys[p] - t_sy[t]
+                zi = zs[p] - t_sz[t]
+                q0 = t_q0[t]
+                if q0 <= p:
+                    q0 = p if (t_pos[t] and p < t_q1[t]) else p + 1
+                q1 = t_q1[t]
+                if not fill:
+                    for q in range(q0, q1):
+                        dx = xs[q] - xi
+                        dy = ys[q] - yi
+                        dz = zs[q] - zi
+                        cnt += dx * dx + dy * dy + dz * dz < rc2
+                else:
+                    for q in range(q0, q1):
+                        dx = xs[q] - xi
+                        dy = ys[q] - yi
+                        dz = zs[q] - zi
+                        if dx * dx + dy * dy + dz * dz < rc2:
+                            j = order[q]
+                            j_out[cur] = j
+                            s_out[cur, 0] = t_s[t, 0] + wrap[i, 0] - wrap[j, 0]
+                            s_out[cur, 1] = t_s[t, 1] + wrap[i, 1] - wrap[j, 1]
+                            s_out[cur, 2] = t_s[t, 2] + wrap[i, 2] - wrap[j, 2]
+                            cur += 1
+            if not fill:
+                counts[i] = cnt
+
+
 def _expand_rows(row_ptr):
     """i array of a CSR list: row index repeated over each row."""
     n = row_ptr.shape[0] - 1
@@ -297,6 +385,7 @@ def _max_displacement_sq(positions, reference):
 _BIN = numba_twins(_bin_atoms)
 _GATHER = numba_twins(_gather_soa)
 _PAIRS = numba_twins(_pairs_pass)
+_NEWTON = numba_twins(_newton_pass)
 _EXPAND = numba_twins(_expand_rows)
 _MAXDISP = numba_twins(_max_displacement_sq)
 
@@ -335,6 +424,33 @@ def build_csr(positions, grid, cutoff: float, half: bool):
     j = np.empty(n_pairs, dtype=np.int64)
     S = np.empty((n_pairs, 3), dtype=np.int64)
     pairs(*args, True, counts, row_ptr, wrap, j, S)
+    return row_ptr, j, S
+
+
+def build_csr_newton(positions, grid, cutoff: float):
+    """Compact half list by bin order (``_newton_pass``): (row_ptr int64, j int32, S int8/16/32).
+
+    Each unordered pair once, but not necessarily i < j and rows not sorted: for kernels that
+    apply Newton's third law (the direct pair path); ~7 bytes per pair, nothing wider built.
+    """
+    n = positions.shape[0]
+    wrap, xw, bins = bin_atoms(positions, grid)
+    order, start = counting_sort(bins, grid.total_bins)
+    xs, ys, zs = _pick(_GATHER, n)(xw, order)
+    rc2 = float(cutoff) ** 2
+    kernel = _pick(_NEWTON, n)
+    counts = np.empty(n, dtype=np.int64)
+    j_dtype = np.int32 if n < 2**31 else np.int64
+    args = (xs, ys, zs, order, start, grid.cell, grid.pbc, grid.n_bins, grid.search, rc2)
+    kernel(*args, False, counts, counts, wrap, np.empty(0, j_dtype), np.empty((0, 3), np.int8))
+    row_ptr = _prefix(counts)
+    spread = (wrap.max(0) - wrap.min(0)) if n else np.zeros(3, np.int64)
+    bound = int((np.asarray(grid.search) + spread).max())  # |S| <= search + wrap spread per axis
+    s_dtype = np.int8 if bound < 2**7 else (np.int16 if bound < 2**15 else np.int32)
+    n_pairs = int(row_ptr[-1])
+    j = np.empty(n_pairs, dtype=j_dtype)
+    S = np.empty((n_pairs, 3), dtype=s_dtype)
+    kernel(*args, True, counts, row_ptr, wrap, j, S)
     return row_ptr, j, S
 
 

@@ -4,6 +4,13 @@ A potential only maps (atomic numbers, graph) -> per-atom energies. Forces
 (-dE/dx) and the virial come from autograd with respect to the edge vectors,
 here, once for every model: dE/dr_e is exactly what the MPI engine and
 LAMMPS's ML-IAP interface (update_pair_forces) need.
+
+Optional direct path: a potential whose ``direct_list()`` names a list kind
+("half") computes energy, per-atom energies, forces and virial itself, in one
+pass over a :class:`PairList` (positions + integer cell shifts, no edge
+tensors, no autograd), as LAMMPS pair styles do; the force providers
+(``engine/forces.py``, ``engine/parallel_forces.py``) then call
+``direct_forces`` instead of :func:`evaluate_potential`.
 """
 from __future__ import annotations
 
@@ -36,6 +43,23 @@ class Potential(torch.nn.Module):
 
     def forward(self, numbers: Tensor, graph: Graph) -> Tensor:
         return self.per_atom_energy(numbers, graph)
+
+    # -- optional direct path (pair potentials) -----------------------------
+    def direct_list(self) -> Optional[str]:
+        """``"half"`` (or ``"full"``): the list :meth:`direct_forces` prefers, as configured now
+        (dtype, device, backend); None: this potential has no direct path, use autograd."""
+        return None
+
+    def direct_forces(self, numbers: Tensor, positions: Tensor, cell: Tensor, pairs: "PairList",
+                      n_local: int, *, virial: bool = True, atom_virial: bool = False) -> "PotentialOutput":
+        """Energy, per-atom energies, forces and virial of ``pairs`` in one pass (no autograd).
+
+        Must accept a half or a full list (``pairs.half``) with ghosts (nodes >= ``n_local``,
+        MPI): energies count for owned atoms, each pair once overall; forces on ghost rows
+        are returned for the caller to send back to their owners. ``atom_virial``: fill
+        ``PotentialOutput.atom_virials`` (half of each pair's virial to each of its atoms).
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no direct path; use evaluate_potential")
 
     # -- conveniences -------------------------------------------------------
     @property
@@ -79,6 +103,22 @@ class PotentialOutput:
     forces: Tensor  # (n_nodes, 3) float64: owned AND ghost rows (ghost rows go back to owners)
     virial: Optional[Tensor]  # (3, 3) float64, sum_e r_e (x) dE/dr_e = dE/d(strain); None if not asked
     edge_gradients: Optional[Tensor] = None  # (E, 3) dE/dr_e, for LAMMPS ML-IAP
+    atom_virials: Optional[Tensor] = None  # (n_nodes, 3, 3) float64, direct path with atom_virial=True
+
+
+@dataclass
+class PairList:
+    """A receiver-sorted CSR pair list for :meth:`Potential.direct_forces`.
+
+    Pair e of row i: r = x[senders[e]] - x[i] + cell_shifts[e] @ cell. ``half``: each
+    unordered pair once (i < j, or a periodic self-image once); else every ordered pair.
+    Indices may be int32 and shifts any integer type (the compact list keeps memory low).
+    """
+
+    row_ptr: Tensor  # (n_nodes + 1,) int64
+    senders: Tensor  # (E,) int32 or int64
+    cell_shifts: Tensor  # (E, 3) integer
+    half: bool
 
 
 def build_graph(

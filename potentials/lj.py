@@ -13,11 +13,14 @@ Per-element ``epsilon``/``sigma`` (dicts keyed by element symbol) are mixed
 with Lorentz-Berthelot rules: ``eps_ij = sqrt(eps_i eps_j)``,
 ``sigma_ij = (sigma_i + sigma_j) / 2``.
 
-Speed: the pair energy and its analytic derivative are computed in one fused
-pass (a custom autograd Function; numba kernels on CPU, ``lj_kernels``), so
-autograd keeps one scalar per edge instead of a dozen intermediates; forces
-and the virial still come from ``evaluate_potential`` (autograd w.r.t. edge
-vectors), as for every model.
+Speed: on CPU in float64 (backend ``auto`` or ``numba``) the engine takes the
+direct path (``direct_forces``): one fused numba pass over a half neighbor list
+gives energy, per-atom energies, forces (Newton's third law) and the virial, as
+LAMMPS ``lj/cut`` does (``lj_kernels.lj_direct``). Otherwise (float32, GPU, the
+``torch``/``autograd`` backends, the conformance kit's graph path) the pair
+energy and its analytic derivative are one fused pass (a custom autograd
+Function; numba kernels on CPU) and forces and the virial come from
+``evaluate_potential`` (autograd w.r.t. edge vectors), as for every model.
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ from torch import Tensor
 from atomsim.kernels.dtypes import torch_dtype
 from atomsim.kernels.graph import Graph, csr_row_ptr
 
-from .base import Potential
+from .base import PairList, Potential, PotentialOutput
 from .registry import register_potential
 
 Scalar = Union[float, int]
@@ -252,6 +255,35 @@ class LennardJones(Potential):
             types = self._types(numbers).cpu()
         return _LJAtomEnergyNumba.apply(graph.edge_vectors, row_ptr.cpu(), graph.senders.cpu(), types,
                                         self)
+
+    def direct_list(self) -> Optional[str]:
+        """"half" on CPU in float64 with the numba kernels (``auto``/``numba``); else None (autograd)."""
+        if self.backend in ("auto", "numba") and self.dtype == torch.float64 and self.device.type == "cpu":
+            return "half"
+        return None
+
+    def direct_forces(self, numbers: Tensor, positions: Tensor, cell: Tensor, pairs: PairList,
+                      n_local: int, *, virial: bool = True, atom_virial: bool = False) -> PotentialOutput:
+        """One fused numba pass (``lj_kernels.lj_direct``); see ``Potential.direct_forces``."""
+        from . import lj_kernels
+
+        n = int(positions.shape[0])
+        if self._scalar:
+            types = np.zeros(n, dtype=np.int64)
+        else:
+            types = self._types(numbers).cpu().numpy()
+        pos = positions.detach().to(torch.float64).cpu().contiguous().numpy()
+        cel = np.ascontiguousarray(cell.detach().to(torch.float64).cpu().numpy())
+        energies, forces, vir, atoms = lj_kernels.lj_direct(
+            torch.get_num_threads(), pos, cel, pairs.row_ptr.numpy(), pairs.senders.numpy(),
+            pairs.cell_shifts.numpy(), types, self.n_types, self.eps_pair.numpy(), self.sig2_pair.numpy(),
+            self.e0_pair.numpy(), self.cutoff**2, self.ro**2, self.smooth, self.shift, bool(pairs.half),
+            int(n_local), bool(virial), bool(atom_virial))
+        own = energies[:n_local]
+        return PotentialOutput(
+            energy=float(own.sum()), energies=own, forces=torch.from_numpy(forces),
+            virial=torch.from_numpy(vir) if virial else None,
+            atom_virials=None if atoms is None else torch.from_numpy(atoms))
 
     def per_atom_energy(self, numbers: Tensor, graph: Graph) -> Tensor:
         """Half of each pair energy to each atom of the pair (full edge list: 0.5 phi per edge).

@@ -412,6 +412,30 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return cli_main(args)
 
 
+# --------------------------------------------------------------- convert --
+
+def _add_convert(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", help="a run's output directory, its trajectory.shards folder, one frame's "
+                   "manifest (trajectory.shards/NNNNNNNNNN.json) or a sharded restart (restart.json)")
+    p.add_argument("output", help="file to write: .extxyz/.xyz, .traj (ASE) or .h5md; atoms sorted by id")
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    import time
+
+    from atomsim.engine.parallel_io import convert
+
+    t0 = time.perf_counter()
+
+    def say(msg: str) -> None:
+        print(f"atomsim convert: {msg}", file=sys.stderr, flush=True)
+
+    done = convert(args.source, args.output, progress=say)
+    print(f"wrote {done['frames']} frame(s) of {done['atoms']} atoms to {done['output']} "
+          f"in {time.perf_counter() - t0:.1f} s")
+    return EXIT_OK
+
+
 COMMANDS: List[Command] = [
     Command("run", "run molecular dynamics (or the stages, or the relaxation) of an input YAML file",
             _add_run, _cmd_run),
@@ -430,6 +454,8 @@ COMMANDS: List[Command] = [
             _cmd_plot),
     Command("analyze", "RDF, MSD (diffusion) and VACF of a run's trajectory: CSV + PNG", _add_analyze,
             _cmd_analyze),
+    Command("convert", "merge sharded trajectory frames or a sharded restart (output.parallel) into one "
+            "extxyz / ASE .traj / H5MD file for viewers", _add_convert, _cmd_convert),
 ]
 
 

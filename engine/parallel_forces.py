@@ -206,14 +206,21 @@ class ParallelForces(NeighborListForces):
             return {}
         return {"positions": self._ref_owned, "ids": state.ids, "cell": self._ref_cell}
 
-    def restore_reference(self, state, positions: torch.Tensor, cell: torch.Tensor) -> None:
+    def restore_reference(self, state, positions: torch.Tensor, cell: torch.Tensor,
+                          ids: Optional[torch.Tensor] = None) -> None:
         """Rebuild exactly as the saved run last did: at its reference positions (all atoms, id order).
 
         Ownership, ghosts and pair lists then match the uninterrupted run, so a resume
-        on the same rank count continues it bit for bit. Collective.
+        on the same rank count continues it bit for bit. Collective. ``ids``: the rows of
+        ``positions`` are these atoms, this rank's own (a sharded restart), not all atoms.
         """
         if not torch.equal(cell.to(state.cell), state.cell):
             return  # the cell changed since (barostat): the next compute rebuilds anyway
+        if ids is not None:
+            ok = ids.shape[0] == state.n_local and torch.equal(ids.to(state.ids), state.ids)
+            if bool(self.comm.allreduce_min(int(ok))):
+                self._build(state, positions.to(state.positions))
+            return
         n = int(positions.shape[0])
         ok = n == state.n_atoms_global and (state.n_local == 0 or int(state.ids.max()) < n)
         if not bool(self.comm.allreduce_min(int(ok))):

@@ -9,6 +9,12 @@ so reading a restart never executes code:
                     integrator name + scalar state, n_neighbor_builds.
 Writes go to a temporary file in the same directory, are fsync'ed, and replace
 ``restart.npz`` with ``os.replace``; the previous file is kept as ``restart.prev.npz``.
+
+Runs on several ranks write *sharded* restarts instead (``output.parallel``,
+engine/parallel_io.py): ``restart.json`` (a manifest with the global scalars
+below) plus one safetensors shard of owned atoms per rank. :func:`find_restart`
+reads either kind, the newest usable one; :class:`ShardedRestart` reads shards on
+any rank count, each rank only the atoms it owns.
 """
 from __future__ import annotations
 
@@ -250,8 +256,12 @@ class Restart:
             "a new run in another output.directory."
         )
 
-    def to_state(self, device="cpu", comm=None):
-        """An MDState built straight from the arrays (no ase.Atoms round trip: v*m/m is not v)."""
+    def to_state(self, device="cpu", comm=None, owner=None):
+        """An MDState built straight from the arrays (no ase.Atoms round trip: v*m/m is not v).
+
+        Every atom, whatever ``owner`` says (the single file holds them all; the force
+        provider's ``prepare`` keeps a rank's own).
+        """
         from .comm import Comm
         from .state import MDState
 
@@ -266,8 +276,148 @@ class Restart:
         )
 
 
+def _json_state(sd: dict) -> dict:
+    """Integrator state as JSON (a sharded restart's manifest): arrays become tagged lists."""
+    out = {}
+    for k, v in (sd or {}).items():
+        if isinstance(v, (torch.Tensor, np.ndarray)):
+            a = _np(v)
+            out[k] = ["tensor" if isinstance(v, torch.Tensor) else "array", str(a.dtype), a.tolist()]
+        else:
+            out[k] = ["json", v]
+    return out
+
+
+def _from_json_state(kinds: dict, device) -> dict:
+    sd = {}
+    for k, (kind, *rest) in kinds.items():
+        if kind == "json":
+            sd[k] = rest[0]
+        else:
+            a = np.asarray(rest[1], dtype=rest[0])
+            sd[k] = torch.from_numpy(a).to(device) if kind == "tensor" else a
+    return sd
+
+
+def restart_meta(cfg, integrator_name: str, integrator_state: dict, step: int, n_neighbor_builds: int,
+                 neighbor_cell=None) -> dict:
+    """The global scalars of a sharded restart (its manifest holds them; atoms are in the shards)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        creator = version("atomsim")
+    except PackageNotFoundError:
+        creator = "unknown"
+    return {"restart_version": FORMAT_VERSION, "step": int(step), "config_hash": config_hash(cfg),
+            "physics_config": physics_config(cfg), "integrator": integrator_name,
+            "integrator_state": _json_state(integrator_state), "n_neighbor_builds": int(n_neighbor_builds),
+            "neighbor_cell": None if neighbor_cell is None else _np(neighbor_cell).astype(float).tolist(),
+            "atomsim_version": creator}
+
+
+class ShardedRestart(Restart):
+    """A sharded restart (``restart.json`` + per-rank shards), checked on open: manifest, shard files,
+    sizes, global scalars. Atoms are read by :meth:`to_state`, on any rank count (CRC32-checked)."""
+
+    def __init__(self, path: Path, device="cpu"):
+        from .parallel_io import ShardError, read_manifest
+
+        self.path = Path(path)
+        try:
+            self.meta = read_manifest(self.path)
+        except ShardError as exc:
+            raise RestartError(str(exc)) from exc
+        missing = [k for k in ("step", "config_hash", "physics_config", "integrator", "integrator_state",
+                               "cell", "pbc", "restart_version") if k not in self.meta]
+        if missing:
+            raise self._why(f"incomplete, missing {', '.join(missing)}")
+        if self.meta["restart_version"] != FORMAT_VERSION:
+            raise self._why(f"restart format version {self.meta['restart_version']} is not {FORMAT_VERSION}")
+        if not isinstance(self.meta["step"], int) or self.meta["step"] < 0:
+            raise self._why(f"step {self.meta['step']!r} is not a non-negative integer")
+        if not _finite_json([self.meta["cell"], self.meta["integrator_state"]]):
+            raise self._why("cell or integrator state contains NaN or infinite values")
+        self.integrator_state = _from_json_state(self.meta["integrator_state"], device)
+        cell = self.meta.get("neighbor_cell")
+        self.neighbor_state = {} if cell is None else {"cell": torch.tensor(cell, dtype=torch.float64)}
+        self._arrays = None  # atoms stay in the shards until to_state (or .arrays)
+
+    @property
+    def arrays(self) -> dict:
+        """The whole system, sorted by id, like a single-file restart's arrays (small runs, tests)."""
+        if self._arrays is None:
+            st = self.to_state()
+            np_ = lambda t: t.numpy()  # noqa: E731
+            self._arrays = {k: np_(getattr(st, k)) for k in ("positions", "velocities", "masses", "numbers",
+                                                                 "ids", "cell")}
+            self._arrays["pbc"] = np.asarray(st.pbc)
+            if st.fixed is not None:
+                self._arrays["fixed"] = np_(st.fixed)
+        return self._arrays
+
+    def to_state(self, device="cpu", comm=None, owner=None):
+        """This rank's atoms (``owner``: an ``engine.parallel_io.SubDomain``; None: every atom), by id.
+
+        Shards are read one at a time, only those whose bounding box meets the sub-domain,
+        so no rank holds more than its own atoms plus one shard. Fills ``neighbor_state``
+        with these atoms' list reference positions and ids.
+        """
+        from .comm import Comm
+        from .parallel_io import read_shard
+        from .state import MDState
+
+        keys = ("positions", "ids", "velocities", "masses", "numbers", "fixed", "nl_positions")
+        parts = []
+        for k, info in enumerate(self.meta["shards"]):
+            if owner is not None and not owner.may_own(info):
+                continue
+            try:
+                parts.append(read_shard(self.meta, k, keys, rows=None if owner is None else owner.mask))
+            except InputError as exc:
+                raise RestartError(str(exc)) from exc
+        empty = {"positions": np.zeros((0, 3)), "velocities": np.zeros((0, 3)), "masses": np.zeros(0),
+                 "ids": np.zeros(0, np.int64), "numbers": np.zeros(0, np.int64)}
+        a = {}
+        for key in keys:
+            have = [p[key] for p in parts if key in p]
+            if key in ("fixed", "nl_positions"):
+                if not any(key in info["crc32"] for info in self.meta["shards"]):
+                    continue
+                if len(have) != len(parts):
+                    raise self._why(f"array {key!r} is in some shards and not in others")
+                have = have or [np.zeros((0, 3)) if key == "nl_positions" else np.zeros(0, bool)]
+            a[key] = np.concatenate(have) if have else empty[key]
+        order = np.argsort(a["ids"], kind="stable")
+        a = {k: v[order] for k, v in a.items()}
+        for key in ("positions", "velocities", "masses", "nl_positions"):
+            if key in a and not np.isfinite(a[key]).all():
+                raise self._why(f"{key} contains NaN or infinite values")
+        def t(x, dt=torch.float64):
+            return torch.from_numpy(np.ascontiguousarray(x)).to(device=device, dtype=dt)
+
+        if "nl_positions" in a and "cell" in self.neighbor_state:
+            self.neighbor_state.update(positions=t(a["nl_positions"]), ids=t(a["ids"], torch.int64))
+        return MDState(
+            positions=t(a["positions"]), velocities=t(a["velocities"]), masses=t(a["masses"]),
+            numbers=t(a["numbers"], torch.int64), ids=t(a["ids"], torch.int64),
+            cell=torch.tensor(self.meta["cell"], dtype=torch.float64, device=device),
+            pbc=tuple(bool(p) for p in self.meta["pbc"]), n_atoms_global=int(self.meta["n_atoms"]),
+            step=self.step, comm=comm or Comm(), fixed=t(a["fixed"], torch.bool) if "fixed" in a else None)
+
+
+def has_restart(directory) -> bool:
+    """Whether ``directory`` holds a restart of either kind (usable or not)."""
+    from .parallel_io import RESTART_MANIFEST, RESTART_PREVIOUS
+
+    return any((Path(directory) / n).exists() for n in (RESTART_NAME, PREVIOUS_NAME, RESTART_MANIFEST,
+                                                         RESTART_PREVIOUS))
+
+
 def find_restart(directory, device="cpu") -> Restart:
     """The newest usable restart in ``directory``: ``restart.npz``, else ``restart.prev.npz``.
+
+    Sharded restarts (``restart.json``, ``restart.prev.json``) are candidates too; the one
+    with the highest step wins.
 
     An unusable ``restart.npz`` (a crash mid-write, a damaged disk) is reported -- which file and why,
     as a :class:`RestartFallbackWarning` and in the returned restart's ``skipped`` -- before the
@@ -275,12 +425,15 @@ def find_restart(directory, device="cpu") -> Restart:
     names every file tried and why.
     """
     directory = Path(directory)
+    from .parallel_io import RESTART_MANIFEST, RESTART_PREVIOUS
+
     found, errors = [], []
-    for name in (RESTART_NAME, PREVIOUS_NAME):
+    for name, kind in ((RESTART_MANIFEST, ShardedRestart), (RESTART_NAME, Restart),
+                       (RESTART_PREVIOUS, ShardedRestart), (PREVIOUS_NAME, Restart)):
         p = directory / name
         if p.exists():
             try:
-                found.append(Restart(p, device))
+                found.append(kind(p, device))
             except RestartError as exc:
                 errors.append(str(exc))
     if not found:

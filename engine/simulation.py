@@ -19,6 +19,7 @@ import torch
 from atomsim.kernels.dtypes import resolve_device, torch_dtype
 from atomsim.kernels.threads import configure_threads, ranks_per_node
 
+from . import parallel_io as pio
 from .comm import world_comm
 from .config import RunConfig, load_config, write_resolved_config
 from .forces import ForceProvider, SerialForces
@@ -28,7 +29,7 @@ from .safety import BlowUp, SimulationError
 from .state import MDState
 from .step import evaluate_forces, md_step
 from .thermo import ThermoWriter, thermo_row
-from .trajectory import open_trajectory, state_to_atoms
+from .trajectory import TRAJECTORY_FILES, open_trajectory, state_to_atoms
 
 __all__ = ["Simulation", "SimulationError", "set_threads"]
 
@@ -72,6 +73,8 @@ class Simulation:
         self.device = resolve_device(config.potential.device, "potential.device")
         self.outdir = Path(config.output.directory)
         self.restart = restart
+        # per-rank shards instead of gathering to rank 0 (engine/parallel_io.py)
+        self.sharded = pio.use_shards(config.output.parallel, self.comm.size)
         if console is None:
             from rich.console import Console
 
@@ -85,7 +88,14 @@ class Simulation:
         self.potential = _cast_potential(potential, self.device, torch_dtype(config.potential.dtype))
 
         if restart is not None:
-            self.state = restart.to_state(self.device, self.comm)
+            from .restart import ShardedRestart
+
+            owner = None  # a sharded restart: each rank reads only the atoms of its sub-domain
+            if isinstance(restart, ShardedRestart) and self.comm.size > 1:
+                grid = config.parallel.grid
+                owner = pio.SubDomain(restart.meta["cell"], restart.meta["pbc"], self.comm,
+                                      None if grid == "auto" else grid)
+            self.state = restart.to_state(self.device, self.comm, owner=owner)
         elif state is not None:
             self.state = state
         else:
@@ -155,7 +165,11 @@ class Simulation:
         ref = restart.neighbor_state
         if "positions" not in ref:
             return
-        self.forces.restore_reference(self.state, ref["positions"].to(self.device), ref["cell"].to(self.device))
+        extra = {}
+        if "ids" in ref and self.comm.size > 1:  # a sharded restart: this rank's atoms only, by id
+            extra["ids"] = ref["ids"]
+        dev = self.device
+        self.forces.restore_reference(self.state, ref["positions"].to(dev), ref["cell"].to(dev), **extra)
         self.forces.n_builds = int(restart.meta.get("n_neighbor_builds", self.forces.n_builds))
 
     # -- set-up and outputs ----------------------------------------------
@@ -167,13 +181,28 @@ class Simulation:
             if not resumed:  # a fresh run must never be resumed from an older run's files
                 for name in (RESTART_NAME, PREVIOUS_NAME):
                     (self.outdir / name).unlink(missing_ok=True)
+                pio.remove_sharded_output(self.outdir)
+                if self.sharded:  # nor an older run's single-file frames be mistaken for this run's
+                    for name in TRAJECTORY_FILES.values():
+                        (self.outdir / name).unlink(missing_ok=True)
             write_resolved_config(cfg, self.outdir)
         self._thermo = ThermoWriter(self.outdir / "thermo.csv", console=self.console, enabled=self.is_root,
                                     resume_step=self.restart.step if resumed else None)
-        self._traj = open_trajectory(out.trajectory_format, self.outdir, cfg.dynamics.timestep_fs,
-                                     enabled=self.is_root and out.trajectory_every > 0, append=resumed,
-                                     resume_step=self.restart.step if resumed else None,
-                                     per_atom=out.per_atom)
+        if resumed and self.is_root:  # frames after the restart, in the other mode's files, are dropped too
+            pio.drop_frames_after(self.outdir, self.restart.step)
+            if self.sharded:
+                open_trajectory(out.trajectory_format, self.outdir, cfg.dynamics.timestep_fs, enabled=True,
+                                append=True, resume_step=self.restart.step, per_atom=out.per_atom)
+        if self.sharded and out.trajectory_every > 0:
+            self._traj = pio.ShardedTrajectory(self.outdir, cfg.dynamics.timestep_fs, self.comm,
+                                               fmt=out.trajectory_format, append=resumed,
+                                               resume_step=self.restart.step if resumed else None,
+                                               per_atom=out.per_atom)
+        else:
+            self._traj = open_trajectory(out.trajectory_format, self.outdir, cfg.dynamics.timestep_fs,
+                                         enabled=self.is_root and out.trajectory_every > 0, append=resumed,
+                                         resume_step=self.restart.step if resumed else None,
+                                         per_atom=out.per_atom)
         if "stresses" in out.per_atom and out.trajectory_every > 0:
             self._check_atom_stresses()
         t = time.perf_counter()
@@ -223,7 +252,13 @@ class Simulation:
 
     def _write_trajectory(self) -> None:
         t = time.perf_counter()
-        stresses = self._atom_stresses() if "stresses" in self.config.output.per_atom else None
+        stresses = None
+        if "stresses" in self.config.output.per_atom:
+            stresses = self._atom_stresses(gather=not self.sharded)
+        if self.sharded:  # every rank writes its own atoms: nothing is gathered
+            self._traj.write(self.state, stresses=stresses)
+            self.timings["output"] += time.perf_counter() - t
+            return
         g = self._gathered(self.state)
         if g is not None:
             self._traj.write(g, stresses=stresses)
@@ -243,8 +278,10 @@ class Simulation:
                              f"{type(self.forces).__name__} does not offer (compute(..., atom_virial=True)); "
                              "drop stresses from output.per_atom")
 
-    def _atom_stresses(self):
+    def _atom_stresses(self, gather: bool = True):
         """Per-atom stresses (n, 6) in eV/Å^3 of all atoms by id on rank 0, None elsewhere (collective).
+
+        ``gather=False``: this rank's owned atoms, in state order (sharded frames).
 
         ASE's ``get_stresses()`` convention: atom virial / cell volume, Voigt order, summing
         to the stress. One more force evaluation at the frame's positions (no list rebuild:
@@ -254,7 +291,7 @@ class Simulation:
 
         result = self.forces.compute(self.state, virial=False, atom_virial=True)
         stresses = full_3x3_to_voigt_6_stress(result.atom_virials.detach().cpu().numpy()) / self.state.volume
-        if self.comm.size == 1:
+        if self.comm.size == 1 or not gather:
             return stresses
         g = self.comm.gather_by_id(self.state.ids.cpu().numpy(), stresses=stresses)
         return None if g is None else g["stresses"]
@@ -266,6 +303,10 @@ class Simulation:
             good = {"state": self.state, "integrator": self.integrator.state_dict(),
                     "neighbor": self.forces.reference_state(self.state), "n_builds": self.forces.n_builds}
         st = good["state"]
+        if self.sharded:
+            path = self._write_sharded_restart(good)
+            self.timings["output"] += time.perf_counter() - t
+            return path
         g = self._gathered(st)
         ref = good["neighbor"]
         ref_all = None
@@ -284,6 +325,25 @@ class Simulation:
                                  self.config, good["n_builds"], name=name)
         self.timings["output"] += time.perf_counter() - t
         return path
+
+    def _write_sharded_restart(self, good: dict) -> Path:
+        """Each rank writes its owned atoms as one shard; rank 0 the manifest, last (collective)."""
+        from .restart import restart_meta
+
+        st, ref = good["state"], good["neighbor"]
+        np_ = lambda x: x.detach().cpu().numpy()  # noqa: E731
+        arrays = {k: np_(getattr(st, k)) for k in ("ids", "positions", "velocities", "masses", "numbers")}
+        if st.fixed is not None:
+            arrays["fixed"] = np_(st.fixed).astype(bool)
+        cell = None
+        if ref:  # the list's reference positions: rows of this rank's atoms (a resume rebuilds there)
+            if not torch.equal(ref["ids"].cpu(), st.ids.cpu()):
+                raise RuntimeError("restart: the neighbor list's reference rows are not the state's atoms")
+            arrays["nl_positions"] = np_(ref["positions"]).astype(float)
+            cell = ref["cell"]
+        meta = restart_meta(self.config, self.integrator.name, good["integrator"], st.step, good["n_builds"],
+                            cell)
+        return pio.write_sharded_restart(self.comm, self.outdir, arrays, meta, np_(st.cell), st.pbc)
 
     # -- blow-up recovery -------------------------------------------------
     def _keep_last_good(self) -> None:

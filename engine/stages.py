@@ -35,7 +35,7 @@ import torch
 from .comm import world_comm
 from .config import RunConfig, StageConfig, write_resolved_config
 from .errors import InputError
-from .restart import RESTART_NAME, Restart, find_restart, write_restart
+from .restart import RESTART_NAME, find_restart, has_restart, write_restart
 
 __all__ = ["STAGE_FILE", "stage_directory", "stage_config", "run_stages"]
 
@@ -75,7 +75,7 @@ def _write_done(directory: Path, info: dict) -> None:
 
 def _state_from(directory: Path, device, comm):
     """The final state a finished stage left in its restart file (the whole system, on every rank)."""
-    restart = Restart(directory / RESTART_NAME, device)
+    restart = find_restart(directory, device)  # single file or shards (output.parallel)
     done = _read_done(directory)
     if done is not None and restart.step != done["final_step"]:
         raise InputError(f"{restart.path} is at step {restart.step}, but the stage ended at step "
@@ -138,7 +138,7 @@ def run_stages(cfg: RunConfig, resume: bool = False, relax: Optional[Callable] =
     if root:
         base.mkdir(parents=True, exist_ok=True)
         write_resolved_config(cfg, base)
-    if resume and not any(_read_done(d) or (d / RESTART_NAME).exists() for d in dirs):
+    if resume and not any(_read_done(d) or has_restart(d) for d in dirs):
         raise InputError(f"--resume: no stage in output.directory {str(base)!r} has started (no "
                          f"{STAGE_FILE} or {RESTART_NAME}); run without --resume first")
 
@@ -159,9 +159,9 @@ def run_stages(cfg: RunConfig, resume: bool = False, relax: Optional[Callable] =
                 summary["stages"].append(done)
                 prev = sdir
                 continue
-            continuing = not stage.is_relax and (sdir / RESTART_NAME).exists()
+            continuing = not stage.is_relax and has_restart(sdir)
             resume = False  # the stages after this one start afresh
-        start = 0 if prev is None else Restart(prev / RESTART_NAME).step
+        start = 0 if prev is None else find_restart(prev).step
         scfg = stage_config(cfg, stage, start)
         if root:
             sdir.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from atomsim.engine.restart import RESTART_NAME, Restart
+from atomsim.engine.restart import find_restart
 
 pytestmark = pytest.mark.mpi
 
@@ -73,9 +73,9 @@ def _rank_pid(launcher: int, rank: int) -> int:
     raise AssertionError(f"no rank {rank} under mpiexec {launcher}")
 
 
-def _restart_step(path: Path) -> int:
+def _restart_step(directory: Path) -> int:
     try:
-        return Restart(path).step
+        return find_restart(directory).step  # 2 ranks: a sharded restart (restart.json + shards)
     except Exception:  # not written yet
         return -1
 
@@ -85,7 +85,7 @@ def killed_run(tmp_path_factory) -> dict:
     """A 2-rank run whose rank 1 is SIGKILLed after the restart of step >= 30 was written."""
     tmp_path = tmp_path_factory.mktemp("killed")
     proc = _launch(tmp_path, "cut", 100_000)
-    restart = tmp_path / "cut" / RESTART_NAME
+    restart = tmp_path / "cut"
     deadline = time.time() + 300
     while _restart_step(restart) < 30 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.1)
@@ -108,15 +108,15 @@ def test_rank_killed_mid_run_ends_the_job_and_the_last_restart_resumes(killed_ru
     # resume on 2 ranks from the last restart, to a few steps past it; compare with the run
     # that was never interrupted
     tmp_path = run["dir"]
-    restart = tmp_path / "cut" / RESTART_NAME
-    step = Restart(restart).step
+    restart = tmp_path / "cut"
+    step = find_restart(restart).step
     assert step >= 30
     end = step + 20
     code, text = _finish(_launch(tmp_path, "cut", end, "--resume"), timeout=300)
     assert code == 0, text[-3000:]
     code, text = _finish(_launch(tmp_path, "full", end), timeout=300)
     assert code == 0, text[-3000:]
-    a, b = Restart(tmp_path / "full" / RESTART_NAME), Restart(restart)
+    a, b = find_restart(tmp_path / "full"), find_restart(restart)
     assert a.step == b.step == end
     for key in ("positions", "velocities", "ids"):
         assert np.array_equal(a.arrays[key], b.arrays[key]), key

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from atomsim.engine.restart import RESTART_NAME, Restart
+from atomsim.engine.restart import find_restart
 
 pytestmark = pytest.mark.mpi
 
@@ -62,7 +62,7 @@ def one_rank(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("ranks", [2, 3])
 def test_gnn_per_layer_md_on_n_ranks_tracks_one_rank(one_rank, tmp_path, ranks):
     many = _run(tmp_path, f"n{ranks}", ranks)
-    a, b = Restart(one_rank / RESTART_NAME), Restart(many / RESTART_NAME)
+    a, b = find_restart(one_rank), find_restart(many)  # restart.npz, sharded restart.json
     assert a.step == b.step == 40
     assert np.array_equal(a.arrays["ids"], b.arrays["ids"])
     assert np.abs(a.arrays["positions"] - b.arrays["positions"]).max() < 1e-8

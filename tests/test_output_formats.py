@@ -177,6 +177,9 @@ def test_two_ranks_write_the_one_rank_h5md_with_gnn_stresses(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert main(["run", str(tmp_path / "one.yaml")]) == 0
     one, two = (tmp_path / name / "trajectory.h5md" for name in ("one", "two"))
+    # 2 ranks write per-rank shards (output.parallel: auto), merged into H5MD by `atomsim convert`
+    assert not two.exists()
+    assert main(["convert", str(tmp_path / "two"), str(two)]) == 0
     with h5py.File(one) as a, h5py.File(two) as b:
         for name in ("position", "velocity", "force", "potential_energy", "stress"):
             ref = a[f"particles/all/{name}/value"][()]

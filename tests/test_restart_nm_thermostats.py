@@ -8,7 +8,6 @@ the reference only by the order of the force and reduction sums. Each case launc
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -17,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from atomsim.engine.restart import ShardedRestart, find_restart
 
 pytestmark = pytest.mark.mpi
 
@@ -53,10 +54,20 @@ def _run(directory: Path, ranks: int, *extra: str) -> None:
 
 
 def _restart(directory: Path) -> tuple[dict, dict]:
-    """The restart archive's arrays and its metadata (step, integrator state)."""
-    with np.load(directory / "out" / "restart.npz") as d:
-        out = {k: d[k] for k in d.files if k != "meta"}
-        meta = json.loads(str(d["meta"]))
+    """The newest restart's arrays (whole system, by id) and its metadata (step, integrator state).
+
+    2 and 3 ranks write sharded restarts (restart.json + shards), 1 rank restart.npz; integrator
+    state is JSON in both (array values under ``integ/`` in the .npz, none for these integrators).
+    """
+    r = find_restart(directory / "out")
+    out = {k: r.arrays[k] for k in ("positions", "velocities", "masses", "numbers", "ids", "cell")}
+    meta = dict(r.meta)
+    if isinstance(r, ShardedRestart):
+        meta["integrator_state"] = {k: v[1] for k, v in meta["integrator_state"].items()}
+    else:
+        with np.load(r.path) as d:
+            out.update({k: d[k] for k in d.files if k.startswith("integ/")})
+        meta["integrator_state"] = {k: v[1] for k, v in meta["integrator_state"].items() if v[0] == "json"}
     return out, meta
 
 
@@ -75,7 +86,7 @@ def test_restart_written_on_2_ranks_resumes_on_1_and_3(case, tmp_path):
     ref = tmp_path / "ref"
     ref.mkdir()
     (ref / "input.yaml").write_text(INPUT.format(dynamics=CASES[case]))
-    _run(ref, 2)  # restarts at steps 10 (restart.prev.npz) and 20 (restart.npz)
+    _run(ref, 2)  # sharded restarts at steps 10 (restart.prev.json) and 20 (restart.json)
     ra, meta_a = _restart(ref)
     assert meta_a["step"] == 20 and meta_a["integrator"] == CASES[case].split(",")[0].split()[1]
     ta = np.genfromtxt(ref / "out" / "thermo.csv", delimiter=",", names=True)
@@ -83,7 +94,7 @@ def test_restart_written_on_2_ranks_resumes_on_1_and_3(case, tmp_path):
     for ranks in (1, 3):
         d = tmp_path / f"resumed_on_{ranks}"
         shutil.copytree(ref, d)
-        (d / "out" / "restart.npz").unlink()  # leaves the step-10 restart written on 2 ranks
+        (d / "out" / "restart.json").unlink()  # leaves the step-10 (sharded) restart written on 2 ranks
         _run(d, ranks, "--resume")
         rb, meta_b = _restart(d)
         assert meta_b["step"] == 20

@@ -22,7 +22,7 @@ from rich.console import Console
 
 from atomsim.cli import main
 from atomsim.engine.config import RunConfig, load_config
-from atomsim.engine.restart import RESTART_NAME, Restart
+from atomsim.engine.restart import RESTART_NAME, Restart, find_restart
 from atomsim.engine.simulation import Simulation
 from atomsim.engine.stages import STAGE_FILE
 
@@ -60,7 +60,7 @@ def thermo_rows(path: Path):
 
 
 def final_arrays(directory: Path) -> dict:
-    r = Restart(directory / RESTART_NAME)
+    r = find_restart(directory)  # restart.npz, or restart.json + shards from several ranks
     return {k: r.arrays[k] for k in ("positions", "velocities", "cell", "ids")} | {"step": r.step}
 
 

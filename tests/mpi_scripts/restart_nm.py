@@ -2,7 +2,9 @@
 
 Usage: mpiexec -n N python restart_nm.py DIR STEPS [--resume]
 Used to show that a restart written on 4 ranks resumes on 2 ranks and follows
-the trajectory of the uninterrupted 4-rank run.
+the trajectory of the uninterrupted 4-rank run. Output is gathered to rank 0
+(``output.parallel: gather``, single files); mpi_scripts/sharded_restart.py runs
+the same system with per-rank shards.
 """
 import sys
 
@@ -20,7 +22,7 @@ def config(directory: str, steps: int) -> RunConfig:
         "neighbor": {"skin": 0.6},
         "parallel": {"halo": "full"},
         "output": {"directory": directory, "thermo_every": 5, "trajectory_every": 5,
-                   "restart_every": 10, "progress": False},
+                   "restart_every": 10, "progress": False, "parallel": "gather"},  # single-file output
     })
 
 

@@ -1,0 +1,477 @@
+"""Per-rank output shards: restarts and trajectory frames that no rank gathers.
+
+A *shard set* is one file per rank holding that rank's owned atoms, sorted by
+global id, in safetensors format (a JSON header plus raw little-endian arrays:
+numpy, torch, Rust and C++ read it; measured faster than npz and HDF5 here,
+see docs/io.md), plus one small JSON *manifest* written by rank 0 last, naming
+every shard with its atom count, byte size, per-array CRC32 and the fractional
+bounding box of its atoms. A set is valid only once its manifest is in place,
+so a crash while shards are being written leaves the previous set untouched.
+
+Restarts (``output.directory``)::
+
+    restart.json, restart.prev.json        manifests (newest, previous)
+    restart.shards/<set>/shard-RRRRR-of-NNNNN.safetensors
+
+Sets that neither manifest names are deleted after a new manifest is in place.
+Trajectory frames::
+
+    trajectory.shards/SSSSSSSSSS.json      one manifest per frame (step)
+    trajectory.shards/SSSSSSSSSS/shard-RRRRR-of-NNNNN.safetensors
+
+``atomsim convert`` merges them into extxyz / ASE .traj / H5MD for viewers.
+A restart is read on any rank count: each rank opens only the shards whose
+bounding box meets its sub-domain, one at a time, and keeps the atoms it owns.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+import zlib
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .errors import InputError
+
+FORMAT = "atomsim-shards"
+FORMAT_VERSION = 1
+RESTART_MANIFEST = "restart.json"
+RESTART_PREVIOUS = "restart.prev.json"
+RESTART_SETS = "restart.shards"
+TRAJECTORY_SHARDS = "trajectory.shards"
+OUTPUT_MODES = ("auto", "gather", "sharded")
+
+# Per-atom arrays of a restart shard (``nl_positions``: the neighbor list's reference positions).
+RESTART_KEYS = ("ids", "positions", "velocities", "masses", "numbers", "fixed", "nl_positions")
+
+
+class ShardError(InputError):
+    """A shard set that cannot be read: the message names the manifest or shard and why."""
+
+
+def use_shards(setting: str, n_ranks: int) -> bool:
+    """``output.parallel``: ``sharded`` always, ``gather`` never, ``auto`` whenever several ranks run."""
+    if setting not in OUTPUT_MODES:
+        raise InputError(f"output.parallel: {setting!r} is not one of {', '.join(OUTPUT_MODES)}")
+    return setting == "sharded" or (setting == "auto" and n_ranks > 1)
+
+
+def shard_name(rank: int, size: int) -> str:
+    return f"shard-{rank:05d}-of-{size:05d}.safetensors"
+
+
+def _crc(a: np.ndarray) -> int:
+    return zlib.crc32(memoryview(np.ascontiguousarray(a)).cast("B"))
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:  # not every file system lets a directory be synced
+        pass
+
+
+def _np(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def _frac(cell: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Fractional coordinates, not wrapped (a shard's atoms stay one compact box across a periodic face)."""
+    return np.asarray(positions, dtype=float) @ np.linalg.inv(np.asarray(cell, dtype=float))
+
+
+def write_shard(folder: Path, rank: int, size: int, arrays: Dict[str, np.ndarray], cell, pbc) -> dict:
+    """Write this rank's shard atomically (temp file, fsync, rename); return its manifest entry."""
+    from safetensors.numpy import save_file
+
+    order = np.argsort(arrays["ids"], kind="stable")
+    data = {k: np.ascontiguousarray(v[order]) for k, v in arrays.items()}
+    name = shard_name(rank, size)
+    tmp = folder / f".{name}.tmp.{os.getpid()}"
+    save_file(data, str(tmp), metadata={"format": FORMAT, "rank": str(rank), "of": str(size)})
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, folder / name)
+    n = int(data["ids"].shape[0])
+    info = {"file": name, "rank": rank, "n_atoms": n, "bytes": (folder / name).stat().st_size,
+            "crc32": {k: _crc(v) for k, v in data.items()}, "frac_lo": None, "frac_hi": None,
+            "id_min": int(data["ids"][0]) if n else None, "id_max": int(data["ids"][-1]) if n else None}
+    if n:
+        frac = _frac(cell, data["positions"])
+        info["frac_lo"], info["frac_hi"] = frac.min(0).tolist(), frac.max(0).tolist()
+    return info
+
+
+def write_json_atomic(path: Path, obj: dict, previous: Optional[Path] = None) -> None:
+    """Write ``path`` atomically; the file it replaces becomes ``previous`` (when given)."""
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=1)
+        fh.flush()
+        os.fsync(fh.fileno())
+    if previous is not None and path.exists():
+        os.replace(path, previous)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def write_shard_set(comm, folder: Path, arrays: Dict[str, np.ndarray], cell, pbc,
+                    manifest: dict, manifest_path: Path, previous: Optional[Path] = None) -> Path:
+    """Every rank writes its shard into ``folder``; then rank 0 writes the manifest. Collective.
+
+    ``manifest`` (rank 0's) gets ``shards``, ``n_shards``, ``n_atoms`` and ``folder`` added.
+    Returns ``manifest_path`` once the manifest is in place on every rank.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    info = write_shard(folder, comm.rank, comm.size, arrays, cell, pbc)
+    infos = comm.gather(info)  # also: every shard is on disk before the manifest names it
+    if comm.rank == 0:
+        manifest = dict(manifest, format=FORMAT, format_version=FORMAT_VERSION, n_shards=comm.size,
+                        n_atoms=sum(i["n_atoms"] for i in infos),
+                        folder=os.path.relpath(folder, manifest_path.parent), shards=infos,
+                        written_unix=time.time())
+        write_manifest(manifest_path, manifest, previous)
+    comm.barrier()
+    return manifest_path
+
+
+def write_manifest(path: Path, manifest: dict, previous: Optional[Path]) -> None:
+    """The last act of writing a shard set (its own function so tests can make it fail)."""
+    write_json_atomic(path, manifest, previous)
+
+
+# -- reading ---------------------------------------------------------------------
+def read_manifest(path: Path) -> dict:
+    """A manifest, checked against its shards on disk (present, sizes); ShardError names the problem."""
+    path = Path(path)
+    try:
+        m = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ShardError(f"{path}: unreadable manifest ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        raise ShardError(f"{path}: not an {FORMAT} manifest")
+    if m.get("format_version") != FORMAT_VERSION:
+        raise ShardError(f"{path}: shard format version {m.get('format_version')} is not {FORMAT_VERSION}; "
+                         "it was written by another atomsim version")
+    shards = m.get("shards")
+    if not isinstance(shards, list) or len(shards) != m.get("n_shards"):
+        raise ShardError(f"{path}: lists {len(shards or [])} shards but says n_shards={m.get('n_shards')}")
+    if sum(int(s["n_atoms"]) for s in shards) != m.get("n_atoms"):
+        raise ShardError(f"{path}: its shards hold {sum(int(s['n_atoms']) for s in shards)} atoms, "
+                         f"the manifest says {m.get('n_atoms')}")
+    folder = path.parent / m["folder"]
+    for s in shards:
+        f = folder / s["file"]
+        if not f.exists():
+            raise ShardError(f"{path}: shard {f} is missing")
+        if f.stat().st_size != s["bytes"]:
+            raise ShardError(f"{path}: shard {f} has {f.stat().st_size} bytes, the manifest says "
+                             f"{s['bytes']} (a different or partly written shard)")
+    m["_path"] = str(path)
+    return m
+
+
+def shard_paths(manifest: dict) -> List[Path]:
+    folder = Path(manifest["_path"]).parent / manifest["folder"]
+    return [folder / s["file"] for s in manifest["shards"]]
+
+
+def read_shard(manifest: dict, k: int, keys: Optional[Sequence[str]] = None,
+               rows: Optional[Callable[[dict], Optional[np.ndarray]]] = None) -> Dict[str, np.ndarray]:
+    """Arrays of shard ``k`` (checked against the manifest's CRC32); ``rows(arrays) -> mask`` keeps some.
+
+    ``rows`` sees the arrays read so far in ``keys`` order (put ``positions`` first to select by it).
+    """
+    from safetensors import safe_open
+
+    info = manifest["shards"][k]
+    path = shard_paths(manifest)[k]
+    out: Dict[str, np.ndarray] = {}
+    mask = None
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            names = list(f.keys())
+            for key in (keys if keys is not None else names):
+                if key not in names:
+                    continue
+                a = f.get_tensor(key)
+                want = info["crc32"].get(key)
+                if want is None or _crc(a) != want:
+                    raise ShardError(f"{manifest['_path']}: shard {path} array {key!r} fails its CRC32 check "
+                                     "(damaged or replaced)")
+                out[key] = a if mask is None else a[mask]
+                if rows is not None and mask is None:  # the first array read decides the rows kept
+                    mask = rows(out)
+                    out = {kk: v[mask] for kk, v in out.items()}
+    except ShardError:
+        raise
+    except Exception as exc:  # safetensors raises its own errors on a torn header
+        raise ShardError(f"{manifest['_path']}: shard {path} is unreadable "
+                         f"({type(exc).__name__}: {exc})") from exc
+    if out.get("ids") is not None and out["ids"].shape[0] != info["n_atoms"] and mask is None:
+        raise ShardError(f"{manifest['_path']}: shard {path} holds {out['ids'].shape[0]} atoms, "
+                         f"the manifest says {info['n_atoms']}")
+    return out
+
+
+def merged(manifest: dict, keys: Optional[Sequence[str]] = None, progress: Optional[Callable] = None
+           ) -> Dict[str, np.ndarray]:
+    """Every shard's arrays concatenated and sorted by id (the whole system: for converting, small runs)."""
+    parts = []
+    for k in range(len(manifest["shards"])):
+        parts.append(read_shard(manifest, k, keys))
+        if progress is not None:
+            progress(k + 1, len(manifest["shards"]))
+    keys_all = list(dict.fromkeys(key for p in parts for key in p))
+    out = {}
+    for key in keys_all:
+        lacking = [k for k, p in enumerate(parts) if key not in p and p["ids"].shape[0] > 0]
+        if lacking:
+            raise ShardError(f"{manifest['_path']}: array {key!r} is missing from shard(s) "
+                             f"{', '.join(manifest['shards'][k]['file'] for k in lacking)}")
+        out[key] = np.concatenate([p[key] for p in parts if key in p])
+    order = np.argsort(out["ids"], kind="stable")
+    return {key: v[order] for key, v in out.items()}
+
+
+class SubDomain:
+    """Which atoms (and shards) the calling rank owns under the run's decomposition (``parallel.grid``)."""
+
+    def __init__(self, cell, pbc, comm, grid=None):
+        from .domain import Decomposition
+
+        self.decomp = Decomposition(np.asarray(cell, float), pbc, comm.size, comm.rank, grid)
+
+    def may_own(self, info: dict) -> bool:
+        """False when none of the shard's atoms can be ours (from its fractional bounding box).
+
+        Conservative by a hair (1e-9 in fractional units): an extra shard read costs I/O only,
+        the rows kept are decided exactly by :meth:`mask`.
+        """
+        if info["frac_lo"] is None:
+            return False
+        d, eps = self.decomp, 1e-9
+        for k in range(3):
+            lo, hi = float(info["frac_lo"][k]), float(info["frac_hi"][k])
+            a, b = d.lo[k] - eps, d.hi[k] + eps
+            if not d.pbc[k]:  # atoms outside [0, 1) belong to the edge ranks
+                a = -np.inf if d.coords[k] == 0 else a
+                b = np.inf if d.coords[k] == d.dims[k] - 1 else b
+                hit = lo <= b and hi >= a
+            elif hi - lo >= 1.0:
+                hit = True
+            else:  # shift the box into [0, 2): its wrapped image is [lo, hi] and maybe [0, hi - 1]
+                shift = np.floor(lo)
+                lo, hi = lo - shift, hi - shift
+                hit = (lo <= b and hi >= a) or (hi >= 1.0 and hi - 1.0 >= a)
+            if not hit:
+                return False
+        return True
+
+    def mask(self, arrays: dict) -> np.ndarray:
+        frac, _ = self.decomp.wrap(arrays["positions"])
+        return self.decomp.owner_of(frac) == self.decomp.rank
+
+
+# -- restarts ----------------------------------------------------------------------
+def restart_set_folder(directory: Path, step: int, token: str) -> Path:
+    return Path(directory) / RESTART_SETS / f"step{step:010d}-{token}"
+
+
+def write_sharded_restart(comm, directory, arrays: Dict[str, np.ndarray], meta: dict, cell, pbc) -> Path:
+    """This rank's atoms as one shard of a new restart set; rank 0 writes the manifest last. Collective.
+
+    ``meta`` holds the global scalars (step, config hash, integrator state, ...).
+    The previous manifest becomes ``restart.prev.json``; sets neither names are then deleted.
+    """
+    directory = Path(directory)
+    token = comm.bcast(uuid.uuid4().hex[:8] if comm.rank == 0 else None)
+    folder = restart_set_folder(directory, int(meta["step"]), token)
+    man = dict(meta, kind="restart", cell=np.asarray(cell, float).tolist(), pbc=[bool(p) for p in pbc],
+               rng="counter-based (seed, step, atom id): no state to save")
+    path = write_shard_set(comm, folder, arrays, cell, pbc, man, directory / RESTART_MANIFEST,
+                           directory / RESTART_PREVIOUS)
+    if comm.rank == 0:
+        _collect_restart_sets(directory)
+    return path
+
+
+def _collect_restart_sets(directory: Path) -> None:
+    """Delete restart sets that neither manifest names (older sets, sets of a crashed write)."""
+    keep = set()
+    for name in (RESTART_MANIFEST, RESTART_PREVIOUS):
+        try:
+            keep.add(Path(json.loads((directory / name).read_text())["folder"]).name)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    root = directory / RESTART_SETS
+    for sub in root.iterdir() if root.exists() else ():
+        if sub.name not in keep:
+            shutil.rmtree(sub, ignore_errors=True)
+
+
+def remove_sharded_output(directory) -> None:
+    """A fresh run: no sharded restart or trajectory of an older run may be resumed or appended to."""
+    directory = Path(directory)
+    for name in (RESTART_MANIFEST, RESTART_PREVIOUS):
+        (directory / name).unlink(missing_ok=True)
+    for name in (RESTART_SETS, TRAJECTORY_SHARDS):
+        shutil.rmtree(directory / name, ignore_errors=True)
+
+
+# -- trajectories ------------------------------------------------------------------
+def frame_manifests(directory) -> List[Path]:
+    """The frame manifests of ``directory/trajectory.shards`` (or of that folder itself), by step."""
+    directory = Path(directory)
+    root = directory if directory.name == TRAJECTORY_SHARDS else directory / TRAJECTORY_SHARDS
+    return sorted(p for p in root.glob("*.json") if p.stem.isdigit())
+
+
+def drop_frames_after(directory, step: int) -> None:
+    """Delete the sharded frames written after ``step`` (a resumed run writes them again)."""
+    for m in frame_manifests(directory):
+        if int(m.stem) > step:
+            m.unlink()
+            shutil.rmtree(m.with_suffix(""), ignore_errors=True)
+
+
+class ShardedTrajectory:
+    """Trajectory frames as shard sets (``output.parallel``): each rank writes its own atoms. Collective."""
+
+    def __init__(self, directory, timestep_fs: float, comm, *, fmt: str, append: bool,
+                 resume_step: Optional[int], per_atom: Sequence[str]):
+        self.root = Path(directory) / TRAJECTORY_SHARDS
+        self.timestep_fs = timestep_fs
+        self.comm = comm
+        self.fmt = fmt
+        self.per_atom = tuple(per_atom)
+        if comm.rank == 0:
+            if not append:
+                shutil.rmtree(self.root, ignore_errors=True)
+            elif resume_step is not None:  # a resumed run writes the frames after its restart again
+                drop_frames_after(directory, resume_step)
+            self.root.mkdir(parents=True, exist_ok=True)
+        comm.barrier()
+
+    def write(self, state, stresses: Optional[np.ndarray] = None) -> None:
+        """One frame: this rank's owned atoms (``stresses``: theirs, (n, 6) eV/Å^3) as a shard."""
+        arrays = {k: _np(getattr(state, k)) for k in ("ids", "positions", "velocities", "masses", "numbers")}
+        if state.forces is not None:
+            arrays["forces"] = _np(state.forces)
+        if state.fixed is not None:
+            arrays["fixed"] = _np(state.fixed).astype(bool)
+        if "energies" in self.per_atom and state.energies is not None:
+            arrays["energies"] = np.asarray(_np(state.energies), dtype=np.float64)
+        if stresses is not None:
+            arrays["stresses"] = np.asarray(stresses, dtype=np.float64)
+        step = int(state.step)
+        cell = _np(state.cell).astype(float)
+        meta = {"kind": "trajectory-frame", "step": step, "time_ps": step * self.timestep_fs * 1e-3,
+                "timestep_fs": self.timestep_fs, "energy": float(state.energy), "cell": cell.tolist(),
+                "pbc": [bool(p) for p in state.pbc], "trajectory_format": self.fmt,
+                "per_atom": list(self.per_atom)}
+        write_shard_set(self.comm, self.root / f"{step:010d}", arrays, cell, state.pbc, meta,
+                        self.root / f"{step:010d}.json")
+
+
+def state_from_arrays(a: Dict[str, np.ndarray], manifest: dict):
+    """An MDState (whole system, CPU) from merged shard arrays, for the ordinary file writers."""
+    from .state import MDState
+
+    t = lambda x, dt=torch.float64: torch.from_numpy(np.ascontiguousarray(x)).to(dt)  # noqa: E731
+    return MDState(positions=t(a["positions"]), velocities=t(a["velocities"]), masses=t(a["masses"]),
+                   numbers=t(a["numbers"], torch.int64), ids=t(a["ids"], torch.int64),
+                   cell=torch.tensor(manifest["cell"], dtype=torch.float64), pbc=tuple(manifest["pbc"]),
+                   n_atoms_global=int(a["ids"].shape[0]), step=int(manifest["step"]),
+                   energy=float(manifest.get("energy", 0.0)),
+                   forces=t(a["forces"]) if "forces" in a else None,
+                   energies=np.asarray(a["energies"]) if "energies" in a else None,
+                   fixed=torch.from_numpy(np.asarray(a["fixed"], dtype=bool)) if "fixed" in a else None)
+
+
+def iter_frames(path) -> Iterator[dict]:
+    """Manifests (checked) of a sharded trajectory folder / output directory, or of one manifest file."""
+    path = Path(path)
+    paths = [path] if path.suffix == ".json" else frame_manifests(path)
+    for p in paths:
+        yield read_manifest(p)
+
+
+# -- merging for viewers (`atomsim convert`) ----------------------------------------------
+CONVERT_FORMATS = {".extxyz": "extxyz", ".xyz": "extxyz", ".traj": "traj", ".h5md": "h5md"}
+
+
+def _source_manifests(source: Path) -> List[Path]:
+    """The manifests ``source`` names: a manifest file, a trajectory.shards folder, or an output directory."""
+    if source.is_file():
+        return [source]
+    if not source.is_dir():
+        raise ShardError(f"convert: {source} does not exist")
+    frames = frame_manifests(source)
+    if frames:
+        return frames
+    if (source / RESTART_MANIFEST).exists():
+        return [source / RESTART_MANIFEST]
+    raise ShardError(f"convert: {source} holds no sharded output (no {TRAJECTORY_SHARDS}/*.json frame "
+                     f"manifests, no {RESTART_MANIFEST})")
+
+
+def convert(source, output, progress: Optional[Callable[[str], None]] = None) -> dict:
+    """Merge sharded frames (or a sharded restart) into one extxyz / ASE .traj / H5MD file, atoms by id.
+
+    Each frame is merged in this process (the whole frame at once: viewers need it whole).
+    Returns ``{"frames": n, "atoms": n_atoms, "output": path}``; ShardError on a missing shard,
+    a manifest that does not match its shards, or a damaged shard.
+    """
+    from ase.constraints import FixAtoms
+    from ase.io import write
+
+    from .trajectory import AseTrajWriter, H5MDWriter, TrajectoryWriter
+
+    source, output = Path(source), Path(output)
+    fmt = CONVERT_FORMATS.get(output.suffix)
+    if fmt is None:
+        raise InputError(f"convert: output {output} must end in one of {', '.join(CONVERT_FORMATS)}")
+    paths = _source_manifests(source)
+    say = progress or (lambda _msg: None)
+    writer = None
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.unlink(missing_ok=True)
+    n_atoms = 0
+    for i, p in enumerate(paths):
+        m = read_manifest(p)
+        a = merged(m, progress=lambda k, n, _i=i: say(f"frame {_i + 1}/{len(paths)}: shard {k}/{n}"))
+        if a["ids"].shape[0] != m["n_atoms"] or np.unique(a["ids"]).shape[0] != m["n_atoms"]:
+            raise ShardError(f"{p}: its shards hold {np.unique(a['ids']).shape[0]} distinct atom ids, "
+                             f"the manifest says {m['n_atoms']}")
+        n_atoms = int(m["n_atoms"])
+        state = state_from_arrays(a, m)
+        if m.get("kind") == "restart":
+            if fmt == "h5md":
+                raise InputError("convert: a restart converts to .extxyz or .traj (it has no forces/energies)")
+            atoms = state.to_atoms()
+            if state.fixed is not None and bool(state.fixed.any()):
+                atoms.set_constraint(FixAtoms(mask=state.fixed.numpy()))
+            atoms.info["step"] = int(m["step"])
+            write(output, atoms, format="extxyz" if fmt == "extxyz" else "traj", parallel=False)
+        else:
+            if writer is None:
+                cls = {"extxyz": TrajectoryWriter, "traj": AseTrajWriter, "h5md": H5MDWriter}[fmt]
+                writer = cls(output, float(m["timestep_fs"]), enabled=True, append=False,
+                             per_atom=m.get("per_atom", ()))
+            writer.write(state, stresses=a.get("stresses"))
+        say(f"frame {i + 1}/{len(paths)}: step {m['step']}, {n_atoms} atoms -> {output}")
+    return {"frames": len(paths), "atoms": n_atoms, "output": str(output)}

@@ -36,7 +36,6 @@ def _config(model: str, repeat: int, outdir: str, steps: int):
 
 def atomsim_vs_ase(model: str = "default", repeat: int = 4, steps: int = 10, repeats: int = 3) -> dict:
     """s/step of atomsim's loop and of ASE VelocityVerlet + AtomsimCalculator (medians), and the ratio."""
-    import torch
     from ase import units
     from ase.md.verlet import VelocityVerlet
     from rich.console import Console
@@ -44,8 +43,9 @@ def atomsim_vs_ase(model: str = "default", repeat: int = 4, steps: int = 10, rep
     from atomsim import AtomsimCalculator
     from atomsim.engine.simulation import Simulation
     from atomsim.engine.structure import build_atoms, initialize_velocities
+    from atomsim.kernels.threads import configure_threads
 
-    torch.set_num_threads(1)
+    configure_threads(1)  # torch, numba and BLAS alike
     res = {"atomsim": [], "ase": []}
     final = {}
     with tempfile.TemporaryDirectory() as tmp:

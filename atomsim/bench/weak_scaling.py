@@ -344,9 +344,9 @@ def worker_main(args) -> int:
 
     comm = world_comm()
     comm.install_abort_handler()
-    import torch
+    from atomsim.kernels.threads import configure_threads
 
-    torch.set_num_threads(max(int(os.environ.get("OMP_NUM_THREADS", "1") or 1), 1))
+    configure_threads(max(int(os.environ.get("OMP_NUM_THREADS", "1") or 1), 1))  # torch, numba, BLAS
     points = []
     for n in _int_list(args.atoms_per_rank):
         points.append(measure_point(comm, args.potential, n, args.mode, args.halo, args.steps, args.rebuilds,

@@ -71,13 +71,13 @@ def time_lammps(atoms, pot, steps: int, threads: int, dt_fs: float, skin: float,
 
 def time_atomsim(atoms, pot, steps: int, threads: int, dt_fs: float, skin: float, dtype: str, halo: str,
                  comm) -> dict:
-    import torch
     from rich.console import Console
 
     from atomsim.engine.config import RunConfig
     from atomsim.engine.simulation import Simulation
+    from atomsim.kernels.threads import configure_threads
 
-    torch.set_num_threads(threads)
+    configure_threads(threads)  # torch, numba and BLAS alike
     with tempfile.TemporaryDirectory() as tmp:
         tmp = comm.bcast(tmp, root=0)  # one output directory for all ranks (rank 0 writes)
         cfg = RunConfig.model_validate({

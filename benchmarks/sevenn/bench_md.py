@@ -69,10 +69,11 @@ def _final(positions, forces, energy) -> dict:
 def worker(args) -> dict:
     import warnings
 
-    import torch
 
     warnings.filterwarnings("ignore")
-    torch.set_num_threads(args.threads)
+    from atomsim.kernels.threads import configure_threads
+
+    configure_threads(args.threads)  # torch, numba and BLAS alike
     from atomsim.engine.simulation import Simulation, _load_config
     from atomsim.engine.structure import build_atoms, initialize_velocities
 

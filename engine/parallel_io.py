@@ -85,17 +85,34 @@ def _np(x) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
-def _frac(cell: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """Fractional coordinates, not wrapped (a shard's atoms stay one compact box across a periodic face)."""
-    return np.asarray(positions, dtype=float) @ np.linalg.inv(np.asarray(cell, dtype=float))
+def _frac_box(cell, positions: np.ndarray) -> tuple:
+    """Lowest and highest fractional coordinate per cell vector, not wrapped (a shard's atoms stay one
+    compact box across a periodic face). Column by column: no (n, 3) temporaries, no BLAS threads."""
+    inv = np.linalg.inv(np.asarray(cell, dtype=float))
+    lo, hi = [], []
+    for k in range(3):
+        f = positions[:, 0] * inv[0, k]
+        f += positions[:, 1] * inv[1, k]
+        f += positions[:, 2] * inv[2, k]
+        lo.append(float(f.min()))
+        hi.append(float(f.max()))
+    return lo, hi
+
+
+def sorted_by_id(arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """The rows ordered by ``ids`` (no copy when they already are, as a rank's state is)."""
+    ids = arrays["ids"]
+    if ids.shape[0] < 2 or bool(np.all(ids[1:] > ids[:-1])):
+        return arrays
+    order = np.argsort(ids, kind="stable")
+    return {k: v[order] for k, v in arrays.items()}
 
 
 def write_shard(folder: Path, rank: int, size: int, arrays: Dict[str, np.ndarray], cell, pbc) -> dict:
     """Write this rank's shard atomically (temp file, fsync, rename); return its manifest entry."""
     from safetensors.numpy import save_file
 
-    order = np.argsort(arrays["ids"], kind="stable")
-    data = {k: np.ascontiguousarray(v[order]) for k, v in arrays.items()}
+    data = {k: np.ascontiguousarray(v) for k, v in sorted_by_id(arrays).items()}
     name = shard_name(rank, size)
     tmp = folder / f".{name}.tmp.{os.getpid()}"
     save_file(data, str(tmp), metadata={"format": FORMAT, "rank": str(rank), "of": str(size)})
@@ -110,8 +127,7 @@ def write_shard(folder: Path, rank: int, size: int, arrays: Dict[str, np.ndarray
             "crc32": {k: _crc(v) for k, v in data.items()}, "frac_lo": None, "frac_hi": None,
             "id_min": int(data["ids"][0]) if n else None, "id_max": int(data["ids"][-1]) if n else None}
     if n:
-        frac = _frac(cell, data["positions"])
-        info["frac_lo"], info["frac_hi"] = frac.min(0).tolist(), frac.max(0).tolist()
+        info["frac_lo"], info["frac_hi"] = _frac_box(cell, data["positions"])
     return info
 
 
@@ -242,9 +258,9 @@ def merged(manifest: dict, keys: Optional[Sequence[str]] = None, progress: Optio
         if lacking:
             raise ShardError(f"{manifest['_path']}: array {key!r} is missing from shard(s) "
                              f"{', '.join(manifest['shards'][k]['file'] for k in lacking)}")
-        out[key] = np.concatenate([p[key] for p in parts if key in p])
-    order = np.argsort(out["ids"], kind="stable")
-    return {key: v[order] for key, v in out.items()}
+        have = [p[key] for p in parts if key in p]
+        out[key] = have[0] if len(have) == 1 else np.concatenate(have)
+    return sorted_by_id(out)
 
 
 class SubDomain:

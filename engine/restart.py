@@ -363,7 +363,7 @@ class ShardedRestart(Restart):
         with these atoms' list reference positions and ids.
         """
         from .comm import Comm
-        from .parallel_io import read_shard
+        from .parallel_io import read_shard, sorted_by_id
         from .state import MDState
 
         keys = ("positions", "ids", "velocities", "masses", "numbers", "fixed", "nl_positions")
@@ -386,9 +386,8 @@ class ShardedRestart(Restart):
                 if len(have) != len(parts):
                     raise self._why(f"array {key!r} is in some shards and not in others")
                 have = have or [np.zeros((0, 3)) if key == "nl_positions" else np.zeros(0, bool)]
-            a[key] = np.concatenate(have) if have else empty[key]
-        order = np.argsort(a["ids"], kind="stable")
-        a = {k: v[order] for k, v in a.items()}
+            a[key] = (have[0] if len(have) == 1 else np.concatenate(have)) if have else empty[key]
+        a = sorted_by_id(a)
         for key in ("positions", "velocities", "masses", "nl_positions"):
             if key in a and not np.isfinite(a[key]).all():
                 raise self._why(f"{key} contains NaN or infinite values")

@@ -86,6 +86,17 @@ class Comm:
                 return torch.from_numpy(res).to(device=x.device, dtype=x.dtype)
         return self._comm.allreduce(x, op=mpi_op)
 
+    def split(self, color: Optional[int], key: int = 0) -> Optional["Comm"]:
+        """A Comm over the ranks that pass the same ``color`` (None: this rank joins none). Collective.
+
+        Ranks are ordered by ``key`` then by their rank here (MPI_Comm_split); tools run a job
+        on part of the ranks with it (a 2-rank case inside a 4-rank launch).
+        """
+        if self._comm is None:
+            return None if color is None else self
+        sub = self._comm.Split(self._MPI.UNDEFINED if color is None else int(color), int(key))
+        return None if sub == self._MPI.COMM_NULL else Comm(sub)
+
     # -- objects --------------------------------------------------------------
     def bcast(self, obj: Any, root: int = 0) -> Any:
         return obj if self._comm is None else self._comm.bcast(obj, root=root)
@@ -235,14 +246,18 @@ class Comm:
         naming its rank, PID and host. No-op on one rank or where it cannot start.
         """
         global _WATCHDOG_FD
-        if self.size == 1 or _WATCHDOG_FD is not None:
+        if self.size == 1:
             return
         import atexit
         import socket
         import subprocess
         import uuid
 
+        # the bcast first, on every rank: a rank already watched (an earlier job on another
+        # communicator of this process) must not leave the others waiting in it
         job = self.bcast(uuid.uuid4().hex[:12] if self.rank == 0 else None)
+        if _WATCHDOG_FD is not None:
+            return
         folder = os.path.abspath(os.fspath(folder))
         try:
             os.makedirs(folder, exist_ok=True)

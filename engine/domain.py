@@ -73,6 +73,47 @@ class Decomposition:
             c[dim] %= self.dims[dim]
         return self.rank_of(c), shift
 
+    def hops(self, depth: float) -> Tuple[int, int, int]:
+        """Sub-boxes a halo ``depth`` Å deep spans along each axis (1 unless sub-boxes are thinner)."""
+        out = []
+        for d in range(3):
+            if self.dims[d] == 1 and not self.pbc[d]:
+                out.append(0)
+                continue
+            h = depth / self.faces[d]
+            out.append(int(np.ceil(h * self.dims[d] - 1e-12)) if h > 0 else 0)
+        return tuple(out)
+
+    def halo_partners(self, depth: float) -> list:
+        """(dest, source) rank pairs, one per grid offset within ``depth``: whom to send to and hear from.
+
+        The offsets +o (dest) and -o (source) pair every rank with the same partner in the same
+        round, so a loop of pairwise ``sendrecv`` over this list cannot deadlock. Offsets that
+        reach the same rank (periodic wrap of a short grid axis) count once; this rank itself
+        comes first as (rank, rank). Without thin sub-boxes these are the 26 neighbours or fewer.
+        """
+        import itertools
+
+        k = self.hops(depth)
+        seen = {(0, 0, 0)}
+        pairs = [(self.rank, self.rank)]
+        for o in itertools.product(*(range(-kd, kd + 1) for kd in k)):
+            res = tuple(o[d] % self.dims[d] if self.pbc[d] else o[d] for d in range(3))
+            if res in seen or any(not self.pbc[d] and abs(o[d]) >= self.dims[d] for d in range(3)):
+                continue
+            seen.add(res)
+            pairs.append((self._offset_rank(o), self._offset_rank(tuple(-x for x in o))))
+        return pairs
+
+    def _offset_rank(self, offset) -> Optional[int]:
+        c = [self.coords[d] + offset[d] for d in range(3)]
+        for d in range(3):
+            if self.pbc[d]:
+                c[d] %= self.dims[d]
+            elif not 0 <= c[d] < self.dims[d]:
+                return None
+        return self.rank_of(c)
+
     def wrap(self, positions: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """Wrapped fractional coordinates and the integer image k (positions = wrapped + k @ cell)."""
         frac = np.asarray(positions, dtype=float) @ self.inv_cell
@@ -118,51 +159,68 @@ def _assign(state, arrays: dict) -> None:
 def migrate(state, decomp: Decomposition, comm: Comm, by: Optional[torch.Tensor] = None):
     """Send every owned atom that left this sub-box to its owner; returns atoms sent.
 
-    Collective over ``comm``: every rank must call it.
+    Collective over ``comm``: every rank must call it. Staged as LAMMPS does:
+    along cell vector a, then b, then c, atoms travel one sub-box per round to
+    the -1/+1 neighbour (the shorter way round a periodic axis); rounds repeat
+    along an axis while any atom is not yet in its owner's slab (thin sub-boxes,
+    or atoms that crossed more than one). Only the neighbouring ranks exchange
+    messages; one allreduce per round decides whether another is needed.
     ``by`` (n, 3): positions that decide ownership instead of ``state.positions``
     (a resumed run rebuilds at the saved reference positions); it travels with
     the atoms and the return value is then ``(sent, by_after_migration)``.
     """
     dev = state.positions.device
-    decide = state.positions if by is None else by
-    frac, _ = decomp.wrap(decide.detach().cpu().numpy())
-    owner = decomp.owner_of(frac)
     # all ranks must agree which optional fields exist (an empty rank may have forces None): one allreduce
     here = np.array([getattr(state, f) is not None for f in PER_ATOM_FIELDS], dtype=np.int64)
     present = dict(zip(PER_ATOM_FIELDS, (bool(p) for p in comm.allreduce_max(here))))
-    cpu = {}
     n = state.positions.shape[0]
+    cpu = {}
     for f in PER_ATOM_FIELDS:
         v = getattr(state, f)
         if present[f] and v is None:
             v = _empty_like_field(f, n, state)
-        cpu[f] = None if v is None else v.detach().cpu().numpy()
-    outgoing = []
-    for r in range(decomp.size):
-        sel = np.nonzero(owner == r)[0]
-        keep = sel.size or r == decomp.rank
-        outgoing.append({f: (None if a is None else a[sel]) for f, a in cpu.items()} if keep else None)
+        if v is not None:
+            cpu[f] = v.detach().cpu().numpy()
     if by is not None:
-        ref = by.detach().cpu().numpy()
-        for r, blk in enumerate(outgoing):
-            if blk is not None:
-                blk["_by"] = ref[owner == r]
-    sent = int((owner != decomp.rank).sum())
-    incoming = comm.alltoall(outgoing)
-    merged = {}
-    for f in PER_ATOM_FIELDS:
-        parts = [blk[f] for blk in incoming if blk is not None and blk[f] is not None]
-        if not present[f]:
-            merged[f] = None
-        else:
-            merged[f] = torch.from_numpy(np.concatenate(parts)).to(dev) if parts else None
+        cpu["_by"] = by.detach().cpu().numpy()
+    decide = "positions" if by is None else "_by"
+    dims = np.asarray(decomp.dims)
+    mine = np.asarray(decomp.coords)
+    frac, _ = decomp.wrap(cpu[decide])
+    sent = int((decomp.owner_of(frac) != decomp.rank).sum())  # atoms that leave this rank
+    for d in range(3):
+        if dims[d] == 1:
+            continue
+        while True:
+            frac, _ = decomp.wrap(cpu[decide])
+            target = np.clip(np.floor(frac[:, d] * dims[d]).astype(np.int64), 0, dims[d] - 1)
+            delta = target - mine[d]
+            if decomp.pbc[d]:  # the shorter way round
+                delta = (delta + dims[d] // 2) % dims[d] - dims[d] // 2
+                if dims[d] % 2 == 0:
+                    delta[delta == -(dims[d] // 2)] = dims[d] // 2
+            if not int(comm.allreduce_max(int(np.any(delta != 0)))):
+                break
+            up, down = delta > 0, delta < 0
+            stay = ~(up | down)
+            arrived = []
+            for step, mask in ((+1, up), (-1, down)):
+                dest, source = decomp.neighbor(d, step), decomp.neighbor(d, -step)
+                payload = {f: a[mask] for f, a in cpu.items()} if dest is not None else None
+                got = comm.sendrecv(payload, dest=None if dest is None else dest[0],
+                                    source=None if source is None else source[0], tag=_TAG_MIGRATE + d)
+                if got is not None:
+                    arrived.append(got)
+            cpu = {f: np.concatenate([a[stay]] + [g[f] for g in arrived]) for f, a in cpu.items()}
+    merged = {f: (torch.from_numpy(cpu[f]).to(dev) if f in cpu else None) for f in PER_ATOM_FIELDS}
     carried = None
     if by is not None:
-        ids = np.concatenate([blk["ids"] for blk in incoming if blk is not None])
-        ref = np.concatenate([blk["_by"] for blk in incoming if blk is not None])
-        carried = torch.from_numpy(ref[np.argsort(ids, kind="stable")]).to(dev)
+        carried = torch.from_numpy(cpu["_by"][np.argsort(cpu["ids"], kind="stable")]).to(dev)
     _assign(state, merged)
     return sent if by is None else (sent, carried)
+
+
+_TAG_MIGRATE = 61
 
 
 def _empty_like_field(f: str, n: int, state):

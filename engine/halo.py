@@ -37,24 +37,45 @@ class GhostPlan:
     ``send_idx[r]``: owned indices whose rows go to rank r (in r's order);
     ``recv_rows[r]``: ghost rows (0-based among ghosts) filled from rank r.
     Only ranks with something to exchange are contacted; byte buffers make any
-    dtype (bf16 too) travel unchanged.
+    dtype (bf16 too) travel unchanged. The plan is set up with the ``partners``
+    (:meth:`Decomposition.halo_partners`: the sub-boxes within the halo depth,
+    the 26 neighbours unless sub-boxes are thinner than the halo), one pairwise
+    message each: no collective over all ranks.
     """
 
-    def __init__(self, comm: Comm, owner_rank: np.ndarray, owner_index: np.ndarray):
+    def __init__(self, comm: Comm, owner_rank: np.ndarray, owner_index: np.ndarray,
+                 partners: Optional[list] = None):
         self.comm = comm
-        size = comm.size
         self.n_ghost = int(owner_rank.shape[0])
         self.recv_rows: dict = {}
-        requests = []
-        for r in range(size):
+        requests = {}
+        for r in np.unique(owner_rank).tolist():
             rows = np.nonzero(owner_rank == r)[0]
-            if rows.size:
-                self.recv_rows[r] = torch.from_numpy(rows)
-            requests.append(owner_index[rows].astype(np.int64) if rows.size else None)
-        asked = comm.alltoall(requests)
-        self.send_idx = {r: torch.from_numpy(a) for r, a in enumerate(asked) if a is not None and a.size}
+            self.recv_rows[r] = torch.from_numpy(rows.astype(np.int64))
+            requests[r] = owner_index[rows].astype(np.int32)
+        if partners is None:  # every rank a partner (tests and tools without a decomposition)
+            partners = [(comm.rank, comm.rank)] + [((comm.rank + k) % comm.size, (comm.rank - k) % comm.size)
+                                                   for k in range(1, comm.size)]
+        known = {d for d, _ in partners}
+        stray = sorted(set(requests) - known)
+        if stray:
+            raise RuntimeError(f"ghosts owned by rank(s) {stray}, outside this rank's halo partners {sorted(known)}")
+        asked = {}
+        for dest, source in partners:
+            if dest == comm.rank and source == comm.rank:
+                got = requests.get(comm.rank)
+            else:
+                got = comm.sendrecv(requests.get(dest), dest=dest, source=source, tag=_TAG_PLAN + 9)
+            if source is not None and got is not None and got.size:
+                asked[source] = got
+        self.send_idx = {r: torch.from_numpy(a.astype(np.int64)) for r, a in sorted(asked.items())}
         self.bytes_sent = 0  # running totals, for benchmarks
         self.seconds = 0.0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the plan's index arrays hold (memory accounting)."""
+        return sum(int(t.numel()) * t.element_size() for t in (*self.recv_rows.values(), *self.send_idx.values()))
 
     def _exchange(self, send: dict, recv_shapes: dict, like: Tensor) -> dict:
         t0 = time.perf_counter()
@@ -100,7 +121,7 @@ class Ghosts:
         self.depth_A = depth_A  # (n_ghost,) perpendicular distance outside the sub-box at build, Å
         self.owner_rank = owner_rank
         self.owner_index = owner_index
-        self.shift = shift  # (n_ghost, 3) int64 cell images relative to the owner's wrapped position
+        self.shift = shift  # (n_ghost, 3) int8 cell images relative to the owner's wrapped position
         self.numbers = numbers
         self.ids = ids
         self.plan = plan
@@ -108,6 +129,12 @@ class Ghosts:
     @property
     def n(self) -> int:
         return int(self.owner_rank.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held per rank for the ghosts' bookkeeping (not their per-step positions)."""
+        arrays = (self.owner_rank, self.owner_index, self.shift, self.numbers, self.ids, self.depth_A)
+        return sum(a.nbytes for a in arrays if a is not None) + self.plan.nbytes
 
     def positions(self, owned_local: Tensor, cell: Tensor) -> Tensor:
         """Ghost positions from the owners' current (wrapped) positions + image shifts."""
@@ -168,8 +195,10 @@ def build_ghosts(comm: Comm, decomp: Decomposition, frac_owned: np.ndarray, numb
             to_up = from_down if from_down is not None else empty
             to_down = from_up if from_up is not None else empty
         del everything
-    plan = GhostPlan(comm, ghosts["orank"], ghosts["oidx"])
-    return Ghosts(ghosts["orank"], ghosts["oidx"], ghosts["shift"], ghosts["z"], ghosts["id"], plan,
+    plan = GhostPlan(comm, ghosts["orank"], ghosts["oidx"], partners=decomp.halo_partners(depth))
+    # stored compactly (memory per atom): ranks and indices fit int32, shifts int8, elements int16
+    return Ghosts(ghosts["orank"].astype(np.int32), ghosts["oidx"].astype(np.int32),
+                  ghosts["shift"].astype(np.int8), ghosts["z"].astype(np.int16), ghosts["id"], plan,
                   depth_A=outside_distance(decomp, ghosts["frac"]))
 
 

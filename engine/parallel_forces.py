@@ -96,7 +96,7 @@ class ParallelForces(NeighborListForces):
             sent, ref = migrate(state, self.decomp, self.comm, by=ref)
             self.n_migrated += sent
         frac, image = self.decomp.wrap(ref.detach().cpu().numpy())
-        self._image = torch.from_numpy(image).to(state.positions.device)
+        self._image = torch.from_numpy(image.astype(np.int32)).to(state.positions.device)  # int32: memory
         self.ghosts = build_ghosts(self.comm, self.decomp, frac, state.numbers.cpu().numpy(),
                                    state.ids.cpu().numpy(), self.depth)
         t1 = time.perf_counter()
@@ -115,7 +115,8 @@ class ParallelForces(NeighborListForces):
         self._zero_shifts = torch.zeros((self.nlist.n_edges, 3), dtype=torch.float64, device=at_ref.device)
         self._ref_owned = ref.detach().clone()
         self._ref_cell = state.cell.detach().clone()
-        self._numbers = torch.cat([state.numbers, torch.from_numpy(self.ghosts.numbers).to(state.numbers.device)])
+        ghost_z = torch.from_numpy(self.ghosts.numbers).to(device=state.numbers.device, dtype=state.numbers.dtype)
+        self._numbers = torch.cat([state.numbers, ghost_z])
         self.timers["halo"] += t1 - t0
         self.timers["neighbor"] += time.perf_counter() - t1
         return at_ref if ref is state.positions else self._local_positions(state.positions, state.cell)

@@ -98,12 +98,13 @@ class Simulation:
             self.state = restart.to_state(self.device, self.comm, owner=owner)
         elif state is not None:
             self.state = state
-        else:
-            if atoms is None:
-                from .structure import build_atoms, initial_velocities
+        elif atoms is None:  # each rank builds only its own sub-domain's atoms (engine/structure.py)
+            from .structure import build_local_state
 
-                atoms = build_atoms(config)
-                initial_velocities(atoms, config.system)  # the file's own, or Maxwell-Boltzmann
+            grid = config.parallel.grid
+            self.state, self._fix = build_local_state(config, self.comm, self.device,
+                                                      None if grid == "auto" else grid)
+        else:
             self.state = MDState.from_atoms(atoms, device=self.device, comm=self.comm)
         self.potential.check_species(self.state.numbers.cpu().numpy())
         self.threads = set_threads(config.parallel.threads, self.state.n_atoms_global, self.comm.size,
@@ -120,7 +121,8 @@ class Simulation:
         if restart is None and state is None:  # a restart or handed-over state carries its own mask
             from .structure import with_file_constraints
 
-            fixed_from_config(self.state, with_file_constraints(dyn.fix, atoms))  # + the file's FixAtoms
+            fix = self._fix if atoms is None else with_file_constraints(dyn.fix, atoms)
+            fixed_from_config(self.state, fix)  # + the file's FixAtoms
         self.forces: ForceProvider = forces if forces is not None else self._default_forces()
         self.forces.prepare(self.state)
         if restart is not None:

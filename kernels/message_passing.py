@@ -33,21 +33,32 @@ def edge_message_aggregate_reference(
     return out.index_add_(0, receivers, m)
 
 
+BACKENDS = ("triton", "numba", "reference")
+
+
 def kernel_backend(device: torch.device) -> str:
-    """'triton' or 'reference': ATOMSIM_KERNELS forces one; default Triton on CUDA."""
+    """'triton', 'numba' or 'reference'. ATOMSIM_KERNELS forces one; by default the fused Triton
+    kernel on CUDA, the fused Numba kernel (kernels/message_passing_cpu.py) on CPU."""
     forced = os.environ.get("ATOMSIM_KERNELS", "").strip().lower()
-    if forced in ("triton", "reference"):
+    if forced in BACKENDS:
         return forced
     if forced:
-        raise ValueError(f"ATOMSIM_KERNELS={forced!r}: use 'triton' or 'reference'")
-    return "triton" if device.type == "cuda" else "reference"
+        raise ValueError(f"ATOMSIM_KERNELS={forced!r}: use one of {', '.join(BACKENDS)} (or unset it)")
+    return {"cuda": "triton", "cpu": "numba"}.get(device.type, "reference")
 
 
 def edge_message_aggregate(*args, **kwargs) -> Tensor:
-    """Dispatch to the fused Triton kernel or the reference (see kernel_backend)."""
+    """Dispatch to a fused kernel or the reference (see kernel_backend). The Numba kernel takes
+    float32/float64 CPU tensors; other dtypes (bf16, fp16) run the reference."""
     a = args[0] if args else kwargs["a"]
-    if kernel_backend(a.device) == "triton":
+    backend = kernel_backend(a.device)
+    if backend == "triton":
         from .triton_message_passing import edge_message_aggregate_triton  # lazy: triton is optional
 
         return edge_message_aggregate_triton(*args, **kwargs)
+    if backend == "numba":
+        from . import message_passing_cpu  # lazy: binds BLAS and loads the numba kernels once
+
+        if message_passing_cpu.supports(a):
+            return message_passing_cpu.edge_message_aggregate_cpu(*args, **kwargs)
     return edge_message_aggregate_reference(*args, **kwargs)

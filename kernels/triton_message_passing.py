@@ -520,10 +520,12 @@ class _FusedEdgeMessageAggregate(torch.autograd.Function):
         originals = (a, b, ev, w_rbf, b1, w2, b2)
         if torch.is_grad_enabled():
             # create_graph=True (e.g. a loss on forces): differentiable torch recomputation.
+            # On aliases (view_as): autograd.grad on the tensors themselves would add the paths
+            # through earlier layers (a depends on the edge vectors too) and count them twice.
             with torch.enable_grad():
-                out = edge_message_aggregate_reference(a, b, ev, snd, rcv, w_rbf, b1, w2, b2,
-                                                       ctx.cutoff)
-                wrt = [t for t, n in zip(originals, needs) if n]
+                alias = [t.view_as(t) for t in originals]
+                out = edge_message_aggregate_reference(*alias[:3], snd, rcv, *alias[3:], ctx.cutoff)
+                wrt = [t for t, n in zip(alias, needs) if n]
                 got = list(torch.autograd.grad(out, wrt, g, create_graph=True, allow_unused=True))
             grads = [got.pop(0) if n else None for n in needs]
             grads = [torch.zeros_like(t) if n and gr is None else gr

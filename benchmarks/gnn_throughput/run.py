@@ -77,13 +77,14 @@ def worker(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from atomsim.engine.simulation import Simulation, _load_config
+    from atomsim.engine.config import load_config
+    from atomsim.engine.simulation import Simulation
 
     with tempfile.TemporaryDirectory() as tmp:
         cfgfile = Path(tmp) / "in.yaml"
         total = 2 + args.steps * args.repeats
         cfgfile.write_text(_yaml(args.n_atoms, args.model, str(Path(tmp) / "run"), total, args.threads))
-        sim = Simulation.from_config(_load_config(str(cfgfile)))
+        sim = Simulation.from_config(load_config(str(cfgfile)))
         rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         if args.memory_only:
             t = time.perf_counter()

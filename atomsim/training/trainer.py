@@ -20,6 +20,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal, Optional, Sequence
 
@@ -32,6 +33,8 @@ from atomsim.kernels.graph import Graph, csr_row_ptr
 from atomsim.kernels.neighbors import neighbor_list
 from atomsim.kernels.threads import configure_threads, ranks_per_node
 from atomsim.potentials.egnn import EGNNConfig, EGNNPotential, count_parameters
+
+from .data import ActiveClock
 
 
 # --------------------------------------------------------------------------- config
@@ -59,12 +62,21 @@ class TrainConfig(BaseModel):
     energy_weight: float = Field(1.0, ge=0)
     force_weight: float = Field(10.0, ge=0)
     stress_weight: float = Field(0.0, ge=0)
+    # "huber": squared error below delta, linear above (per-atom energy, force component, stress
+    # component): teacher labels far from equilibrium (|F| up to ~50 eV/Å) then do not dominate the fit
+    loss: Literal["mse", "huber"] = "mse"
+    huber_delta_energy: float = Field(0.1, gt=0)  # eV/atom
+    huber_delta_force: float = Field(1.0, gt=0)  # eV/Å
+    huber_delta_stress: float = Field(0.05, gt=0)  # eV/Å^3
     batch_size: int = Field(8, ge=1)  # structures per global batch
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(1e-6, ge=0)
     schedule: Literal["cosine", "plateau"] = "cosine"
     epochs: int = Field(50, ge=1)
-    max_minutes: Optional[float] = Field(None, gt=0)  # wall-clock budget; stops cleanly
+    # training-time budget over all resumes; time while the process is stopped (SIGSTOP) is not counted
+    max_minutes: Optional[float] = Field(None, gt=0)
+    stop_at: Optional[datetime] = None  # absolute wall-clock stop (ISO 8601, e.g. 2026-12-02T06:05:00Z)
+    cache: bool = True  # keep the parsed data + neighbor graphs as <output>/data_cache.npz
     ema_decay: float = Field(0.99, ge=0, lt=1)
     val_fraction: float = Field(0.1, ge=0, lt=1)
     test_fraction: float = Field(0.1, ge=0, lt=1)
@@ -107,6 +119,9 @@ class Sample:
     stress: Optional[torch.Tensor]  # (3, 3) ASE sign, eV/Å^3
     volume: float
     system: str  # sorted element symbols joined by '-'
+    family: str = ""  # chemistry family from the elements (atomsim.training.data.chemistry_family)
+    config_type: str = ""  # the data set's generator label, when it has one
+    data_family: str = ""  # the data set's own ``family`` label, when it has one
 
     @property
     def n_atoms(self) -> int:
@@ -118,10 +133,11 @@ def read_samples(path: str | Path, cutoff: float, index: str = ":", energy_key: 
     """Read labelled frames and precompute their neighbor graphs (positions are fixed).
 
     The ``*_key`` names say where the labels are (see :func:`frame_label`), e.g. ``REF_energy``.
+    Compressed files (.xz, .gz, .bz2) are read through :func:`atomsim.training.data.read_frames`.
     """
-    from ase.io import read
+    from .data import read_frames
 
-    frames = read(str(path), index=index)
+    frames = read_frames(path, index=index)
     keys = dict(energy_key=energy_key, forces_key=forces_key, stress_key=stress_key)
     return [atoms_to_sample(a, cutoff, frame=k, **keys) for k, a in enumerate(frames)]
 
@@ -176,13 +192,16 @@ def atoms_to_sample(atoms, cutoff: float, *, frame: int = 0, energy_key: str = "
                              f"{s.shape}; expected 6 (Voigt), 9 or 3x3 values in eV/Å^3")
         stress = torch.tensor(s, dtype=torch.float64)
     syms = sorted(set(atoms.get_chemical_symbols()))
+    from .data import chemistry_family
+
     return Sample(
         numbers=torch.tensor(atoms.numbers, dtype=torch.int64),
         vectors=torch.tensor(vec, dtype=torch.float64),
         receivers=torch.tensor(i, dtype=torch.int64), senders=torch.tensor(j, dtype=torch.int64),
         energy=float(energy), forces=torch.tensor(np.asarray(forces), dtype=torch.float64),
         stress=stress, volume=float(abs(atoms.cell.volume)) if all(atoms.pbc) else 0.0,
-        system="-".join(syms),
+        system="-".join(syms), family=chemistry_family(syms),
+        config_type=str(atoms.info.get("config_type", "")), data_family=str(atoms.info.get("family", "")),
     )
 
 
@@ -253,28 +272,52 @@ def batch_loss(model, batch: Batch, cfg: TrainConfig, totals: dict, training: bo
     """Loss whose sums are divided by GLOBAL counts, so rank contributions add up exactly."""
     want_stress = cfg.stress_weight > 0 and bool(batch.has_stress.any())
     energy, forces, stress = predict(model, batch, training, want_stress)
-    loss = cfg.energy_weight * (((energy - batch.energy) / batch.n_atoms) ** 2).sum() / totals["structures"]
-    loss = loss + cfg.force_weight * ((forces - batch.forces) ** 2).sum() / (3.0 * totals["atoms"])
+    huber = cfg.loss == "huber"
+
+    def sq(err: torch.Tensor, delta: float) -> torch.Tensor:  # 2 x Huber = err^2 below delta
+        if not huber:
+            return err**2
+        return 2.0 * torch.nn.functional.huber_loss(err, torch.zeros_like(err), reduction="none", delta=delta)
+    de = (energy - batch.energy) / batch.n_atoms
+    loss = cfg.energy_weight * sq(de, cfg.huber_delta_energy).sum() / totals["structures"]
+    loss = loss + cfg.force_weight * sq(forces - batch.forces, cfg.huber_delta_force).sum() / (3.0 * totals["atoms"])
     if want_stress:
         ds = (stress - batch.stress)[batch.has_stress]
-        loss = loss + cfg.stress_weight * (ds**2).sum() / (9.0 * max(totals["stress"], 1))
+        loss = loss + cfg.stress_weight * sq(ds, cfg.huber_delta_stress).sum() / (9.0 * max(totals["stress"], 1))
     return loss
 
 
 # --------------------------------------------------------------------------- fitting helpers
-def fit_species_energies(samples: Sequence[Sample], species: Sequence[int]) -> np.ndarray:
-    """Least-squares E ≈ sum_Z count_Z E0[Z] (ridge-stabilised)."""
+def fit_species_energies(samples: Sequence[Sample], species: Sequence[int], ridge: float = 1e-8) -> np.ndarray:
+    """Least-squares E ≈ sum_Z count_Z E0[Z], ridge-regularised towards the mean energy per atom.
+
+    The ridge (in atom counts squared) only matters where the counts are rank-deficient: an element
+    in no structure gets the mean energy per atom, and elements that always appear together in a
+    fixed ratio get finite values with the right weighted sum instead of diverging.
+    """
     col = {z: k for k, z in enumerate(species)}
     A = np.zeros((len(samples), len(species)))
-    y = np.array([s.energy for s in samples])
+    y = np.array([s.energy for s in samples], dtype=np.float64)
     for r, s in enumerate(samples):
         for z, c in zip(*np.unique(s.numbers.numpy(), return_counts=True)):
+            if int(z) not in col:
+                raise ValueError(f"model.species: element Z={int(z)} is in the data but not in the species list")
             A[r, col[int(z)]] = c
-    reg = 1e-8 * np.eye(len(species))
-    return np.linalg.solve(A.T @ A + reg, A.T @ y)
+    prior = float(y.sum() / max(A.sum(), 1.0))
+    # ridge as extra rows sqrt(ridge) * I (lstsq on the stacked system: no squared condition number)
+    stacked = np.vstack([A, np.sqrt(ridge) * np.eye(len(species))])
+    rhs = np.concatenate([y - A.sum(1) * prior, np.zeros(len(species))])
+    delta = np.linalg.lstsq(stacked, rhs, rcond=None)[0]
+    return prior + delta
 
 
-def init_model(cfg: TrainConfig, samples: Sequence[Sample]) -> EGNNPotential:
+def init_model(cfg: TrainConfig, samples: Sequence[Sample],
+               all_samples: Optional[Sequence[Sample]] = None) -> EGNNPotential:
+    """A fresh model whose references/scale are fitted on ``samples`` (the training split).
+
+    Its species are ``model.species`` or every element in ``all_samples`` (default ``samples``),
+    so an element seen only in validation/test data still has an embedding row.
+    """
     from ase.data import atomic_numbers
 
     if cfg.model.species:
@@ -283,7 +326,7 @@ def init_model(cfg: TrainConfig, samples: Sequence[Sample]) -> EGNNPotential:
             raise ValueError(f"model.species: unknown element(s) {bad}")
         species = sorted(atomic_numbers[s] for s in cfg.model.species)
     else:
-        species = sorted({int(z) for s in samples for z in s.numbers.tolist()})
+        species = sorted({int(z) for s in (all_samples or samples) for z in s.numbers.tolist()})
     e0 = fit_species_energies(samples, species)
     resid = [(s.energy - sum(e0[species.index(int(z))] for z in s.numbers.tolist())) / s.n_atoms for s in samples]
     scale = float(np.std(resid)) if len(resid) > 1 else 1.0
@@ -298,13 +341,31 @@ def init_model(cfg: TrainConfig, samples: Sequence[Sample]) -> EGNNPotential:
 
 
 def split_indices(n: int, cfg: TrainConfig) -> dict[str, np.ndarray]:
-    perm = np.random.default_rng(cfg.seed).permutation(n)
-    if cfg.max_structures:
-        perm = perm[: cfg.max_structures]
-    n = len(perm)
-    n_test = int(round(cfg.test_fraction * n))
-    n_val = int(round(cfg.val_fraction * n))
-    return {"test": perm[:n_test], "val": perm[n_test:n_test + n_val], "train": perm[n_test + n_val:]}
+    """Train/val/test by whole structure (see :func:`atomsim.training.data.split_by_structure`)."""
+    from .data import split_by_structure
+
+    return split_by_structure(n, cfg.val_fraction, cfg.test_fraction, cfg.seed, cfg.max_structures)
+
+
+def load_training_samples(cfg: TrainConfig, log=print) -> list[Sample]:
+    """Parse ``cfg.data`` (or reuse ``<output>/data_cache.npz`` made from the same file and settings)."""
+    from .data import cache_key, load_samples, save_samples
+
+    t = time.time()
+    cache = Path(cfg.output) / "data_cache.npz"
+    key = cache_key(cfg.data, cutoff=cfg.model.cutoff, energy_key=cfg.energy_key,
+                    forces_key=cfg.forces_key, stress_key=cfg.stress_key, version=1)
+    samples = load_samples(cache, key) if cfg.cache else None
+    if samples is not None:
+        log(f"data: {len(samples)} structures from the cache {cache} ({time.time() - t:.1f} s)")
+        return samples
+    samples = read_samples(cfg.data, cfg.model.cutoff, energy_key=cfg.energy_key,
+                           forces_key=cfg.forces_key, stress_key=cfg.stress_key)
+    log(f"data: {len(samples)} structures, {sum(s.n_atoms for s in samples)} atoms parsed from {cfg.data} "
+        f"with neighbor graphs ({time.time() - t:.1f} s)")
+    if cfg.cache:
+        save_samples(samples, cache, key)
+    return samples
 
 
 # --------------------------------------------------------------------------- distributed
@@ -335,8 +396,15 @@ def _copy_params(dst: torch.nn.Module, src: torch.nn.Module) -> None:
 
 
 def evaluate(model: EGNNPotential, samples: Sequence[Sample], batch_size: int = 16,
-             per_system: bool = True) -> dict:
-    """MAE of energy per atom (meV/atom) and force components (meV/Å), overall and per element system."""
+             per_system: bool = True, per_family: bool = False) -> dict:
+    """MAE of energy per atom (meV/atom) and force components (meV/Å), overall and per element system.
+
+    ``per_family`` adds one entry per chemistry family (``family: <name>``) and per generator
+    (``config_type: <kind>``). ``_pairs`` holds one row per structure: (system, n_atoms, E_ref/atom,
+    E_model/atom, F_ref, F_model, family, config_type).
+    """
+    from .data import grouped_errors
+
     dtype = model.dtype
     rows = []
     for k in range(0, len(samples), batch_size):
@@ -347,47 +415,69 @@ def evaluate(model: EGNNPotential, samples: Sequence[Sample], batch_size: int = 
         fo = 0
         for s, ep in zip(chunk, e.tolist()):
             n = s.n_atoms
-            rows.append((s.system, n, s.energy / n, ep / n, s.forces.numpy(), f[fo:fo + n].numpy()))
+            rows.append((s.system, n, s.energy / n, ep / n, s.forces.numpy(), f[fo:fo + n].numpy(),
+                         s.family, s.config_type))
             fo += n
-    def summarize(rs):
-        de = np.array([abs(r[2] - r[3]) for r in rs])
-        df = np.concatenate([np.abs(r[4] - r[5]).ravel() for r in rs])
-        return {"n_structures": len(rs), "n_atoms": int(sum(r[1] for r in rs)),
-                "energy_mae_meV_per_atom": 1000 * float(de.mean()),
-                "energy_rmse_meV_per_atom": 1000 * float(np.sqrt((de**2).mean())),
-                "force_mae_meV_per_A": 1000 * float(df.mean()),
-                "force_rmse_meV_per_A": 1000 * float(np.sqrt((df**2).mean()))}
-    out = {"all": summarize(rows)} if rows else {}
-    if per_system and rows:
-        unary = sorted({r[0] for r in rows if "-" not in r[0]})
-        for sysname in unary:
-            out[sysname] = summarize([r for r in rows if r[0] == sysname])
-        alloys = [r for r in rows if "-" in r[0]]
+    if not rows:
+        return {"_pairs": rows}
+    out = {"all": grouped_errors([r[:6] + ("all",) for r in rows], 6)["all"]}
+    if per_family:
+        for name, m in grouped_errors(rows, 6).items():
+            out[f"family: {name}"] = m
+        kinds = [r[:7] + (r[7].split("_")[0] or "unlabelled",) for r in rows]
+        for name, m in grouped_errors(kinds, 7).items():
+            out[f"config_type: {name}"] = m
+    if per_system:
+        unary = [r for r in rows if "-" not in r[0]]
+        out.update(grouped_errors(unary, 0))
+        alloys = [r[:6] + ("alloys (2-3 elements)",) for r in rows if "-" in r[0]]
         if alloys:
-            out["alloys (2-3 elements)"] = summarize(alloys)
+            out.update(grouped_errors(alloys, 6))
     out["_pairs"] = rows
     return out
 
 
 def parity_plot(rows, path: str | Path, title: str) -> None:
+    """Energy and force parity of evaluate()'s rows, coloured by chemistry family when rows carry one."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(1, 2, figsize=(8, 3.8), dpi=90)
-    et, ep = np.array([r[2] for r in rows]), np.array([r[3] for r in rows])
-    ft, fp = np.concatenate([r[4].ravel() for r in rows]), np.concatenate([r[5].ravel() for r in rows])
-    for a, t, p, lab in ((ax[0], et, ep, "energy (eV/atom)"), (ax[1], ft, fp, "force component (eV/Å)")):
-        a.scatter(t, p, s=3, alpha=0.5)
-        lo, hi = float(min(t.min(), p.min())), float(max(t.max(), p.max()))
+    from .data import FAMILIES
+
+    fig, ax = plt.subplots(1, 2, figsize=(9, 4.2), dpi=90)
+    groups = sorted({r[6] for r in rows if len(r) > 6 and r[6]}, key=lambda f: (f not in FAMILIES, f))
+    sets = [(g, [r for r in rows if r[6] == g]) for g in groups] or [("", list(rows))]
+    for label, rs in sets:
+        et, ep = np.array([r[2] for r in rs]), np.array([r[3] for r in rs])
+        ft, fp = np.concatenate([r[4].ravel() for r in rs]), np.concatenate([r[5].ravel() for r in rs])
+        ax[0].scatter(et, ep, s=3, alpha=0.5, label=f"{label} ({len(rs)})" if label else None)
+        ax[1].scatter(ft, fp, s=2, alpha=0.4)
+    for a, k, lab in ((ax[0], (2, 3), "energy (eV/atom)"), (ax[1], (4, 5), "force component (eV/Å)")):
+        vals = np.concatenate([np.ravel(r[j]) for r in rows for j in k])
+        lo, hi = float(vals.min()), float(vals.max())
         a.plot([lo, hi], [lo, hi], "k--", lw=0.8)
         a.set_xlabel(f"reference {lab}")
         a.set_ylabel(f"model {lab}")
+    if groups:
+        ax[0].legend(fontsize=7, markerscale=3, loc="upper left")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(str(path))
     plt.close(fig)
+
+
+def family_table(metrics_by_split: dict[str, dict]) -> str:
+    """Markdown table of energy/force MAE per split and chemistry family (evaluate(per_family=True))."""
+    lines = ["| split | group | structures | atoms | energy MAE (meV/atom) | force MAE (meV/Å) |",
+             "|---|---|---|---|---|---|"]
+    for split, metrics in metrics_by_split.items():
+        for key, m in metrics.items():
+            if key == "all" or key.startswith(("family: ", "config_type: ")):
+                lines.append(f"| {split} | {key} | {m['n_structures']} | {m['n_atoms']} | "
+                             f"{m['energy_mae_meV_per_atom']:.1f} | {m['force_mae_meV_per_A']:.0f} |")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- training loop
@@ -420,8 +510,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, samples: Optional[l
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     if samples is None:
-        samples = read_samples(cfg.data, cfg.model.cutoff, energy_key=cfg.energy_key,
-                               forces_key=cfg.forces_key, stress_key=cfg.stress_key)
+        samples = load_training_samples(cfg, log=log if rank == 0 else (lambda *a, **k: None))
     split = split_indices(len(samples), cfg)
     train_s = [samples[k] for k in split["train"]]
     val_s = [samples[k] for k in split["val"]]
@@ -429,8 +518,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, samples: Optional[l
     if not train_s:
         raise ValueError(f"data: {cfg.data} leaves no training structures after the val/test split")
 
-    model = init_model(cfg, train_s).to(dtype)
-    ema = init_model(cfg, train_s).to(dtype)
+    model = init_model(cfg, train_s, samples).to(dtype)
+    ema = init_model(cfg, train_s, samples).to(dtype)
     _copy_params(ema, model)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=max(2, cfg.patience // 4)) \
@@ -438,7 +527,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, samples: Optional[l
     steps_per_epoch = math.ceil(len(train_s) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     state_file = out / "train_state.pt"
-    start_epoch, step, best, bad_epochs, history = 0, 0, float("inf"), 0, []
+    start_epoch, step, best, bad_epochs, history, active0 = 0, 0, float("inf"), 0, [], 0.0
     if resume and state_file.exists():
         st = torch.load(state_file, weights_only=True)
         model.load_state_dict(st["model"])
@@ -448,18 +537,32 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, samples: Optional[l
             plateau.load_state_dict(st["plateau"])
         start_epoch, step, best, bad_epochs = int(st["epoch"]), int(st["step"]), float(st["best"]), int(st["bad"])
         history = json.loads(st["history"])
+        active0 = float(st.get("active_s", 0.0))
         log(f"resumed from {state_file} at epoch {start_epoch}")
     if rank == 0:
         log(f"{cfg.name}: {count_parameters(model):,} parameters, {len(train_s)} train / {len(val_s)} val / "
             f"{len(test_s)} test structures, {size} rank(s)")
 
-    t0, deadline = time.time(), (time.time() + 60 * cfg.max_minutes) if cfg.max_minutes else None
+    t0, clock = time.time(), ActiveClock(active0)
+    budget = 60 * cfg.max_minutes if cfg.max_minutes else None
+    stop_at = None
+    if cfg.stop_at:  # a time without a zone is UTC
+        at = cfg.stop_at if cfg.stop_at.tzinfo else cfg.stop_at.replace(tzinfo=timezone.utc)
+        stop_at = at.timestamp()
     stopped = "epochs"
 
-    def _time_fraction() -> float:  # ranks must agree: rank 0's clock decides
-        if not deadline:
+    def _time_fraction() -> float:
+        """Fraction of the time budget used (the larger of the two limits); rank 0's clock decides."""
+        if not budget and not stop_at:
             return 0.0
-        return allreduce_scalar((time.time() - t0) / (deadline - t0) if rank == 0 else 0.0, comm)
+        frac = 0.0
+        if rank == 0:
+            active = clock.tick()
+            if budget:
+                frac = active / budget
+            if stop_at:  # counts from the start of this run; the cosine ends at the stop time
+                frac = max(frac, (time.time() - t0) / max(stop_at - t0, 1.0) if stop_at > t0 else 1.0)
+        return allreduce_scalar(frac, comm)
     for epoch in range(start_epoch, cfg.epochs):
         order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train_s))
         model.train()
@@ -500,11 +603,13 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, samples: Optional[l
             best, bad_epochs = vloss, 0
         else:
             bad_epochs += 1
-        elapsed = time.time() - t0
+        active = clock.tick()
+        elapsed = active - active0
         per_epoch = elapsed / (epoch - start_epoch + 1)
         eta = per_epoch * (cfg.epochs - epoch - 1)
         rec = {"epoch": epoch + 1, "step": step, "train_loss": ep_loss / steps_per_epoch,
-               "lr": opt.param_groups[0]["lr"], "elapsed_s": round(elapsed, 1)}
+               "lr": opt.param_groups[0]["lr"], "elapsed_s": round(elapsed, 1), "active_s": round(active, 1),
+               "wall_time": datetime.now(timezone.utc).strftime("%H:%M:%S")}
         if vm:
             rec.update({"val_E_mae_meV_atom": vm["all"]["energy_mae_meV_per_atom"],
                         "val_F_mae_meV_A": vm["all"]["force_mae_meV_per_A"]})
@@ -512,7 +617,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, samples: Optional[l
         if rank == 0:
             msg = (f"epoch {epoch + 1}/{cfg.epochs} loss {rec['train_loss']:.4g} lr {rec['lr']:.2e}"
                    + (f" val E {rec['val_E_mae_meV_atom']:.2f} meV/atom F {rec['val_F_mae_meV_A']:.1f} meV/Å"
-                      if vm else "") + f" | {elapsed / 60:.1f} min, ETA {eta / 60:.1f} min")
+                      if vm else "") + f" | {elapsed / 60:.1f} min, ETA {eta / 60:.1f} min, {rec['wall_time']} UTC")
             log(msg)
             if improved:
                 from atomsim.potentials.checkpoint import save_checkpoint
@@ -521,7 +626,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, samples: Optional[l
             torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                         **({"plateau": plateau.state_dict()} if plateau is not None else {}),
                         "epoch": epoch + 1, "step": step, "best": best, "bad": bad_epochs,
-                        "history": json.dumps(history)}, str(state_file) + ".tmp")
+                        "history": json.dumps(history), "active_s": active}, str(state_file) + ".tmp")
             os.replace(str(state_file) + ".tmp", state_file)
         if max_steps is not None and step >= max_steps:
             stopped = "max_steps"
@@ -529,8 +634,11 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, samples: Optional[l
         if bad_epochs >= cfg.patience:
             stopped = "early stopping"
             break
-        if deadline and time.time() + per_epoch > deadline:
+        if budget and active + per_epoch > budget:
             stopped = "time budget"
+            break
+        if stop_at and time.time() + per_epoch > stop_at:
+            stopped = "stop_at"
             break
     result = {"stopped": stopped, "epochs": len(history), "history": history, "model": model, "ema": ema,
               "split": split, "test": test_s, "val": val_s, "train": train_s, "rank": rank, "size": size}
@@ -547,12 +655,18 @@ def finalize(cfg: TrainConfig, result: dict, card: Optional[dict] = None, log=pr
     best_dir = out / "best"
     model = load_checkpoint(best_dir) if best_dir.exists() else result["ema"]
     test = result["test"] or result["val"]
-    metrics = evaluate(model, test)
+    metrics = evaluate(model, test, per_family=True)
     rows = metrics.pop("_pairs")
+    by_split = {"test" if result["test"] else "val": metrics}
+    if result["test"] and result["val"]:
+        val = evaluate(model, result["val"], per_system=False, per_family=True)
+        val.pop("_pairs")
+        by_split = {"val": val, "test": metrics}
     final = out / "model"
     card = {**cfg.card, **(card or {})}
     card.setdefault("name", cfg.name)
     card["metrics"] = metrics
+    card["held_out_errors_by_family"] = family_table(by_split)
     card.setdefault("training", {"epochs": len(result["history"]), "stopped": result["stopped"],
                                  "train/val/test structures":
                                      f"{len(result['train'])}/{len(result['val'])}/{len(result['test'])}",

@@ -112,7 +112,8 @@ class ParallelForces(NeighborListForces):
             if n_own == 0:  # an empty sub-box (vacuum): nothing here reaches an owned energy
                 keep[:] = False
         self.nlist.keep_edges(torch.from_numpy(keep).to(self.nlist.receivers.device))
-        self._zero_shifts = torch.zeros((self.nlist.n_edges, 3), dtype=torch.float64, device=at_ref.device)
+        # the local list has no periodic images: one zero row seen n_edges times (no 24 B per edge kept)
+        self._zero_shifts = torch.zeros((1, 3), dtype=torch.float64, device=at_ref.device).expand(self.nlist.n_edges, 3)
         self._ref_owned = ref.detach().clone()
         self._ref_cell = state.cell.detach().clone()
         ghost_z = torch.from_numpy(self.ghosts.numbers).to(device=state.numbers.device, dtype=state.numbers.dtype)

@@ -23,6 +23,7 @@ from . import parallel_io as pio
 from .comm import world_comm
 from .config import RunConfig, load_config, write_resolved_config
 from .forces import ForceProvider, SerialForces
+from .memory import MemoryMeter, format_report
 from .progress import RunProgress
 from .restart import PREVIOUS_NAME, RESTART_NAME, Restart, find_restart, write_restart
 from .safety import BlowUp, SimulationError
@@ -69,6 +70,7 @@ class Simulation:
                  state: Optional[MDState] = None):
         self.config = config
         self.comm = comm if comm is not None else world_comm()
+        self.memory = MemoryMeter(self.comm)  # peak RSS per owned atom, printed at start and in thermo
         self.is_root = self.comm.rank == 0
         self.device = resolve_device(config.potential.device, "potential.device")
         self.outdir = Path(config.output.directory)
@@ -208,11 +210,15 @@ class Simulation:
         if "stresses" in out.per_atom and out.trajectory_every > 0:
             self._check_atom_stresses()
         t = time.perf_counter()
+        self.memory.mark_before_forces()
         try:
             evaluate_forces(self.state, self.forces, virial=True, max_force=cfg.dynamics.max_force_eV_per_A)
         except BlowUp as exc:
             self._stop(exc)
         self.timings["forces"] += time.perf_counter() - t
+        self.memory.mark_after_forces()
+        self.memory_report = self.memory.report(self.state, self.forces)  # collective
+        self.console.print(format_report(self.memory_report))
         self.integrator.setup(self.state)
         self._keep_last_good()
         if not resumed:
@@ -247,7 +253,7 @@ class Simulation:
     def _write_thermo(self, rate: float) -> None:
         t = time.perf_counter()
         row = thermo_row(self.state, self.integrator, self.config.dynamics.timestep_fs, rate,
-                         self.forces.n_builds)
+                         self.forces.n_builds, peak_rss_B_per_atom=self.memory.per_atom(self.state.n_local))
         self.last_thermo = row
         self._thermo.write(row)
         self.timings["output"] += time.perf_counter() - t

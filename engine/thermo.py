@@ -2,8 +2,10 @@
 
 The CSV columns are fixed (COLUMNS below; docs/input_reference.md describes the file): step, time_ps,
 temperature_K, pe_eV, ke_eV, etotal_eV, pressure_GPa, then volume_A3, conserved_eV,
-atom_steps_per_s, n_neighbor_builds, and the pressure tensor pxx..pxy_GPa (Voigt order,
-kinetic part included; -ASE stress when velocities are zero). The physics is MDState's
+atom_steps_per_s, n_neighbor_builds, the pressure tensor pxx..pxy_GPa (Voigt order,
+kinetic part included; -ASE stress when velocities are zero), and peak_rss_B_per_atom (the worst
+rank's peak resident memory / its owned atoms, engine/memory.py). MEASURED names the columns that
+measure the machine rather than the physics (they differ between otherwise identical runs). The physics is MDState's
 (engine/state.py); this module only formats it. Values are written with repr() so a resumed
 run's rows can be compared with an uninterrupted run's bit for bit. Only rank 0 writes.
 """
@@ -16,7 +18,8 @@ from ase import units
 
 COLUMNS = ("step", "time_ps", "temperature_K", "pe_eV", "ke_eV", "etotal_eV", "pressure_GPa",
            "volume_A3", "conserved_eV", "atom_steps_per_s", "n_neighbor_builds",
-           "pxx_GPa", "pyy_GPa", "pzz_GPa", "pyz_GPa", "pxz_GPa", "pxy_GPa")
+           "pxx_GPa", "pyy_GPa", "pzz_GPa", "pyz_GPa", "pxz_GPa", "pxy_GPa", "peak_rss_B_per_atom")
+MEASURED = ("atom_steps_per_s", "peak_rss_B_per_atom")
 
 # (column, header, width, format) of the terminal table: fits 80 columns (pipes, CI logs)
 _TERMINAL = (("step", "Step", 8, "{:d}"), ("time_ps", "Time ps", 8, "{:.3f}"),
@@ -25,7 +28,8 @@ _TERMINAL = (("step", "Step", 8, "{:d}"), ("time_ps", "Time ps", 8, "{:.3f}"),
              ("pressure_GPa", "P GPa", 9, "{:.4g}"), ("atom_steps_per_s", "atom-st/s", 10, "{:.3g}"))
 
 
-def thermo_row(state, integrator, timestep_fs: float, atom_steps_per_s: float, n_builds: int) -> dict:
+def thermo_row(state, integrator, timestep_fs: float, atom_steps_per_s: float, n_builds: int,
+               peak_rss_B_per_atom: float = float("nan")) -> dict:
     """One row of global quantities (collective: every rank must call it)."""
     ke = state.kinetic_energy()  # one collective; reused for temperature and pressure
     pe = float(state.energy)  # already global (MDState contract; the MPI provider allreduces it)
@@ -47,6 +51,7 @@ def thermo_row(state, integrator, timestep_fs: float, atom_steps_per_s: float, n
         "atom_steps_per_s": float(atom_steps_per_s),
         "n_neighbor_builds": int(n_builds),
         **voigt,
+        "peak_rss_B_per_atom": float(peak_rss_B_per_atom),
     }
 
 

@@ -75,7 +75,8 @@ def test_nve_matches_ase_velocity_verlet(tmp_path):
     assert list(rows[0])[:7] == ["step", "time_ps", "temperature_K", "pe_eV", "ke_eV", "etotal_eV",
                                  "pressure_GPa"]
     assert list(rows[0])[7:] == ["volume_A3", "conserved_eV", "atom_steps_per_s", "n_neighbor_builds",
-                                 "pxx_GPa", "pyy_GPa", "pzz_GPa", "pyz_GPa", "pxz_GPa", "pxy_GPa"]
+                                 "pxx_GPa", "pyy_GPa", "pzz_GPa", "pyz_GPa", "pxz_GPa", "pxy_GPa",
+                                 "peak_rss_B_per_atom"]
     assert [int(r["step"]) for r in rows] == list(range(0, 101, 10))
     last = rows[-1]
     n = len(ref)

@@ -32,6 +32,7 @@ from atomsim.engine.restart import (
     find_restart,
 )
 from atomsim.engine.simulation import Simulation
+from atomsim.engine.thermo import MEASURED
 
 
 def make_config(outdir, integrator="nve", steps=200, *, dynamics: dict | None = None, **output) -> RunConfig:
@@ -61,7 +62,7 @@ def run(cfg, resume=False):
 def thermo_rows(path):
     """Thermo rows without the timing column (wall-clock dependent)."""
     rows = list(csv.DictReader(open(path)))
-    return [{k: v for k, v in r.items() if k != "atom_steps_per_s"} for r in rows]
+    return [{k: v for k, v in r.items() if k not in MEASURED} for r in rows]
 
 
 def assert_same_final_state(a: Path, b: Path):

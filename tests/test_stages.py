@@ -25,6 +25,7 @@ from atomsim.engine.config import RunConfig, load_config
 from atomsim.engine.restart import RESTART_NAME, Restart, find_restart
 from atomsim.engine.simulation import Simulation
 from atomsim.engine.stages import STAGE_FILE
+from atomsim.engine.thermo import MEASURED
 
 BASE = {
     "system": {"structure": {"lattice": "fcc", "symbols": "Ar", "a": 5.3, "repeat": 2}, "temperature_K": 40.0,
@@ -56,7 +57,7 @@ def staged_input(tmp_path: Path, out: str) -> Path:
 
 
 def thermo_rows(path: Path):
-    return [{k: v for k, v in r.items() if k != "atom_steps_per_s"} for r in csv.DictReader(open(path))]
+    return [{k: v for k, v in r.items() if k not in MEASURED} for r in csv.DictReader(open(path))]
 
 
 def final_arrays(directory: Path) -> dict:

@@ -85,15 +85,17 @@ def _np(x) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
-def _frac_box(cell, positions: np.ndarray) -> tuple:
-    """Lowest and highest fractional coordinate per cell vector, not wrapped (a shard's atoms stay one
-    compact box across a periodic face). Column by column: no (n, 3) temporaries, no BLAS threads."""
+def _frac_box(cell, positions: np.ndarray, pbc=None) -> tuple:
+    """Lowest and highest fractional coordinate per cell vector: wrapped into [0, 1) along the periodic
+    ``pbc`` directions (given), else not wrapped. Column by column: no (n, 3) temporaries, no BLAS."""
     inv = np.linalg.inv(np.asarray(cell, dtype=float))
     lo, hi = [], []
     for k in range(3):
         f = positions[:, 0] * inv[0, k]
         f += positions[:, 1] * inv[1, k]
         f += positions[:, 2] * inv[2, k]
+        if pbc is not None and pbc[k]:
+            f -= np.floor(f)
         lo.append(float(f.min()))
         hi.append(float(f.max()))
     return lo, hi
@@ -108,27 +110,65 @@ def sorted_by_id(arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     return {k: v[order] for k, v in arrays.items()}
 
 
-def write_shard(folder: Path, rank: int, size: int, arrays: Dict[str, np.ndarray], cell, pbc) -> dict:
-    """Write this rank's shard atomically (temp file, fsync, rename); return its manifest entry."""
-    from safetensors.numpy import save_file
+_ST_DTYPES = {"float64": "F64", "float32": "F32", "int64": "I64", "int32": "I32", "int8": "I8",
+              "uint8": "U8", "bool": "BOOL"}
 
-    data = {k: np.ascontiguousarray(v) for k, v in sorted_by_id(arrays).items()}
+
+def _write_safetensors(path: Path, data: Dict[str, np.ndarray], metadata: Dict[str, str]) -> None:
+    """The safetensors layout (u64 header length, JSON header, raw arrays) streamed from the arrays
+    themselves: no serialised copy of the shard in memory (``safetensors.numpy.save_file`` makes one).
+    Read back by the safetensors library (``safe_open``, ``load_file``); fsync'ed before returning."""
+    header: Dict[str, object] = {"__metadata__": metadata}
+    offset = 0
+    for k, v in data.items():
+        header[k] = {"dtype": _ST_DTYPES[v.dtype.name], "shape": list(v.shape),
+                     "data_offsets": [offset, offset + v.nbytes]}
+        offset += v.nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    with open(path, "wb") as fh:
+        fh.write(len(blob).to_bytes(8, "little"))
+        fh.write(blob)
+        for v in data.values():
+            if v.nbytes:
+                fh.write(memoryview(v).cast("B"))
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def write_shard(folder: Path, rank: int, size: int, arrays: Dict[str, np.ndarray], cell, pbc,
+                inside: Optional[Callable[[dict], np.ndarray]] = None) -> dict:
+    """Write this rank's shard atomically (temp file, fsync, rename); return its manifest entry.
+
+    ``inside(arrays) -> mask``: the atoms inside this rank's sub-domain now. They are stored first,
+    then the rest (atoms that drifted out since the last list build), each part sorted by id with
+    its own bounding box and CRC32s: a resume on the same decomposition reads a neighbour's shard
+    only for its few drifted atoms.
+    """
+    data = sorted_by_id(arrays)
+    n = int(data["ids"].shape[0])
+    n_in = n
+    if inside is not None and n:
+        mask = np.asarray(inside(data), dtype=bool)
+        n_in = int(mask.sum())
+        if n_in < n:
+            order = np.concatenate([np.flatnonzero(mask), np.flatnonzero(~mask)])
+            data = {k: v[order] for k, v in data.items()}
+    data = {k: np.ascontiguousarray(v) for k, v in data.items()}
     name = shard_name(rank, size)
     tmp = folder / f".{name}.tmp.{os.getpid()}"
-    save_file(data, str(tmp), metadata={"format": FORMAT, "rank": str(rank), "of": str(size)})
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _write_safetensors(tmp, data, {"format": FORMAT, "rank": str(rank), "of": str(size)})
     os.replace(tmp, folder / name)
-    n = int(data["ids"].shape[0])
-    info = {"file": name, "rank": rank, "n_atoms": n, "bytes": (folder / name).stat().st_size,
-            "crc32": {k: _crc(v) for k, v in data.items()}, "frac_lo": None, "frac_hi": None,
-            "id_min": int(data["ids"][0]) if n else None, "id_max": int(data["ids"][-1]) if n else None}
-    if n:
-        info["frac_lo"], info["frac_hi"] = _frac_box(cell, data["positions"])
-    return info
+    parts = []
+    for r0, r1, wrap in ((0, n_in, inside is not None), (n_in, n, False)):
+        if r1 > r0:  # the inside part's box in wrapped coordinates: it lies within the sub-domain
+            lo, hi = _frac_box(cell, data["positions"][r0:r1], pbc if wrap else None)
+            parts.append({"rows": [r0, r1], "frac_lo": lo, "frac_hi": hi,
+                          "crc32": {k: _crc(v[r0:r1]) for k, v in data.items()}})
+    ids = data["ids"]
+    return {"file": name, "rank": rank, "n_atoms": n, "bytes": (folder / name).stat().st_size,
+            "arrays": list(data), "parts": parts,
+            "id_min": int(ids.min()) if n else None, "id_max": int(ids.max()) if n else None}
 
 
 def write_json_atomic(path: Path, obj: dict, previous: Optional[Path] = None) -> None:
@@ -145,14 +185,15 @@ def write_json_atomic(path: Path, obj: dict, previous: Optional[Path] = None) ->
 
 
 def write_shard_set(comm, folder: Path, arrays: Dict[str, np.ndarray], cell, pbc,
-                    manifest: dict, manifest_path: Path, previous: Optional[Path] = None) -> Path:
+                    manifest: dict, manifest_path: Path, previous: Optional[Path] = None,
+                    inside: Optional[Callable[[dict], np.ndarray]] = None) -> Path:
     """Every rank writes its shard into ``folder``; then rank 0 writes the manifest. Collective.
 
     ``manifest`` (rank 0's) gets ``shards``, ``n_shards``, ``n_atoms`` and ``folder`` added.
     Returns ``manifest_path`` once the manifest is in place on every rank.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    info = write_shard(folder, comm.rank, comm.size, arrays, cell, pbc)
+    info = write_shard(folder, comm.rank, comm.size, arrays, cell, pbc, inside)
     infos = comm.gather(info)  # also: every shard is on disk before the manifest names it
     if comm.rank == 0:
         manifest = dict(manifest, format=FORMAT, format_version=FORMAT_VERSION, n_shards=comm.size,
@@ -190,6 +231,8 @@ def read_manifest(path: Path) -> dict:
                          f"the manifest says {m.get('n_atoms')}")
     folder = path.parent / m["folder"]
     for s in shards:
+        if sum(r1 - r0 for r0, r1 in (part["rows"] for part in s["parts"])) != s["n_atoms"]:
+            raise ShardError(f"{path}: the parts of shard {s['file']} do not add up to its {s['n_atoms']} atoms")
         f = folder / s["file"]
         if not f.exists():
             raise ShardError(f"{path}: shard {f} is missing")
@@ -206,41 +249,45 @@ def shard_paths(manifest: dict) -> List[Path]:
 
 
 def read_shard(manifest: dict, k: int, keys: Optional[Sequence[str]] = None,
-               rows: Optional[Callable[[dict], Optional[np.ndarray]]] = None) -> Dict[str, np.ndarray]:
-    """Arrays of shard ``k`` (checked against the manifest's CRC32); ``rows(arrays) -> mask`` keeps some.
+               rows: Optional[Callable[[dict], np.ndarray]] = None,
+               parts: Optional[Callable[[dict], bool]] = None) -> Dict[str, np.ndarray]:
+    """Arrays of shard ``k``, each part's rows checked against the manifest's CRC32s.
 
-    ``rows`` sees the arrays read so far in ``keys`` order (put ``positions`` first to select by it).
+    ``parts(part) -> bool`` picks the parts to read (None: all); ``rows(arrays) -> mask`` keeps some
+    rows of each, seeing the arrays read so far in ``keys`` order (put ``positions`` first).
     """
     from safetensors import safe_open
 
     info = manifest["shards"][k]
     path = shard_paths(manifest)[k]
-    out: Dict[str, np.ndarray] = {}
-    mask = None
+    keys = [key for key in (keys if keys is not None else info["arrays"]) if key in info["arrays"]]
+    pieces = []
     try:
         with safe_open(str(path), framework="numpy") as f:
-            names = list(f.keys())
-            for key in (keys if keys is not None else names):
-                if key not in names:
+            for part in info["parts"]:
+                if parts is not None and not parts(part):
                     continue
-                a = f.get_tensor(key)
-                want = info["crc32"].get(key)
-                if want is None or _crc(a) != want:
-                    raise ShardError(f"{manifest['_path']}: shard {path} array {key!r} fails its CRC32 check "
-                                     "(damaged or replaced)")
-                out[key] = a if mask is None else a[mask]
-                if rows is not None and mask is None:  # the first array read decides the rows kept
-                    mask = rows(out)
-                    out = {kk: v[mask] for kk, v in out.items()}
+                r0, r1 = part["rows"]
+                out: Dict[str, np.ndarray] = {}
+                mask = None
+                for key in keys:
+                    a = f.get_slice(key)[r0:r1]
+                    if _crc(a) != part["crc32"].get(key):
+                        raise ShardError(f"{manifest['_path']}: shard {path} array {key!r} fails its CRC32 "
+                                         "check (damaged or replaced)")
+                    out[key] = a if mask is None else a[mask]
+                    if rows is not None and mask is None:  # the first array read decides the rows kept
+                        mask = rows(out)
+                        out = {kk: v[mask] for kk, v in out.items()}
+                pieces.append(out)
     except ShardError:
         raise
     except Exception as exc:  # safetensors raises its own errors on a torn header
         raise ShardError(f"{manifest['_path']}: shard {path} is unreadable "
                          f"({type(exc).__name__}: {exc})") from exc
-    if out.get("ids") is not None and out["ids"].shape[0] != info["n_atoms"] and mask is None:
-        raise ShardError(f"{manifest['_path']}: shard {path} holds {out['ids'].shape[0]} atoms, "
-                         f"the manifest says {info['n_atoms']}")
-    return out
+    if not pieces:
+        return {}
+    return pieces[0] if len(pieces) == 1 else {key: np.concatenate([p[key] for p in pieces]) for key in pieces[0]}
 
 
 def merged(manifest: dict, keys: Optional[Sequence[str]] = None, progress: Optional[Callable] = None
@@ -271,17 +318,15 @@ class SubDomain:
 
         self.decomp = Decomposition(np.asarray(cell, float), pbc, comm.size, comm.rank, grid)
 
-    def may_own(self, info: dict) -> bool:
-        """False when none of the shard's atoms can be ours (from its fractional bounding box).
+    def may_own(self, part: dict) -> bool:
+        """False when none of a shard part's atoms can be ours (from its fractional bounding box).
 
-        Conservative by a hair (1e-9 in fractional units): an extra shard read costs I/O only,
+        Conservative by a hair (1e-9 in fractional units): an extra read costs I/O only,
         the rows kept are decided exactly by :meth:`mask`.
         """
-        if info["frac_lo"] is None:
-            return False
         d, eps = self.decomp, 1e-9
         for k in range(3):
-            lo, hi = float(info["frac_lo"][k]), float(info["frac_hi"][k])
+            lo, hi = float(part["frac_lo"][k]), float(part["frac_hi"][k])
             a, b = d.lo[k] - eps, d.hi[k] + eps
             if not d.pbc[k]:  # atoms outside [0, 1) belong to the edge ranks
                 a = -np.inf if d.coords[k] == 0 else a
@@ -307,10 +352,13 @@ def restart_set_folder(directory: Path, step: int, token: str) -> Path:
     return Path(directory) / RESTART_SETS / f"step{step:010d}-{token}"
 
 
-def write_sharded_restart(comm, directory, arrays: Dict[str, np.ndarray], meta: dict, cell, pbc) -> Path:
+def write_sharded_restart(comm, directory, arrays: Dict[str, np.ndarray], meta: dict, cell, pbc,
+                          grid=None) -> Path:
     """This rank's atoms as one shard of a new restart set; rank 0 writes the manifest last. Collective.
 
-    ``meta`` holds the global scalars (step, config hash, integrator state, ...).
+    ``meta`` holds the global scalars (step, config hash, integrator state, ...); ``grid``: the run's
+    rank grid (``parallel.grid``; None: balanced), whose sub-domains split each shard into the atoms
+    inside and those that drifted out (see :func:`write_shard`).
     The previous manifest becomes ``restart.prev.json``; sets neither names are then deleted.
     """
     directory = Path(directory)
@@ -318,8 +366,9 @@ def write_sharded_restart(comm, directory, arrays: Dict[str, np.ndarray], meta: 
     folder = restart_set_folder(directory, int(meta["step"]), token)
     man = dict(meta, kind="restart", cell=np.asarray(cell, float).tolist(), pbc=[bool(p) for p in pbc],
                rng="counter-based (seed, step, atom id): no state to save")
+    inside = SubDomain(cell, pbc, comm, grid).mask if comm.size > 1 else None
     path = write_shard_set(comm, folder, arrays, cell, pbc, man, directory / RESTART_MANIFEST,
-                           directory / RESTART_PREVIOUS)
+                           directory / RESTART_PREVIOUS, inside)
     if comm.rank == 0:
         _collect_restart_sets(directory)
     return path

@@ -368,20 +368,21 @@ class ShardedRestart(Restart):
 
         keys = ("positions", "ids", "velocities", "masses", "numbers", "fixed", "nl_positions")
         parts = []
-        for k, info in enumerate(self.meta["shards"]):
-            if owner is not None and not owner.may_own(info):
-                continue
+        for k in range(len(self.meta["shards"])):
             try:
-                parts.append(read_shard(self.meta, k, keys, rows=None if owner is None else owner.mask))
+                got = read_shard(self.meta, k, keys, rows=None if owner is None else owner.mask,
+                                 parts=None if owner is None else owner.may_own)
             except InputError as exc:
                 raise RestartError(str(exc)) from exc
+            if got:
+                parts.append(got)
         empty = {"positions": np.zeros((0, 3)), "velocities": np.zeros((0, 3)), "masses": np.zeros(0),
                  "ids": np.zeros(0, np.int64), "numbers": np.zeros(0, np.int64)}
         a = {}
         for key in keys:
             have = [p[key] for p in parts if key in p]
             if key in ("fixed", "nl_positions"):
-                if not any(key in info["crc32"] for info in self.meta["shards"]):
+                if not any(key in info["arrays"] for info in self.meta["shards"]):
                     continue
                 if len(have) != len(parts):
                     raise self._why(f"array {key!r} is in some shards and not in others")

@@ -351,7 +351,9 @@ class Simulation:
             cell = ref["cell"]
         meta = restart_meta(self.config, self.integrator.name, good["integrator"], st.step, good["n_builds"],
                             cell)
-        return pio.write_sharded_restart(self.comm, self.outdir, arrays, meta, np_(st.cell), st.pbc)
+        grid = self.config.parallel.grid
+        return pio.write_sharded_restart(self.comm, self.outdir, arrays, meta, np_(st.cell), st.pbc,
+                                         None if grid == "auto" else grid)
 
     # -- blow-up recovery -------------------------------------------------
     def _keep_last_good(self) -> None:

@@ -4,8 +4,8 @@ Usage: [mpiexec -n N] python sharded_restart.py DIR STEPS [--resume] [--parallel
                                                 [--crash-at STEP --crash-rank R] [--report FILE]
 ``--crash-at``: rank R ends the process (``os._exit``, no clean-up) right after writing its shard
 of the restart of step STEP, before the manifest exists: a crash in the middle of a restart write.
-``--report``: JSON with each rank's atom count right after the (resumed) set-up and the number of
-shards it opened, to show that no rank read or held the whole system.
+``--report``: JSON with each rank's atom count right after the (resumed) set-up and the shard parts
+([shard, rows]) it read, to show that no rank held the whole system.
 """
 import json
 import os
@@ -36,13 +36,19 @@ if __name__ == "__main__":
             os._exit(17)
         return info
 
-    def counting_read(manifest, k, *args, **kw):
-        opened.append(k)
-        return read_shard(manifest, k, *args, **kw)
+    def counting_read(manifest, k, *args, parts=None, **kw):
+        def chosen(part):
+            use = parts is None or parts(part)
+            if use:
+                opened.append([k, part["rows"][1] - part["rows"][0]])
+            return use
+
+        return read_shard(manifest, k, *args, parts=chosen, **kw)
 
     pio.write_shard, pio.read_shard = crashing_write, counting_read
     sim = Simulation.from_config(cfg, resume="--resume" in sys.argv[3:])
-    counts = sim.comm.gather({"n_local": sim.state.n_local, "shards_opened": sorted(set(opened))})
+    counts = sim.comm.gather({"n_local": sim.state.n_local, "parts_read": opened,
+                              "rows_read": sum(n for _, n in opened)})
     summary = sim.run()
     if sim.is_root:
         if _arg("--report"):

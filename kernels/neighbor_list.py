@@ -48,6 +48,8 @@ def _compact(senders: Tensor, shifts: Tensor, n_nodes: int) -> tuple:
     """Senders in int32 and shifts in the smallest integer type that holds them (int8 usually)."""
     if n_nodes < 2**31 and senders.dtype != torch.int32:
         senders = senders.to(torch.int32)
+    if shifts.dtype in (torch.int8, torch.int16, torch.int32):  # built compact (build_csr_newton)
+        return senders, shifts
     if shifts.numel():
         big = int(shifts.abs().max())
         small = torch.int8 if big < 2**7 else (torch.int16 if big < 2**15 else torch.int32)

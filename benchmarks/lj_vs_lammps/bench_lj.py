@@ -75,7 +75,18 @@ def run_atomsim(cells: int, steps: int, outdir: str) -> dict:
     per_step = {k: v / steps for k, v in summary["timings_s"].items()}
     return {"wall_s": summary["wall_s"], "atom_steps_per_s": summary["atom_steps_per_s"],
             "initial_pe_eV": e0, "final_pe_eV": float(sim.state.energy),
-            "n_neighbor_builds": summary["n_neighbor_builds"], "step_breakdown_s": per_step}
+            "n_neighbor_builds": summary["n_neighbor_builds"], "step_breakdown_s": per_step,
+            "neighbor_list_bytes_per_atom": _list_bytes(sim.forces) / sim.state.n_atoms_global}
+
+
+def _list_bytes(forces) -> int:
+    """Bytes the provider keeps per neighbor-list build: index arrays and cached per-edge shifts."""
+    nl = forces.nlist
+    arrays = [getattr(nl, "_receivers", getattr(nl, "receivers", None)), nl.senders, nl.cell_shifts, nl.row_ptr]
+    cache = getattr(forces, "_shift_cache", None)
+    if cache is not None:
+        arrays.append(cache[1])
+    return sum(a.numel() * a.element_size() for a in arrays if a is not None)
 
 
 def atomsim_op_profile(cells: int, outdir: str, steps: int = 3) -> list:
@@ -210,6 +221,7 @@ def _worker(args) -> None:
         n = 4 * args.cells**3
         out = {"n_atoms": n, "peak_rss_bytes": peak, "rss_before_system_bytes": base,
                "peak_rss_per_atom_bytes": peak / n, "peak_rss_above_start_per_atom_bytes": (peak - base) / n,
+               "neighbor_list_bytes_per_atom": run["neighbor_list_bytes_per_atom"],
                "steps": args.steps, "atom_steps_per_s": run["atom_steps_per_s"],
                "wall_s_with_setup": time.perf_counter() - t}
     print(json.dumps(out))
@@ -341,8 +353,13 @@ def main() -> None:
         report["threads"] = thread_scaling([int(c) for c in args.threads_cells.split(",")], args.steps,
                                            args.repeats)
     if args.memory_atoms:
-        report["memory"] = [_subprocess("memory", round((int(n) / 4) ** (1 / 3)), 10)
-                            for n in args.memory_atoms.split(",")]
+        report["memory"] = []
+        for n in args.memory_atoms.split(","):
+            cells = round((int(n) / 4) ** (1 / 3))
+            row = _subprocess("memory", cells, 10)
+            if before and int(n) <= 100_000:  # the old full list needs ~10 kB per atom: small sizes only
+                row["before"] = _subprocess("memory", cells, 10, tree=before[0])
+            report["memory"].append(row)
     if not args.no_profile:
         report["atomsim_force_stages_s"] = force_stage_breakdown(args.cells, f"{work}/stages")
         report["atomsim_top_torch_ops"] = atomsim_op_profile(args.cells, f"{work}/profile")
@@ -367,7 +384,10 @@ def main() -> None:
               f"2 threads {row['median_atom_steps_per_s']['2']:.4g} atom-steps/s -> {row['speedup_2_over_1']:.2f}x")
     for row in report.get("memory", []):
         print(f"  memory, {row['n_atoms']} atoms: peak RSS {row['peak_rss_per_atom_bytes']:.0f} B/atom "
-              f"({row['peak_rss_above_start_per_atom_bytes']:.0f} B/atom above the interpreter's start)")
+              f"({row['peak_rss_above_start_per_atom_bytes']:.0f} B/atom above the interpreter's start), "
+              f"neighbor list {row['neighbor_list_bytes_per_atom']:.0f} B/atom"
+              + (f"; at {args.before_commit}: peak {row['before']['peak_rss_per_atom_bytes']:.0f}, "
+                 f"list {row['before']['neighbor_list_bytes_per_atom']:.0f} B/atom" if "before" in row else ""))
     print(f"  initial PE: atomsim {report['initial_pe_eV']['atomsim']:.10g} eV, "
           f"LAMMPS {report['initial_pe_eV']['lammps']:.10g} eV")
     print(f"wrote {args.out}")

@@ -45,6 +45,7 @@ RESTART_MANIFEST = "restart.json"
 RESTART_PREVIOUS = "restart.prev.json"
 RESTART_SETS = "restart.shards"
 TRAJECTORY_SHARDS = "trajectory.shards"
+BLOWUP_SHARDS = "blowup.shards"  # the failing frame of a stopped sharded run
 OUTPUT_MODES = ("auto", "gather", "sharded")
 
 # Per-atom arrays of a restart shard (``nl_positions``: the neighbor list's reference positions).
@@ -393,15 +394,15 @@ def remove_sharded_output(directory) -> None:
     directory = Path(directory)
     for name in (RESTART_MANIFEST, RESTART_PREVIOUS):
         (directory / name).unlink(missing_ok=True)
-    for name in (RESTART_SETS, TRAJECTORY_SHARDS):
+    for name in (RESTART_SETS, TRAJECTORY_SHARDS, BLOWUP_SHARDS):
         shutil.rmtree(directory / name, ignore_errors=True)
 
 
 # -- trajectories ------------------------------------------------------------------
 def frame_manifests(directory) -> List[Path]:
-    """The frame manifests of ``directory/trajectory.shards`` (or of that folder itself), by step."""
+    """The frame manifests of ``directory/trajectory.shards`` (or of a frames folder itself), by step."""
     directory = Path(directory)
-    root = directory if directory.name == TRAJECTORY_SHARDS else directory / TRAJECTORY_SHARDS
+    root = directory / TRAJECTORY_SHARDS if (directory / TRAJECTORY_SHARDS).is_dir() else directory
     return sorted(p for p in root.glob("*.json") if p.stem.isdigit())
 
 
@@ -417,8 +418,8 @@ class ShardedTrajectory:
     """Trajectory frames as shard sets (``output.parallel``): each rank writes its own atoms. Collective."""
 
     def __init__(self, directory, timestep_fs: float, comm, *, fmt: str, append: bool,
-                 resume_step: Optional[int], per_atom: Sequence[str]):
-        self.root = Path(directory) / TRAJECTORY_SHARDS
+                 resume_step: Optional[int], per_atom: Sequence[str], folder: str = TRAJECTORY_SHARDS):
+        self.root = Path(directory) / folder
         self.timestep_fs = timestep_fs
         self.comm = comm
         self.fmt = fmt

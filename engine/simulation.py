@@ -366,9 +366,18 @@ class Simulation:
 
     def _stop(self, exc: BlowUp) -> None:
         """Save the failing frame and the last good state, then stop with a message naming the atom."""
-        bad = self._gathered(self.state)
         good = self._last_good
         blow = self.outdir / "blowup.extxyz"
+        bad = None
+        if self.sharded:  # each rank writes its atoms of the failing frame: nothing is gathered
+            out = self.config.output
+            pio.ShardedTrajectory(self.outdir, self.config.dynamics.timestep_fs, self.comm,
+                                  fmt=out.trajectory_format, append=False, resume_step=None,
+                                  per_atom=out.per_atom, folder=pio.BLOWUP_SHARDS).write(self.state)
+            where = self.outdir / pio.BLOWUP_SHARDS
+            blow = f"{where} (to view: atomsim convert {where} blowup.extxyz)"
+        else:
+            bad = self._gathered(self.state)
         if bad is not None:
             from ase.io import write
 

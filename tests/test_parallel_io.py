@@ -127,3 +127,27 @@ def test_damaged_sets_are_refused_by_name(tmp_path, capsys):
     atoms = read(tmp_path / "r.extxyz")
     assert atoms.info["step"] == 30 and len(atoms) == 32
     assert np.array_equal(atoms.arrays["ids"], np.arange(32))
+
+
+def test_blowup_frame_is_written_as_shards(tmp_path):
+    """A sharded run that stops writes its failing frame per rank; convert shows the close pair."""
+    from ase.build import bulk
+    from ase.io import write
+    from rich.console import Console
+    from test_md_engine import make_config as md_config
+
+    from atomsim.engine.safety import SimulationError
+    from atomsim.engine.simulation import Simulation
+
+    atoms = bulk("Ar", "fcc", a=5.26, cubic=True).repeat((2, 2, 2))
+    atoms.positions[3] = atoms.positions[0] + [0.6, 0.0, 0.0]
+    write(tmp_path / "close.extxyz", atoms)
+    cfg = md_config(tmp_path / "run", system={"structure": {"file": str(tmp_path / "close.extxyz")}},
+                    output={"parallel": "sharded"})
+    with pytest.raises(SimulationError, match="blowup.shards"):
+        Simulation.from_config(cfg, console=Console(quiet=True)).run()
+    assert not (tmp_path / "run" / "blowup.extxyz").exists()
+    assert main(["convert", str(tmp_path / "run" / pio.BLOWUP_SHARDS), str(tmp_path / "b.extxyz")]) == 0
+    bad = read(tmp_path / "b.extxyz")
+    assert np.allclose(bad.positions, atoms.positions, rtol=0, atol=1e-12)
+    assert np.abs(bad.get_forces()).max() > 10.0  # the failing forces are in the frame

@@ -60,7 +60,9 @@ def breakdown(state, forces) -> Dict[str, int]:
     nl = getattr(forces, "nlist", None)
     nlb = 0
     if nl is not None:
-        nlb = nbytes(nl.receivers, nl.senders, nl.cell_shifts, nl.row_ptr, nl.reference_positions)
+        # a compact list expands receivers only on demand: count them only if they exist (no expansion here)
+        receivers = nl.__dict__["_receivers"] if "_receivers" in nl.__dict__ else nl.receivers
+        nlb = nbytes(receivers, nl.senders, nl.cell_shifts, nl.row_ptr, nl.reference_positions)
         nlb += nbytes(getattr(forces, "_zero_shifts", None))
         cache = getattr(forces, "_shift_cache", None)
         if isinstance(cache, tuple):

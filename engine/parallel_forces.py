@@ -58,7 +58,11 @@ class ParallelForces(NeighborListForces):
         # their incoming edges: those within (layers - 1) x cutoff (+ skin for motion) of the sub-box
         self.receiver_depth = (layers - 1) * cutoff + self.skin
         # the list over owned + ghost positions in the sub-box frame: no periodic images (ghosts carry them)
-        super().__init__(potential, NeighborList(cutoff, self.skin), ("neighbor", "halo", "model", "reverse", "sync"))
+        # a direct pair path gets the list it asks for (half: each local pair once, compact int32/int8);
+        # its kernel weighs an owned-ghost pair 1/2 on each rank holding it and skips ghost-ghost pairs
+        direct = potential.direct_list()
+        nlist = NeighborList(cutoff, self.skin, half=direct == "half", compact=direct is not None)
+        super().__init__(potential, nlist, ("neighbor", "halo", "model", "reverse", "sync"))
         self.decomp: Optional[Decomposition] = None
         self.ghosts: Optional[Ghosts] = None
         self._ref_owned = None  # owned positions at the last build (what a restart rebuilds at)
@@ -103,6 +107,39 @@ class ParallelForces(NeighborListForces):
         at_ref = self._local_positions(ref, state.cell)
         self.nlist.build(at_ref, _NO_CELL, _OPEN)
         n_own = state.n_local
+        if self.nlist.half and self.nlist.compact:
+            self._keep_pairs_with_owned(n_own)
+        else:
+            self._keep_needed_edges(n_own)
+        self._zero_shifts = None  # built on first use by the graph path
+        self._ref_owned = ref.detach().clone()
+        self._ref_cell = state.cell.detach().clone()
+        ghost_z = torch.from_numpy(self.ghosts.numbers).to(device=state.numbers.device, dtype=state.numbers.dtype)
+        self._numbers = torch.cat([state.numbers, ghost_z])
+        self.timers["halo"] += t1 - t0
+        self.timers["neighbor"] += time.perf_counter() - t1
+        return at_ref if ref is state.positions else self._local_positions(state.positions, state.cell)
+
+    def _keep_pairs_with_owned(self, n_own: int) -> None:
+        """Half list: keep each pair with an owned atom at either end (ghost-ghost pairs weigh 0).
+
+        Rows are CSR-contiguous, so rows of owned atoms are kept whole and only ghost rows are
+        filtered by sender, without expanding a receiver per edge (a transient 8 B per pair).
+        """
+        nl = self.nlist
+        ptr = nl.row_ptr.cpu().numpy()
+        keep = nl.senders.cpu().numpy() < n_own
+        keep[: ptr[n_own]] = True
+        kept = np.zeros(keep.shape[0] + 1, dtype=np.int64 if keep.shape[0] >= 2**31 else np.int32)
+        np.cumsum(keep, out=kept[1:])
+        dev = nl.row_ptr.device
+        mask = torch.from_numpy(keep).to(dev)
+        nl.senders, nl.cell_shifts = nl.senders[mask], nl.cell_shifts[mask]
+        nl.row_ptr = torch.from_numpy(kept[ptr]).to(dev)
+        nl.receivers = None  # the direct path reads row_ptr + senders; expanded on demand
+
+    def _keep_needed_edges(self, n_own: int) -> None:
+        """Full list: the edges the model needs (into owned atoms; full halo: and inner ghosts)."""
         receivers = self.nlist.receivers.cpu().numpy()
         if self.halo == "per-layer":  # ghosts' features come from their owners: no edges into ghosts
             keep = receivers < n_own
@@ -112,15 +149,8 @@ class ParallelForces(NeighborListForces):
             if n_own == 0:  # an empty sub-box (vacuum): nothing here reaches an owned energy
                 keep[:] = False
         self.nlist.keep_edges(torch.from_numpy(keep).to(self.nlist.receivers.device))
-        # the local list has no periodic images: one zero row seen n_edges times (no 24 B per edge kept)
-        self._zero_shifts = torch.zeros((1, 3), dtype=torch.float64, device=at_ref.device).expand(self.nlist.n_edges, 3)
-        self._ref_owned = ref.detach().clone()
-        self._ref_cell = state.cell.detach().clone()
-        ghost_z = torch.from_numpy(self.ghosts.numbers).to(device=state.numbers.device, dtype=state.numbers.dtype)
-        self._numbers = torch.cat([state.numbers, ghost_z])
-        self.timers["halo"] += t1 - t0
-        self.timers["neighbor"] += time.perf_counter() - t1
-        return at_ref if ref is state.positions else self._local_positions(state.positions, state.cell)
+        if self.nlist.compact:
+            self.nlist.receivers = None
 
     def _local_positions(self, positions: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
         """Owned positions wrapped into the sub-box frame, followed by ghost positions (halo exchange)."""
@@ -160,6 +190,10 @@ class ParallelForces(NeighborListForces):
             out = self.potential.direct_forces(self._numbers, local, state.cell, direct_pairs(nl), n_owned,
                                                virial=virial, atom_virial=atom_virial)
         else:
+            if self._zero_shifts is None or self._zero_shifts.shape[0] != nl.n_edges:
+                # the local list has no periodic images: one zero row seen n_edges times, not 24 B per edge
+                self._zero_shifts = torch.zeros((1, 3), dtype=torch.float64, device=local.device).expand(
+                    nl.n_edges, 3)
             graph = build_graph(local, state.cell, nl.receivers, nl.senders, nl.cell_shifts, n_owned,
                                 self.potential.dtype, halo_update=hook, shifts=self._zero_shifts,
                                 row_ptr=nl.row_ptr)

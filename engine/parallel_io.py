@@ -231,15 +231,15 @@ def read_manifest(path: Path) -> dict:
         raise ShardError(f"{path}: its shards hold {sum(int(s['n_atoms']) for s in shards)} atoms, "
                          f"the manifest says {m.get('n_atoms')}")
     folder = path.parent / m["folder"]
+    try:  # one directory listing, not a stat per shard (every rank opens the manifest)
+        present = set(os.listdir(folder))
+    except OSError as exc:
+        raise ShardError(f"{path}: its shard folder {folder} is unreadable or missing ({exc})") from exc
     for s in shards:
         if sum(r1 - r0 for r0, r1 in (part["rows"] for part in s["parts"])) != s["n_atoms"]:
             raise ShardError(f"{path}: the parts of shard {s['file']} do not add up to its {s['n_atoms']} atoms")
-        f = folder / s["file"]
-        if not f.exists():
-            raise ShardError(f"{path}: shard {f} is missing")
-        if f.stat().st_size != s["bytes"]:
-            raise ShardError(f"{path}: shard {f} has {f.stat().st_size} bytes, the manifest says "
-                             f"{s['bytes']} (a different or partly written shard)")
+        if s["file"] not in present:
+            raise ShardError(f"{path}: shard {folder / s['file']} is missing")
     m["_path"] = str(path)
     return m
 
@@ -263,6 +263,10 @@ def read_shard(manifest: dict, k: int, keys: Optional[Sequence[str]] = None,
     path = shard_paths(manifest)[k]
     keys = [key for key in (keys if keys is not None else info["arrays"]) if key in info["arrays"]]
     pieces = []
+    size = path.stat().st_size if path.exists() else None
+    if size != info["bytes"]:
+        raise ShardError(f"{manifest['_path']}: shard {path} has {size} bytes, the manifest says {info['bytes']} "
+                         "(missing, replaced or partly written; an older restart: restart.prev.json)")
     try:
         with safe_open(str(path), framework="numpy") as f:
             for part in info["parts"]:

@@ -41,6 +41,8 @@ def _as_tensor(x: ArrayLike, device=None) -> Tensor:
 
 
 def _pbc_tuple(pbc) -> tuple:
+    if isinstance(pbc, tuple) and len(pbc) == 3 and all(type(p) is bool for p in pbc):
+        return pbc  # the engine's state keeps this form: no numpy round trip every step
     return tuple(bool(p) for p in np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)))
 
 
@@ -102,6 +104,7 @@ class NeighborList:
         self.backend = backend
         self.list_cutoff = self.cutoff + self.skin
         self.n_builds = 0
+        self._skin_check_loaded = False
         self.reference_positions: Optional[Tensor] = None
         self.reference_cell: Optional[Tensor] = None
         self.reference_pbc: Optional[tuple] = None
@@ -165,6 +168,9 @@ class NeighborList:
         self.reference_positions = pos.clone()
         self.reference_cell = cell_t.clone()
         self.reference_pbc = pbc_t
+        if not self._skin_check_loaded:  # load its compiled kernel with the first (set-up) build
+            self.max_displacement_sq(pos)
+            self._skin_check_loaded = True
         self.n_builds += 1
 
     def keep_edges(self, mask: Tensor) -> None:

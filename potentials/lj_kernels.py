@@ -264,6 +264,8 @@ def lj_backward(n_threads: int, vec, row_ptr, *args) -> None:
 
 def _chunk_rows(row_ptr: np.ndarray, n_chunks: int) -> np.ndarray:
     """Row boundaries giving each chunk about the same number of edges (the work)."""
+    if n_chunks == 1:
+        return np.array([0, row_ptr.shape[0] - 1], dtype=np.int64)
     n_edges = int(row_ptr[-1])
     targets = (np.arange(n_chunks + 1) * n_edges) // n_chunks
     rows = np.searchsorted(row_ptr, targets, side="left").astype(np.int64)

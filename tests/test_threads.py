@@ -123,3 +123,27 @@ print(json.dumps(out))
     for rep in _run(code):
         assert rep["torch"] == 1 and rep["numba"] == 1, rep
         assert all(p["num_threads"] == 1 for p in rep["pools"]), rep["pools"]
+
+
+def test_ranks_per_node_counts_ranks_on_this_host(monkeypatch):
+    """Ranks on the same host share its cores: 3 ranks here and 1 elsewhere -> 3 (the 4th -> 1)."""
+    import socket
+
+    from atomsim.kernels import threads
+
+    class TwoHosts:
+        size = 4
+
+        def __init__(self, rank):
+            self.rank = rank
+
+        def allgather(self, mine):
+            hosts = ["here", "here", "there", "here"]
+            assert mine == hosts[self.rank]
+            return hosts
+
+    monkeypatch.setattr(socket, "gethostname", lambda: "here")
+    assert threads.ranks_per_node(TwoHosts(0)) == 3
+    monkeypatch.setattr(socket, "gethostname", lambda: "there")
+    assert threads.ranks_per_node(TwoHosts(2)) == 1
+    assert threads.ranks_per_node(None) == 1

@@ -47,6 +47,14 @@ def kernel_backend(device: torch.device) -> str:
     return {"cuda": "triton", "cpu": "numba"}.get(device.type, "reference")
 
 
+def skips_far_edges(edge_vectors: Tensor) -> bool:
+    """Whether the op on this graph runs the fused CPU kernel, which skips edges at or past the
+    cutoff itself (their message and gradient are exactly zero): callers need not copy the graph
+    without them (EGNNPotential.within_cutoff)."""
+    return kernel_backend(edge_vectors.device) == "numba" and edge_vectors.device.type == "cpu" \
+        and edge_vectors.dtype in (torch.float32, torch.float64)
+
+
 def edge_message_aggregate(*args, **kwargs) -> Tensor:
     """Dispatch to a fused kernel or the reference (see kernel_backend). The Numba kernel takes
     float32/float64 CPU tensors; other dtypes (bf16, fp16) run the reference."""

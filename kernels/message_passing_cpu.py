@@ -160,17 +160,25 @@ def _silu_grad_impl(x, s):
 # per-block pieces
 # ---------------------------------------------------------------------------------------------
 @numba.njit(**_JIT)
-def _geometry(r, s, t, cutoff, rbf, drbf, env, denv, inv_d, deriv):
-    """Bessel basis (rows 0..t-s of rbf), envelope and, if ``deriv``, d/d|r| of both (float64 math)."""
+def _geometry(r, s, t, cutoff, idx, rbf, drbf, env, denv, inv_d, deriv):
+    """Edges s..t-1 within the cutoff: their indices in idx[:n], Bessel basis, envelope and, if
+    ``deriv``, d/d|r| of both (float64 math); returns n. Edges at or past the cutoff (an MD list's
+    skin) carry exactly zero message and gradient (the envelope vanishes there): skipped."""
     K = rbf.shape[1]
     pref = math.sqrt(2.0 / cutoff)
     w0 = math.pi / cutoff
+    n = 0
     for e in range(s, t):
-        i = e - s
         rx = np.float64(r[e, 0])
         ry = np.float64(r[e, 1])
         rz = np.float64(r[e, 2])
-        d = math.sqrt(rx * rx + ry * ry + rz * rz)
+        d2 = rx * rx + ry * ry + rz * rz
+        if not d2 < cutoff * cutoff:
+            continue
+        i = n
+        n += 1
+        idx[i] = e
+        d = math.sqrt(d2)
         inv = 1.0 / d
         inv_d[i] = inv
         c1 = math.cos(w0 * d)
@@ -184,26 +192,22 @@ def _geometry(r, s, t, cutoff, rbf, drbf, env, denv, inv_d, deriv):
             s_prev, s_n = s_n, 2.0 * c1 * s_n - s_prev
             c_prev, c_n = c_n, 2.0 * c1 * c_n - c_prev
         x = d / cutoff
-        if x < 1.0:
-            x5 = x * x * x * x * x
-            x6 = x5 * x
-            env[i] = 1.0 + _ENV_A * x6 + _ENV_B * x6 * x + _ENV_C * x6 * x * x
-            if deriv:
-                denv[i] = (_ENV_P * _ENV_A * x5 + (_ENV_P + 1) * _ENV_B * x6
-                           + (_ENV_P + 2) * _ENV_C * x6 * x) / cutoff
-        else:
-            env[i] = 0.0
-            if deriv:
-                denv[i] = 0.0
+        x5 = x * x * x * x * x
+        x6 = x5 * x
+        env[i] = 1.0 + _ENV_A * x6 + _ENV_B * x6 * x + _ENV_C * x6 * x * x
+        if deriv:
+            denv[i] = (_ENV_P * _ENV_A * x5 + (_ENV_P + 1) * _ENV_B * x6
+                       + (_ENV_P + 2) * _ENV_C * x6 * x) / cutoff
+    return n
 
 
 @numba.njit(**_JIT)
-def _pre_and_h(a, b, snd, rcv, s, t, rbf, w_rbf, b1, P, H, keep_pre):
-    """P = pre (if keep_pre), H = silu(pre), pre = a[j] + b[i] + rbf @ w_rbf + b1."""
+def _pre_and_h(a, b, snd, rcv, idx, n, rbf, w_rbf, b1, P, H, keep_pre):
+    """P = pre (if keep_pre), H = silu(pre), pre = a[j] + b[i] + rbf @ w_rbf + b1 (edges idx[:n])."""
     F = a.shape[1]
     K = w_rbf.shape[0]
-    for e in range(s, t):
-        i = e - s
+    for i in range(n):
+        e = idx[i]
         j = snd[e]
         ri = rcv[e]
         row = P[i] if keep_pre else H[i]
@@ -262,15 +266,15 @@ def _forward(a, b, r, snd, rcv, blocks, groups, w_rbf, b1, w2, b2, cutoff, out, 
         iv = np.empty(4, np.int32)
         fv = np.empty(2, dt)
         ch = np.array([78, 84], np.uint8)  # "N", "T"
+        idx = np.empty(max_block, np.int64)
         for bi in range(groups[gi], groups[gi + 1]):
-            s = blocks[bi]
-            t = blocks[bi + 1]
-            n = t - s
-            _geometry(r, s, t, cutoff, rbf, rbf, env, env, inv_d, False)
-            _pre_and_h(a, b, snd, rcv, s, t, rbf, w_rbf, b1, H, H, False)
+            n = _geometry(r, blocks[bi], blocks[bi + 1], cutoff, idx, rbf, rbf, env, env, inv_d, False)
+            if n == 0:
+                continue
+            _pre_and_h(a, b, snd, rcv, idx, n, rbf, w_rbf, b1, H, H, False)
             _mm(H, w2, Z, n, iv, fv, ch)
             for i in range(n):
-                ri = rcv[s + i]
+                ri = rcv[idx[i]]
                 ev = env[i]
                 for f in range(F):
                     z = Z[i, f] + b2[f]
@@ -299,16 +303,16 @@ def _backward(g, a, b, r, snd, rcv, blocks, groups, w_rbf, b1, w2, w2t, b2, cuto
         iv = np.empty(4, np.int32)
         fv = np.empty(2, dt)
         ch = np.array([78, 84], np.uint8)  # "N", "T"
+        idx = np.empty(max_block, np.int64)
         da = da_parts[gi]
         for bi in range(groups[gi], groups[gi + 1]):
-            s = blocks[bi]
-            t = blocks[bi + 1]
-            n = t - s
-            _geometry(r, s, t, cutoff, rbf, drbf, env, denv, inv_d, True)
-            _pre_and_h(a, b, snd, rcv, s, t, rbf, w_rbf, b1, P, H, True)
+            n = _geometry(r, blocks[bi], blocks[bi + 1], cutoff, idx, rbf, drbf, env, denv, inv_d, True)
+            if n == 0:
+                continue
+            _pre_and_h(a, b, snd, rcv, idx, n, rbf, w_rbf, b1, P, H, True)
             _mm(H, w2, Z, n, iv, fv, ch)
             for i in range(n):  # Z <- dz; genv = d out / d env
-                ri = rcv[s + i]
+                ri = rcv[idx[i]]
                 ev = env[i]
                 acc = zero
                 for f in range(F):
@@ -320,7 +324,7 @@ def _backward(g, a, b, r, snd, rcv, blocks, groups, w_rbf, b1, w2, w2t, b2, cuto
                 genv[i] = acc
             _mm(Z, w2t, DH, n, iv, fv, ch)
             for i in range(n):  # DH <- dpre, then scatter / reduce it
-                e = s + i
+                e = idx[i]
                 j = snd[e]
                 ri = rcv[e]
                 for f in range(F):

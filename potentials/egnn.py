@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from atomsim.kernels.graph import Graph, csr_row_ptr
-from atomsim.kernels.message_passing import edge_message_aggregate
+from atomsim.kernels.message_passing import edge_message_aggregate, skips_far_edges
 
 from .base import Potential
 
@@ -149,7 +149,10 @@ class EGNNPotential(Potential):
 
         Their messages are exactly zero (the envelope vanishes there), so results are
         unchanged while edge work and autograd memory shrink. Receivers stay sorted.
+        The fused CPU kernel skips them itself: the graph is returned as is (no copies).
         """
+        if skips_far_edges(graph.edge_vectors):
+            return graph
         d2 = (graph.edge_vectors.detach() ** 2).sum(-1)
         keep = d2 < self.cutoff**2
         if bool(keep.all()):

@@ -28,6 +28,7 @@ import hashlib
 import io
 import json
 import lzma
+import os
 import time
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -100,7 +101,7 @@ def save_samples(samples: Sequence, path: str | Path, key: str) -> None:
     has_s = np.array([s.stress is not None for s in samples])
     stress = np.stack([s.stress.numpy() if s.stress is not None else np.zeros((3, 3)) for s in samples])
     meta = [[s.system, s.family, s.config_type, s.data_family] for s in samples]
-    tmp = Path(str(path) + ".tmp.npz")
+    tmp = Path(f"{path}.{os.getpid()}.tmp.npz")  # unique per process, then an atomic rename
     np.savez(
         tmp, key=np.array(key), n_atoms=n_at, n_edges=n_ed,
         numbers=np.concatenate([s.numbers.numpy() for s in samples]).astype(np.int16),

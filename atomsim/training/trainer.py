@@ -85,6 +85,10 @@ class TrainConfig(BaseModel):
     seed: int = 0
     dtype: Literal["float32", "float64"] = "float32"
     threads: Optional[int] = Field(None, ge=1)
+    # message-passing kernels while training (ATOMSIM_KERNELS, unless that is set): the force loss
+    # needs a double backward, which the fused CPU kernel hands to the reference anyway, so its
+    # forward is extra work (measured 2x the CPU time per step of "reference" on this data)
+    kernels: Literal["reference", "numba", "triton", "auto"] = "reference"
     card: dict = Field(default_factory=dict)  # extra model-card sections (description, data_command, ...)
 
 
@@ -347,8 +351,11 @@ def split_indices(n: int, cfg: TrainConfig) -> dict[str, np.ndarray]:
     return split_by_structure(n, cfg.val_fraction, cfg.test_fraction, cfg.seed, cfg.max_structures)
 
 
-def load_training_samples(cfg: TrainConfig, log=print) -> list[Sample]:
-    """Parse ``cfg.data`` (or reuse ``<output>/data_cache.npz`` made from the same file and settings)."""
+def load_training_samples(cfg: TrainConfig, log=print, write_cache: bool = True) -> list[Sample]:
+    """Parse ``cfg.data`` (or reuse ``<output>/data_cache.npz`` made from the same file and settings).
+
+    ``write_cache``: whether this process writes the cache (one MPI rank does).
+    """
     from .data import cache_key, load_samples, save_samples
 
     t = time.time()
@@ -363,7 +370,8 @@ def load_training_samples(cfg: TrainConfig, log=print) -> list[Sample]:
                            forces_key=cfg.forces_key, stress_key=cfg.stress_key)
     log(f"data: {len(samples)} structures, {sum(s.n_atoms for s in samples)} atoms parsed from {cfg.data} "
         f"with neighbor graphs ({time.time() - t:.1f} s)")
-    if cfg.cache:
+    if cfg.cache and write_cache:
+        cache.parent.mkdir(parents=True, exist_ok=True)
         save_samples(samples, cache, key)
     return samples
 
@@ -499,6 +507,17 @@ def _lr_factor(cfg: TrainConfig, step: int, total: int, time_fraction: float = 0
 def train(cfg: TrainConfig, resume: bool = False, log=print, samples: Optional[list[Sample]] = None,
           max_steps: Optional[int] = None) -> dict:
     """Train per ``cfg``; returns metrics. ``max_steps`` stops early (tests)."""
+    forced = os.environ.get("ATOMSIM_KERNELS")
+    if cfg.kernels != "auto" and not forced:
+        os.environ["ATOMSIM_KERNELS"] = cfg.kernels
+    try:
+        return _train(cfg, resume, log, samples, max_steps)
+    finally:
+        if cfg.kernels != "auto" and not forced:
+            os.environ.pop("ATOMSIM_KERNELS", None)
+
+
+def _train(cfg: TrainConfig, resume: bool, log, samples: Optional[list[Sample]], max_steps: Optional[int]) -> dict:
     comm = world_comm()  # serial (size 1) unless launched on several MPI ranks
     comm.install_abort_handler()  # a rank that fails must not leave the others waiting
     rank, size = comm.rank, comm.size
@@ -510,7 +529,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, samples: Optional[l
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     if samples is None:
-        samples = load_training_samples(cfg, log=log if rank == 0 else (lambda *a, **k: None))
+        samples = load_training_samples(cfg, log=log if rank == 0 else (lambda *a, **k: None),
+                                        write_cache=rank == 0)
     split = split_indices(len(samples), cfg)
     train_s = [samples[k] for k in split["train"]]
     val_s = [samples[k] for k in split["val"]]

@@ -23,6 +23,7 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 import numpy as np
 from ase import Atoms
 from ase.build import bulk, fcc100, fcc110, fcc111
+from ase.calculators.calculator import Calculator, all_changes
 from ase.data import atomic_numbers, reference_states
 
 EMT_METALS = ("Al", "Cu", "Ag", "Au", "Ni", "Pd", "Pt")
@@ -57,17 +58,66 @@ def make_calculator(name: str, device: str = "cpu", dtype: Optional[str] = None)
         if importlib.util.find_spec(module) is None:
             raise ValueError(f"--calculator {name}: the plugin that provides it ({module}) is not installed; "
                              f"install it with: {install}")
-    from atomsim.calculator import AtomsimCalculator
     from atomsim.potentials.registry import available_potentials
 
     try:
-        return AtomsimCalculator(model=name, device=device, dtype=dtype)
+        return PotentialCalculator(name, device=device, dtype=dtype)
     except ValueError as exc:
         if "unknown potential" in str(exc):
             raise ValueError(f"--calculator {name!r}: not an ASE calculator ({', '.join(ASE_CALCULATORS)}), an "
                              f"atomsim potential ({', '.join(available_potentials())}) or a checkpoint "
                              f"folder") from None
         raise
+
+
+class PotentialCalculator(Calculator):
+    """An atomsim potential (by name or checkpoint) as an ASE calculator, for labelling and student MD.
+
+    The engine's SerialForces (list with skin, reused between MD steps), as the ASE front end
+    (atomsim/calculator.py) uses; training code may not import that front end (tests/test_layout.py).
+    float64 unless ``dtype``: labels should not carry float32 round-off.
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress"]
+
+    def __init__(self, model: str, device: str = "cpu", dtype: Optional[str] = None, skin: float = 1.0):
+        import torch
+
+        from atomsim.kernels.dtypes import resolve_device, torch_dtype
+        from atomsim.potentials.registry import load_potential
+
+        Calculator.__init__(self)
+        self.device = torch.device(resolve_device(device))
+        self.potential = load_potential(model).to(self.device).to(torch_dtype(dtype or "float64")).eval()
+        self.skin = float(skin)
+        self.parameters.update(model=str(model))
+        self._forces = None
+
+    def calculate(self, atoms=None, properties=None, system_changes=all_changes):
+        import torch
+        from ase.stress import full_3x3_to_voigt_6_stress
+
+        from atomsim.engine.forces import SerialForces
+        from atomsim.engine.state import MDState
+
+        Calculator.calculate(self, atoms, properties or self.implemented_properties, system_changes)
+        at = self.atoms
+        if self._forces is None or "numbers" in system_changes or "pbc" in system_changes:
+            self.potential.check_species(at.numbers)
+            self._forces = SerialForces(self.potential, skin=self.skin)
+        n, f64, dev = len(at), torch.float64, self.device
+        state = MDState(positions=torch.tensor(at.positions, dtype=f64, device=dev),
+                        velocities=torch.zeros((n, 3), dtype=f64, device=dev),
+                        masses=torch.ones(n, dtype=f64, device=dev),
+                        numbers=torch.as_tensor(at.numbers, dtype=torch.int64, device=dev),
+                        ids=torch.arange(n, device=dev), cell=torch.as_tensor(at.cell.array, dtype=f64, device=dev),
+                        pbc=tuple(bool(p) for p in at.pbc), n_atoms_global=n)
+        periodic = at.cell.rank == 3
+        out = self._forces.compute(state, virial=periodic)
+        self.results["energy"] = self.results["free_energy"] = float(out.energy)
+        self.results["forces"] = out.forces.detach().to(f64).cpu().numpy()
+        if periodic:
+            self.results["stress"] = full_3x3_to_voigt_6_stress(out.virial.detach().cpu().numpy() / at.get_volume())
 
 
 def calculator_elements(calc) -> Optional[list[str]]:

@@ -5,11 +5,13 @@ holds. ``peak RSS`` is the operating system's high-water mark of the process
 (``resource.getrusage``); the breakdown counts the bytes of the arrays the engine keeps per rank:
 
 - ``state``: positions, velocities, forces, masses, numbers, ids, fixed (and the force provider's
-  per-atom copies: list reference positions, images, species of owned + ghost atoms);
+  per-atom copies: list reference positions, images, species of owned + ghost atoms; and the
+  run's last good state, kept for blow-up recovery);
 - ``neighbor_list``: pair indices, cell shifts, CSR offsets, reference positions, cached shifts;
 - ``ghosts``: their bookkeeping and halo plan, plus one refreshed copy of their positions;
 - ``model``: what a force evaluation adds on top (edge vectors, activations kept for autograd,
-  temporaries), measured as the rise of peak RSS over the RSS before the first evaluation.
+  temporaries), measured as the rise of peak RSS over the RSS before the first evaluation, less
+  what that evaluation built to keep (the list, the ghosts, the provider's copies).
 
 ``baseline`` is the RSS before the system was built (interpreter, torch, numba, the model).
 """
@@ -52,11 +54,24 @@ def nbytes(*objs) -> int:
     return total
 
 
-def breakdown(state, forces) -> Dict[str, int]:
-    """Bytes this rank holds by part (see the module docstring), without the model's transient."""
-    st = nbytes(state.positions, state.velocities, state.forces, state.masses, state.numbers, state.ids,
-                state.fixed, state.energies)
-    st += nbytes(*(getattr(forces, k, None) for k in ("_ref_owned", "_image", "_numbers")))
+def _state_bytes(state) -> int:
+    return nbytes(state.positions, state.velocities, state.forces, state.masses, state.numbers, state.ids,
+                  state.fixed, state.energies)
+
+
+def _provider_bytes(forces) -> int:
+    return nbytes(*(getattr(forces, k, None) for k in ("_ref_owned", "_image", "_numbers")))
+
+
+def breakdown(state, forces, kept: Optional[dict] = None) -> Dict[str, int]:
+    """Bytes this rank holds by part (see the module docstring), without the model's transient.
+
+    ``kept``: the run's last good state (``{"state": MDState, "neighbor": {name: tensor}}``, kept
+    for blow-up recovery), counted under state.
+    """
+    st = _state_bytes(state) + _provider_bytes(forces)
+    if kept:
+        st += _state_bytes(kept["state"]) + nbytes(*kept.get("neighbor", {}).values())
     nl = getattr(forces, "nlist", None)
     nlb = 0
     if nl is not None:
@@ -92,11 +107,16 @@ class MemoryMeter:
         """Max over ranks of this rank's peak RSS / its owned atoms (collective)."""
         return float(self.comm.allreduce_max(peak_rss() / max(int(n_owned), 1)))
 
-    def report(self, state, forces) -> dict:
-        """The figures of every rank reduced to the worst rank's (collective)."""
+    def report(self, state, forces, kept: Optional[dict] = None) -> dict:
+        """The figures of every rank reduced to the worst rank's (collective).
+
+        The first evaluation also built the neighbor list, the ghosts and the provider's copies:
+        those are counted in their parts, so ``model`` is the rest of the rise of the peak.
+        """
         n = max(state.n_local, 1)
-        parts = breakdown(state, forces)
-        parts["model"] = self.model
+        parts = breakdown(state, forces, kept)
+        built = parts["neighbor_list"] + parts["ghosts"] + _provider_bytes(forces)
+        parts["model"] = max(self.model - built, 0)
         local = np.array([peak_rss(), peak_rss() / n, (peak_rss() - self.baseline) / n, self.baseline]
                          + [parts[k] / n for k in ("state", "neighbor_list", "ghosts", "model")])
         worst = self.comm.allreduce_max(local)

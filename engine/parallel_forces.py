@@ -123,19 +123,28 @@ class ParallelForces(NeighborListForces):
     def _keep_pairs_with_owned(self, n_own: int) -> None:
         """Half list: keep each pair with an owned atom at either end (ghost-ghost pairs weigh 0).
 
-        Rows are CSR-contiguous, so rows of owned atoms are kept whole and only ghost rows are
-        filtered by sender, without expanding a receiver per edge (a transient 8 B per pair).
+        Rows are CSR-contiguous, so the rows of owned atoms stay whole and only the ghost rows
+        at the end are filtered by sender, compacted in place (the arrays keep their storage):
+        no receiver per edge, no second copy of the list at the peak of a rebuild.
         """
         nl = self.nlist
-        ptr = nl.row_ptr.cpu().numpy()
-        keep = nl.senders.cpu().numpy() < n_own
-        keep[: ptr[n_own]] = True
-        kept = np.zeros(keep.shape[0] + 1, dtype=np.int64 if keep.shape[0] >= 2**31 else np.int32)
-        np.cumsum(keep, out=kept[1:])
-        dev = nl.row_ptr.device
-        mask = torch.from_numpy(keep).to(dev)
-        nl.senders, nl.cell_shifts = nl.senders[mask], nl.cell_shifts[mask]
-        nl.row_ptr = torch.from_numpy(kept[ptr]).to(dev)
+        if nl.senders.device.type != "cpu":
+            raise RuntimeError("the compact half list of the direct path lives on the CPU")
+        ptr = nl.row_ptr.numpy()
+        head = int(ptr[n_own])
+        senders, shifts = nl.senders.numpy(), nl.cell_shifts.numpy()
+        keep = senders[head:] < n_own
+        kept_s, kept_sh = senders[head:][keep], shifts[head:][keep]
+        end = head + kept_s.shape[0]
+        senders[head:end] = kept_s
+        shifts[head:end] = kept_sh
+        del kept_s, kept_sh
+        cum = np.zeros(keep.shape[0] + 1, dtype=np.int64 if keep.shape[0] >= 2**31 else np.int32)
+        np.cumsum(keep, out=cum[1:])
+        row_ptr = ptr.copy()
+        row_ptr[n_own:] = head + cum[ptr[n_own:] - head]
+        nl.senders, nl.cell_shifts = nl.senders[:end], nl.cell_shifts[:end]
+        nl.row_ptr = torch.from_numpy(row_ptr)
         nl.receivers = None  # the direct path reads row_ptr + senders; expanded on demand
 
     def _keep_needed_edges(self, n_own: int) -> None:

@@ -217,10 +217,10 @@ class Simulation:
             self._stop(exc)
         self.timings["forces"] += time.perf_counter() - t
         self.memory.mark_after_forces()
-        self.memory_report = self.memory.report(self.state, self.forces)  # collective
-        self.console.print(format_report(self.memory_report))
         self.integrator.setup(self.state)
         self._keep_last_good()
+        self.memory_report = self.memory.report(self.state, self.forces, self._last_good)  # collective
+        self.console.print(format_report(self.memory_report))
         if not resumed:
             self._write_thermo(0.0)
             if out.trajectory_every > 0:

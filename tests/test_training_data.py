@@ -207,3 +207,21 @@ def test_huber_loss_is_the_squared_error_below_delta_and_linear_above(plain):
     # with tiny deltas every term is linear: 2 * delta * |err| (minus delta^2), far below the MSE here
     tiny = TrainConfig(**base, loss="huber", huber_delta_energy=1e-9, huber_delta_force=1e-9, huber_delta_stress=1e-9)
     assert 0 < float(batch_loss(model, batch, tiny, totals)) < 1e-6
+
+
+def test_time_limits_stop_inside_an_epoch_and_keep_a_checkpoint(plain, tmp_path):
+    from atomsim.training.trainer import TrainConfig, train
+
+    samples = read_samples(plain, 4.0)
+    base = dict(data=str(plain), model={"width": 8, "depth": 1, "n_rbf": 4, "cutoff": 4.0, "readout_hidden": 4},
+                batch_size=1, epochs=5, val_fraction=0.2, test_fraction=0.0, seed=0)
+    past = train(TrainConfig(**base, output=str(tmp_path / "a"), stop_at="2000-01-01T00:00:00"), samples=samples,
+                 log=lambda *_: None)
+    assert past["stopped"] == "stop_at" and past["history"][0]["step"] == 0 and past["history"][0]["partial_epoch"]
+    assert (tmp_path / "a" / "best" / "model.safetensors").is_file()
+    full = train(TrainConfig(**{**base, "epochs": 1}, output=str(tmp_path / "b")), samples=samples,
+                 log=lambda *_: None)
+    short = train(TrainConfig(**base, output=str(tmp_path / "c"), max_minutes=1e-9), samples=samples,
+                  log=lambda *_: None)
+    assert short["stopped"] == "time budget" and len(short["history"]) == 1
+    assert short["history"][0]["step"] < full["history"][0]["step"]  # stopped inside the first epoch

@@ -586,15 +586,19 @@ def _train(cfg: TrainConfig, resume: bool, log, samples: Optional[list[Sample]],
     for epoch in range(start_epoch, cfg.epochs):
         order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train_s))
         model.train()
-        ep_loss = 0.0
+        ep_loss, out_of_time, step0 = 0.0, False, step
         for k in range(0, len(order), cfg.batch_size):
             glob = [train_s[q] for q in order[k:k + cfg.batch_size]]
             totals = {"structures": len(glob), "atoms": sum(s.n_atoms for s in glob),
                       "stress": sum(s.stress is not None for s in glob)}
             mine = glob[rank::size]
+            frac = _time_fraction()
+            if frac >= 1.0:  # the time budget or stop_at ran out inside the epoch: stop here
+                out_of_time = True
+                break
             if plateau is None or step <= _warmup(total_steps):
                 for g in opt.param_groups:
-                    g["lr"] = cfg.lr * _lr_factor(cfg, step, total_steps, _time_fraction())
+                    g["lr"] = cfg.lr * _lr_factor(cfg, step, total_steps, frac)
             opt.zero_grad(set_to_none=True)
             if mine:
                 loss = batch_loss(model, collate(mine, dtype), cfg, totals)
@@ -627,12 +631,14 @@ def _train(cfg: TrainConfig, resume: bool, log, samples: Optional[list[Sample]],
         elapsed = active - active0
         per_epoch = elapsed / (epoch - start_epoch + 1)
         eta = per_epoch * (cfg.epochs - epoch - 1)
-        rec = {"epoch": epoch + 1, "step": step, "train_loss": ep_loss / steps_per_epoch,
+        rec = {"epoch": epoch + 1, "step": step, "train_loss": ep_loss / max(step - step0, 1),
                "lr": opt.param_groups[0]["lr"], "elapsed_s": round(elapsed, 1), "active_s": round(active, 1),
                "wall_time": datetime.now(timezone.utc).strftime("%H:%M:%S")}
         if vm:
             rec.update({"val_E_mae_meV_atom": vm["all"]["energy_mae_meV_per_atom"],
                         "val_F_mae_meV_A": vm["all"]["force_mae_meV_per_A"]})
+        if out_of_time:
+            rec["partial_epoch"] = True
         history.append(rec)
         if rank == 0:
             msg = (f"epoch {epoch + 1}/{cfg.epochs} loss {rec['train_loss']:.4g} lr {rec['lr']:.2e}"
@@ -654,8 +660,8 @@ def _train(cfg: TrainConfig, resume: bool, log, samples: Optional[list[Sample]],
         if bad_epochs >= cfg.patience:
             stopped = "early stopping"
             break
-        if budget and active + per_epoch > budget:
-            stopped = "time budget"
+        if out_of_time or (budget and active + per_epoch > budget):
+            stopped = "time budget" if budget and active + per_epoch > budget else "stop_at"
             break
         if stop_at and time.time() + per_epoch > stop_at:
             stopped = "stop_at"

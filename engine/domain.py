@@ -142,7 +142,7 @@ def _take(state, keep) -> dict:
 
 
 def keep_owned(state, decomp: Decomposition) -> None:
-    """Drop the atoms another rank owns (every rank started from the same full system)."""
+    """Drop the atoms another rank owns (none when built per rank: structure.build_local_state)."""
     frac, _ = decomp.wrap(state.positions.detach().cpu().numpy())
     mask = torch.from_numpy(decomp.owner_of(frac) == decomp.rank).to(state.positions.device)
     _assign(state, _take(state, mask))

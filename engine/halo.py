@@ -59,7 +59,8 @@ class GhostPlan:
         known = {d for d, _ in partners}
         stray = sorted(set(requests) - known)
         if stray:
-            raise RuntimeError(f"ghosts owned by rank(s) {stray}, outside this rank's halo partners {sorted(known)}")
+            raise RuntimeError(f"ghosts owned by rank(s) {stray}, outside this rank's halo partners "
+                               f"{sorted(known)}")
         asked = {}
         for dest, source in partners:
             if dest == comm.rank and source == comm.rank:
@@ -75,7 +76,8 @@ class GhostPlan:
     @property
     def nbytes(self) -> int:
         """Bytes the plan's index arrays hold (memory accounting)."""
-        return sum(int(t.numel()) * t.element_size() for t in (*self.recv_rows.values(), *self.send_idx.values()))
+        tensors = (*self.recv_rows.values(), *self.send_idx.values())
+        return sum(int(t.numel()) * t.element_size() for t in tensors)
 
     def _exchange(self, send: dict, recv_shapes: dict, like: Tensor) -> dict:
         t0 = time.perf_counter()

@@ -131,7 +131,8 @@ class MemoryMeter:
 def format_report(r: dict) -> str:
     """One line for the terminal."""
     return (f"memory: peak RSS {r['peak_rss_B'] / 2**20:.0f} MiB per rank, "
-            f"{r['peak_rss_B_per_atom']:.0f} B per owned atom ({r['above_baseline_B_per_atom']:.0f} above the "
+            f"{r['peak_rss_B_per_atom']:.0f} B per owned atom "
+            f"({r['above_baseline_B_per_atom']:.0f} above the "
             f"{r['baseline_B'] / 2**20:.0f} MiB baseline): state {r['state_B_per_atom']:.0f}, neighbor list "
             f"{r['neighbor_list_B_per_atom']:.0f}, ghosts {r['ghosts_B_per_atom']:.0f}, model "
             f"{r['model_B_per_atom']:.0f} B/atom (worst rank each)")

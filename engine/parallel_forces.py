@@ -74,7 +74,8 @@ class ParallelForces(NeighborListForces):
         self.last_stats: dict = {}
 
     def prepare(self, state) -> None:
-        """Every rank holds the same full system: keep only the atoms this rank owns."""
+        """Keep only the atoms this rank owns (all of them when the system was built per rank;
+        a system handed over whole on every rank, e.g. ``Simulation(atoms=...)``, is cut here)."""
         self._ensure_decomp(state)
         keep_owned(state, self.decomp)
 
@@ -114,7 +115,7 @@ class ParallelForces(NeighborListForces):
         self._zero_shifts = None  # built on first use by the graph path
         self._ref_owned = ref.detach().clone()
         self._ref_cell = state.cell.detach().clone()
-        ghost_z = torch.from_numpy(self.ghosts.numbers).to(device=state.numbers.device, dtype=state.numbers.dtype)
+        ghost_z = torch.from_numpy(self.ghosts.numbers).to(state.numbers)  # int16 -> the state's int64
         self._numbers = torch.cat([state.numbers, ghost_z])
         self.timers["halo"] += t1 - t0
         self.timers["neighbor"] += time.perf_counter() - t1

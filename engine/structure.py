@@ -101,8 +101,8 @@ def build_local_state(cfg: RunConfig, comm, device="cpu", grid=None, probe=None)
                 f"`system.velocities` = 'from_file', but {st.file} has no velocities (no momenta / "
                 "Velocities section); use auto or maxwell_boltzmann")
     if not from_file:
-        local["velocities"] = maxwell_boltzmann(local["ids"], local["masses"], system.temperature_K, system.seed,
-                                                n_global, comm)
+        local["velocities"] = maxwell_boltzmann(local["ids"], local["masses"], system.temperature_K,
+                                                system.seed, n_global, comm)
     t = lambda a, dt=torch.float64: torch.as_tensor(np.ascontiguousarray(a), dtype=dt, device=device)  # noqa: E731
     order = np.argsort(local["ids"], kind="stable")
     state = MDState(positions=t(local["positions"][order]), velocities=t(local["velocities"][order]),
@@ -146,9 +146,9 @@ def _lattice_local(cfg: RunConfig, comm, grid, probe):
     candidates = [_candidate_repeats(T[d, d], g[:, d], reps[d], lo[d], hi[d], pbc[d]) for d in range(3)]
     site_z = None
     if st.alloy:
-        site, counts = alloy_plan(unit.get_chemical_symbols(), st.alloy,
-                                  int(np.sum(unit.symbols == (st.alloy_site or unit.get_chemical_symbols()[0])))
-                                  * int(np.prod(reps)), st.alloy_site)
+        per_cell = int(np.sum(unit.symbols == (st.alloy_site or unit.get_chemical_symbols()[0])))
+        site, counts = alloy_plan(unit.get_chemical_symbols(), st.alloy, per_cell * int(np.prod(reps)),
+                                  st.alloy_site)
         site_z = atomic_numbers[site]
     parts = []
     m1, m2, b = np.meshgrid(candidates[1], candidates[2], np.arange(nb), indexing="ij")
@@ -170,17 +170,19 @@ def _lattice_local(cfg: RunConfig, comm, grid, probe):
         numbers = alloy_numbers(ids, numbers, site_z, counts, cfg.system.seed, comm)
     if not np.all(np.isfinite(pos)):
         raise InputError("`system.structure`: some positions are not finite numbers")
-    local = {"positions": pos, "ids": ids, "numbers": numbers, "masses": atomic_masses[numbers].astype(np.float64),
-             "velocities": None}
+    local = {"positions": pos, "ids": ids, "numbers": numbers,
+             "masses": atomic_masses[numbers].astype(np.float64), "velocities": None}
     return local, cell, pbc, n_global
 
 
-def _candidate_repeats(slope: float, g: np.ndarray, n: int, lo: float, hi: float, periodic: bool) -> np.ndarray:
-    """Repeat indices m in [0, n) whose atoms (frac = m * slope + g, wrapped if periodic) may fall in [lo, hi).
+def _candidate_repeats(slope: float, g: np.ndarray, n: int, lo: float, hi: float,
+                       periodic: bool) -> np.ndarray:
+    """Repeat indices m in [0, n) whose atoms (frac = m * slope + g, wrapped if periodic) may be in [lo, hi).
 
     Generous by one repeat on each side: the exact owner test follows.
     """
-    images = range(int(np.floor(g.min())) - 1, int(np.ceil((n - 1) * slope + g.max())) + 2) if periodic else (0,)
+    top = (n - 1) * slope + g.max()
+    images = range(int(np.floor(g.min())) - 1, int(np.ceil(top)) + 2) if periodic else (0,)
     keep = np.zeros(n, dtype=bool)
     for k in images:
         a = -np.inf if lo == -np.inf else (lo + k - g.max()) / slope
@@ -201,7 +203,8 @@ def _centered_cell(cell: np.ndarray, ucell: np.ndarray, basis: np.ndarray, reps:
     dirs /= np.linalg.norm(dirs)
     if dirs @ cell[2] < 0.0:
         dirs *= -1
-    corners = np.array([[i, j, k] for i in (0, reps[0] - 1) for j in (0, reps[1] - 1) for k in (0, reps[2] - 1)])
+    ends = [(0, r - 1) for r in reps]
+    corners = np.array([[i, j, k] for i in ends[0] for j in ends[1] for k in ends[2]])
     off = corners[:, 0:1] * ucell[0] + corners[:, 1:2] * ucell[1] + corners[:, 2:3] * ucell[2]
     heights = ((basis[None, :, :] + off[:, None, :]).reshape(-1, 3)) @ dirs
     p0, p1 = heights.min(), heights.max()
@@ -228,8 +231,9 @@ def _file_scattered(cfg: RunConfig, comm, grid, probe):
         except InputError as exc:
             head = {"error": str(exc)}
         else:
-            head = {"cell": np.asarray(atoms.cell.array, dtype=np.float64), "pbc": tuple(bool(p) for p in atoms.pbc),
-                    "n": len(atoms), "velocities": atoms.has("momenta"), "constrained": constrained}
+            head = {"cell": np.asarray(atoms.cell.array, dtype=np.float64),
+                    "pbc": tuple(bool(p) for p in atoms.pbc), "n": len(atoms),
+                    "velocities": atoms.has("momenta"), "constrained": constrained}
     head = comm.bcast(head)
     if "error" in head:
         raise InputError(head["error"])
@@ -257,8 +261,8 @@ def _file_scattered(cfg: RunConfig, comm, grid, probe):
         for _ in range(n_chunks):
             got.append(comm.sendrecv(None, dest=None, source=0, tag=_TAG_SCATTER))
             probe(sum(len(x["ids"]) for x in got))
-        local = {f: (np.concatenate([x[f] for x in got]) if got else np.zeros((0, 3) if f in ("positions", "velocities")
-                                                                                   else 0)) for f in fields}
+        empty = {f: np.zeros((0, 3) if f in ("positions", "velocities") else 0) for f in fields}
+        local = {f: (np.concatenate([x[f] for x in got]) if got else empty[f]) for f in fields}
         local["ids"] = local["ids"].astype(np.int64)
         local["numbers"] = local["numbers"].astype(np.int64)
     local.setdefault("velocities", None)
@@ -358,7 +362,8 @@ def alloy_counts(fractions: Dict[str, float], n_sites: int) -> Dict[str, int]:
     return counts
 
 
-def alloy_plan(present, fractions: Dict[str, float], n_sites: int, site: Optional[str]) -> Tuple[str, Dict[str, int]]:
+def alloy_plan(present, fractions: Dict[str, float], n_sites: int,
+               site: Optional[str]) -> Tuple[str, Dict[str, int]]:
     """The substituted element and exact counts, or InputError naming the alloy key at fault."""
     present = sorted(set(present))
     if site is None:
@@ -538,7 +543,8 @@ def initialize_velocities(atoms: Atoms, temperature_K: float, seed: int) -> np.n
     velocities. Returns the (n, 3) float64 velocities.
     """
     ids = atoms.arrays.get("ids", np.arange(len(atoms)))
-    velocities = maxwell_boltzmann(ids, atoms.get_masses().astype(np.float64), temperature_K, seed, len(atoms))
+    masses = atoms.get_masses().astype(np.float64)
+    velocities = maxwell_boltzmann(ids, masses, temperature_K, seed, len(atoms))
     atoms.set_velocities(velocities)
     return velocities
 
@@ -561,7 +567,8 @@ def maxwell_boltzmann(ids: np.ndarray, masses: np.ndarray, temperature_K: float,
     dof = 3 * int(n_global) - 3
     if not (temperature_K > 0 and dof > 0):
         return velocities
-    velocities = _normals_by_id(np.asarray(ids, dtype=np.int64), seed) * np.sqrt(kB * temperature_K / masses)[:, None]
+    scale = np.sqrt(kB * temperature_K / masses)[:, None]
+    velocities = _normals_by_id(np.asarray(ids, dtype=np.int64), seed) * scale
     sums = exact_sum(np.column_stack([masses[:, None] * velocities, masses]), comm)
     velocities -= sums[:3] / sums[3]
     kinetic = 0.5 * float(exact_sum(masses[:, None] * velocities**2, comm).sum())

@@ -62,7 +62,8 @@ def test_per_rank_build_equals_the_serial_build_on_1_to_4_ranks(probe):
             # and ASE's build of the whole system
             assert np.array_equal(got["ids"], ref_atoms.arrays["ids"]), where
             assert np.array_equal(got["numbers"], ref_atoms.numbers), where
-            np.testing.assert_allclose(got["positions"], ref_atoms.positions, rtol=0, atol=1e-12, err_msg=where)
+            np.testing.assert_allclose(got["positions"], ref_atoms.positions, rtol=0, atol=1e-12,
+                                       err_msg=where)
             np.testing.assert_allclose(got["cell"], ref_atoms.cell.array, rtol=0, atol=1e-12, err_msg=where)
             np.testing.assert_allclose(got["masses"], ref_atoms.get_masses(), rtol=1e-15, err_msg=where)
             np.testing.assert_allclose(got["velocities"], ref_atoms.get_velocities(), rtol=0, atol=1e-14,
@@ -87,17 +88,17 @@ def test_no_rank_holds_more_than_its_share_plus_halo_and_no_all_to_all(probe):
     bound = 1.1 * n / size + 1.2 * halo
     assert bound < 0.8 * n, "the system is too small for the probe to tell a share from the whole"
     for r, held in enumerate(p["held"]):
-        assert held["build"] <= bound, f"rank {r} held {held['build']} atoms while building (bound {bound:.0f})"
+        assert held["build"] <= bound, f"rank {r} held {held['build']} atoms building (bound {bound:.0f})"
         assert held["owned+ghost"] <= bound, f"rank {r} held {held} (bound {bound:.0f})"
         assert held["owned"] <= 1.1 * n / size, f"rank {r} owned {held['owned']} of {n}"
-    for k, stats in res["build"].items():  # the lattice cases, built on every rank count (a file: rank 0 reads it)
+    for k, stats in res["build"].items():  # the lattice cases on every rank count (a file: rank 0 reads it)
         for name in ("alloy", "slab", "triclinic"):
             share = stats[name]["n"] / int(k)
             assert max(stats[name]["held"]) <= 2.5 * share + 60, f"{name} on {k} ranks: {stats[name]}"
     assert p["builds"] >= 3 and p["migrated"] > 0, "the run must rebuild and migrate"
     banned = set(distrib_probe.ALL_TO_ALL)
     for r, calls in enumerate(p["loop_calls"]):
-        assert not banned & set(calls), f"rank {r} called {sorted(banned & set(calls))} in the run loop: {calls}"
+        assert not banned & set(calls), f"rank {r} called {sorted(banned & set(calls))} in the loop: {calls}"
         assert calls.get("sendrecv", 0) > 0 and calls.get("isend", 0) > 0, calls  # it did communicate
     for r, calls in enumerate(p["setup_calls"]):
         assert not banned & set(calls), f"rank {r} called {sorted(banned & set(calls))} while setting up"

@@ -38,12 +38,14 @@ def test_run_reports_peak_rss_per_atom_and_the_state_bytes(tmp_path, capsys):
     assert rep["neighbor_list_B_per_atom"] >= nl.n_edges * 4 / n  # at least an int32 index per pair
     assert rep["ghosts_B_per_atom"] == 0  # one rank: periodic images come from the list's shifts
     # the peak RSS the run states is the process's own, at least what psutil saw before it began
-    assert rss_before <= rep["peak_rss_B"] <= peak_rss()
+    # (the kernel updates its high-water mark lazily: it may trail the current RSS by a few pages)
+    lag = 8 * 2**20
+    assert rss_before <= rep["peak_rss_B"] + lag and rep["peak_rss_B"] <= peak_rss()
     assert rep["peak_rss_B_per_atom"] == pytest.approx(rep["peak_rss_B"] / n)
     rows = list(csv.DictReader(open(tmp_path / "run" / "thermo.csv")))
     col = np.array([float(r["peak_rss_B_per_atom"]) for r in rows])
     assert np.all(np.diff(col) >= 0), "a peak never decreases"
-    assert rss_before / n <= col[0] and col[-1] * n <= peak_rss()
+    assert rss_before - lag <= col[0] * n and col[-1] * n <= peak_rss()
     assert "B per owned atom" in capsys.readouterr().out  # printed at start
 
 

@@ -112,12 +112,14 @@ def main() -> None:
             sys.exit(f"worker failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
         res = json.loads(raw.read_text())
     rep = res["report"]
-    per_rank = [{**r, "peak_rss_B_per_owned_atom": r["peak_rss_B"] / max(r["n_owned"], 1)} for r in res["ranks"]]
+    per_rank = [{**r, "peak_rss_B_per_owned_atom": r["peak_rss_B"] / max(r["n_owned"], 1)}
+                for r in res["ranks"]]
     out = {
         "benchmark": "memory per owned atom (engine/memory.py)",
         "system": args.system, "n_atoms": res["n_atoms"], "ranks": args.ranks, "steps": res["steps"],
-        "description": ("fcc Ar, LJ eps 0.0104 eV sigma 3.40 A cutoff 8.5 A skin 1 A, float64" if args.system == "lj"
-                        else "fcc Cu, bundled pretrained GNN (potential.model default), float32, per-layer halo"),
+        "description": ("fcc Ar, LJ eps 0.0104 eV sigma 3.40 A cutoff 8.5 A skin 1 A, float64"
+                        if args.system == "lj" else
+                        "fcc Cu, bundled pretrained GNN (potential.model default), float32, per-layer halo"),
         "peak_rss_B_per_rank": [r["peak_rss_B"] for r in per_rank],
         "bytes_per_owned_atom": max(r["peak_rss_B_per_owned_atom"] for r in per_rank),
         "bytes_per_owned_atom_above_baseline": rep["above_baseline_B_per_atom"],
@@ -126,7 +128,8 @@ def main() -> None:
         "baseline_B_per_rank": rep["baseline_B"],
         "thermo_peak_rss_B_per_atom": res["thermo_peak_rss_B_per_atom"],
         "per_rank": per_rank,
-        "build_s": res["build_s"], "run_wall_s": res["run_wall_s"], "atom_steps_per_s": res["atom_steps_per_s"],
+        "build_s": res["build_s"], "run_wall_s": res["run_wall_s"],
+        "atom_steps_per_s": res["atom_steps_per_s"],
         "launch_wall_s": wall,
         "command": " ".join([Path(sys.executable).name, "benchmarks/memory/bench_memory.py"] + sys.argv[1:]),
         "machine": {"cpu": platform.processor() or _cpu_model(), "cores": os.cpu_count(),
@@ -141,7 +144,8 @@ def main() -> None:
     b = out["breakdown_B_per_owned_atom"]
     print(f"{args.system}: {out['n_atoms']} atoms on {args.ranks} ranks: peak RSS "
           f"{', '.join(f'{x / 2**30:.2f}' for x in out['peak_rss_B_per_rank'])} GiB per rank; "
-          f"{out['bytes_per_owned_atom']:.0f} B per owned atom ({rep['above_baseline_B_per_atom']:.0f} above the "
+          f"{out['bytes_per_owned_atom']:.0f} B per owned atom "
+          f"({rep['above_baseline_B_per_atom']:.0f} above the "
           f"{rep['baseline_B'] / 2**20:.0f} MiB baseline); state {b['state']:.0f}, neighbor list "
           f"{b['neighbor_list']:.0f}, ghosts {b['ghosts']:.0f}, model {b['model']:.0f} B/atom -> {path}")
 

@@ -115,7 +115,8 @@ def thin_run(sub: Comm, k: int, out: Path) -> None:
 def probe_run(world: Comm, out: Path) -> dict:
     counting = Counting(world._comm)
     comm = Comm(counting)
-    system = {"structure": {"lattice": "fcc", "symbols": "Cu", "a": 3.61, "cubic": True, "repeat": [10, 10, 10]},
+    system = {"structure": {"lattice": "fcc", "symbols": "Cu", "a": 3.61, "cubic": True,
+                            "repeat": [10, 10, 10]},
               "temperature_K": 3000, "seed": 5}
     held = {"build": 0, "owned": 0, "ghost": 0, "owned+ghost": 0}
     original_build = structure.build_local_state

@@ -225,3 +225,17 @@ def test_time_limits_stop_inside_an_epoch_and_keep_a_checkpoint(plain, tmp_path)
                   log=lambda *_: None)
     assert short["stopped"] == "time budget" and len(short["history"]) == 1
     assert short["history"][0]["step"] < full["history"][0]["step"]  # stopped inside the first epoch
+
+
+def test_train_fraction_keeps_val_and_test_and_takes_a_prefix_of_train(plain, tmp_path):
+    from atomsim.training.trainer import TrainConfig, train
+
+    samples = read_samples(plain, 4.0)
+    base = dict(data=str(plain), model={"width": 4, "depth": 1, "n_rbf": 2, "cutoff": 4.0, "readout_hidden": 2},
+                batch_size=4, epochs=1, val_fraction=0.2, test_fraction=0.2, seed=1)
+    full = train(TrainConfig(**base, output=str(tmp_path / "a")), samples=samples, log=lambda *_: None)
+    half = train(TrainConfig(**base, output=str(tmp_path / "b"), train_fraction=0.5), samples=samples,
+                 log=lambda *_: None)
+    assert np.array_equal(full["split"]["val"], half["split"]["val"])
+    assert np.array_equal(full["split"]["test"], half["split"]["test"])
+    assert np.array_equal(half["split"]["train"], full["split"]["train"][:3]) and len(full["split"]["train"]) == 6

@@ -81,6 +81,8 @@ class TrainConfig(BaseModel):
     val_fraction: float = Field(0.1, ge=0, lt=1)
     test_fraction: float = Field(0.1, ge=0, lt=1)
     max_structures: Optional[int] = Field(None, ge=1)  # use only the first N (after shuffle)
+    # train on this fraction of the training split; val/test stay the same (learning curves L(D))
+    train_fraction: float = Field(1.0, gt=0, le=1)
     patience: int = Field(20, ge=1)  # epochs without validation improvement
     seed: int = 0
     dtype: Literal["float32", "float64"] = "float32"
@@ -345,10 +347,14 @@ def init_model(cfg: TrainConfig, samples: Sequence[Sample],
 
 
 def split_indices(n: int, cfg: TrainConfig) -> dict[str, np.ndarray]:
-    """Train/val/test by whole structure (see :func:`atomsim.training.data.split_by_structure`)."""
+    """Train/val/test by whole structure (see :func:`atomsim.training.data.split_by_structure`);
+    ``train_fraction`` keeps a prefix of the training part, val/test unchanged."""
     from .data import split_by_structure
 
-    return split_by_structure(n, cfg.val_fraction, cfg.test_fraction, cfg.seed, cfg.max_structures)
+    split = split_by_structure(n, cfg.val_fraction, cfg.test_fraction, cfg.seed, cfg.max_structures)
+    if cfg.train_fraction < 1.0:
+        split["train"] = split["train"][: max(1, int(round(cfg.train_fraction * len(split["train"]))))]
+    return split
 
 
 def load_training_samples(cfg: TrainConfig, log=print, write_cache: bool = True) -> list[Sample]:

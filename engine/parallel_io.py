@@ -86,20 +86,13 @@ def _np(x) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
-def _frac_box(cell, positions: np.ndarray, pbc=None) -> tuple:
-    """Lowest and highest fractional coordinate per cell vector: wrapped into [0, 1) along the periodic
-    ``pbc`` directions (given), else not wrapped. Column by column: no (n, 3) temporaries, no BLAS."""
+def _frac_bounds(cell, positions: np.ndarray) -> tuple:
+    """Bounds of the atoms' fractional coordinates (not wrapped) from their Cartesian extent: interval
+    arithmetic, exact for an orthorhombic cell, a little wider otherwise; six column reductions."""
     inv = np.linalg.inv(np.asarray(cell, dtype=float))
-    lo, hi = [], []
-    for k in range(3):
-        f = positions[:, 0] * inv[0, k]
-        f += positions[:, 1] * inv[1, k]
-        f += positions[:, 2] * inv[2, k]
-        if pbc is not None and pbc[k]:
-            f -= np.floor(f)
-        lo.append(float(f.min()))
-        hi.append(float(f.max()))
-    return lo, hi
+    a = positions.min(0)[:, None] * inv
+    b = positions.max(0)[:, None] * inv
+    return np.minimum(a, b).sum(0).tolist(), np.maximum(a, b).sum(0).tolist()
 
 
 def sorted_by_id(arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
@@ -137,22 +130,45 @@ def _write_safetensors(path: Path, data: Dict[str, np.ndarray], metadata: Dict[s
         os.fsync(fh.fileno())
 
 
+_NP_DTYPES = {v: k for k, v in _ST_DTYPES.items()}
+
+
+def _read_rows(fh, header: dict, start: int, key: str, r0: int, r1: int) -> np.ndarray:
+    """Rows [r0, r1) of one array of an open safetensors file: one seek, one sequential read."""
+    h = header[key]
+    dtype = np.dtype(_NP_DTYPES[h["dtype"]]).newbyteorder("<")
+    shape = list(h["shape"])
+    per_row = int(np.prod(shape[1:], dtype=np.int64))
+    fh.seek(start + h["data_offsets"][0] + r0 * per_row * dtype.itemsize)
+    count = (r1 - r0) * per_row
+    a = np.fromfile(fh, dtype=dtype, count=count) if count else np.zeros(0, dtype)
+    if a.shape[0] != count:
+        raise EOFError(f"array {key!r} ends early (truncated shard)")
+    return a.reshape([r1 - r0] + shape[1:])
+
+
 def write_shard(folder: Path, rank: int, size: int, arrays: Dict[str, np.ndarray], cell, pbc,
-                inside: Optional[Callable[[dict], np.ndarray]] = None) -> dict:
+                domain: Optional["SubDomain"] = None) -> dict:
     """Write this rank's shard atomically (temp file, fsync, rename); return its manifest entry.
 
-    ``inside(arrays) -> mask``: the atoms inside this rank's sub-domain now. They are stored first,
-    then the rest (atoms that drifted out since the last list build), each part sorted by id with
-    its own bounding box and CRC32s: a resume on the same decomposition reads a neighbour's shard
-    only for its few drifted atoms.
+    ``domain``: this rank's sub-domain. The atoms inside it now are stored first, then the rest
+    (atoms that drifted out since the last list build), each part sorted by id with its own box and
+    CRC32s: a resume on the same decomposition reads a neighbour's shard only for its drifted atoms.
+    The inside part's box is the min/max of the wrapped fractional coordinates that decided
+    ownership (``wrapped``: a reader tests it with the owner rule itself, exactly).
     """
     data = sorted_by_id(arrays)
     n = int(data["ids"].shape[0])
     n_in = n
-    if inside is not None and n:
-        mask = np.asarray(inside(data), dtype=bool)
+    boxes = []
+    if domain is not None and n:
+        frac = domain.decomp.wrap(data["positions"])[0]
+        mask = domain.decomp.owner_of(frac) == domain.decomp.rank
         n_in = int(mask.sum())
-        if n_in < n:
+        if n_in:
+            boxes.append((frac[mask].min(0).tolist(), frac[mask].max(0).tolist(), True))
+        del frac
+        if 0 < n_in < n:
             order = np.concatenate([np.flatnonzero(mask), np.flatnonzero(~mask)])
             data = {k: v[order] for k, v in data.items()}
     data = {k: np.ascontiguousarray(v) for k, v in data.items()}
@@ -161,10 +177,13 @@ def write_shard(folder: Path, rank: int, size: int, arrays: Dict[str, np.ndarray
     _write_safetensors(tmp, data, {"format": FORMAT, "rank": str(rank), "of": str(size)})
     os.replace(tmp, folder / name)
     parts = []
-    for r0, r1, wrap in ((0, n_in, inside is not None), (n_in, n, False)):
-        if r1 > r0:  # the inside part's box in wrapped coordinates: it lies within the sub-domain
-            lo, hi = _frac_box(cell, data["positions"][r0:r1], pbc if wrap else None)
-            parts.append({"rows": [r0, r1], "frac_lo": lo, "frac_hi": hi,
+    if not boxes:  # no sub-domain given (or nothing inside it): one part
+        n_in = 0
+    for r0, r1 in ((0, n_in), (n_in, n)):
+        if r1 > r0:
+            inner = boxes and r0 == 0
+            lo, hi, wrapped = boxes[0] if inner else (*_frac_bounds(cell, data["positions"][r0:r1]), False)
+            parts.append({"rows": [r0, r1], "frac_lo": lo, "frac_hi": hi, "wrapped": wrapped,
                           "crc32": {k: _crc(v[r0:r1]) for k, v in data.items()}})
     ids = data["ids"]
     return {"file": name, "rank": rank, "n_atoms": n, "bytes": (folder / name).stat().st_size,
@@ -187,14 +206,14 @@ def write_json_atomic(path: Path, obj: dict, previous: Optional[Path] = None) ->
 
 def write_shard_set(comm, folder: Path, arrays: Dict[str, np.ndarray], cell, pbc,
                     manifest: dict, manifest_path: Path, previous: Optional[Path] = None,
-                    inside: Optional[Callable[[dict], np.ndarray]] = None) -> Path:
+                    domain: Optional["SubDomain"] = None) -> Path:
     """Every rank writes its shard into ``folder``; then rank 0 writes the manifest. Collective.
 
     ``manifest`` (rank 0's) gets ``shards``, ``n_shards``, ``n_atoms`` and ``folder`` added.
     Returns ``manifest_path`` once the manifest is in place on every rank.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    info = write_shard(folder, comm.rank, comm.size, arrays, cell, pbc, inside)
+    info = write_shard(folder, comm.rank, comm.size, arrays, cell, pbc, domain)
     infos = comm.gather(info)  # also: every shard is on disk before the manifest names it
     if comm.rank == 0:
         manifest = dict(manifest, format=FORMAT, format_version=FORMAT_VERSION, n_shards=comm.size,
@@ -257,8 +276,6 @@ def read_shard(manifest: dict, k: int, keys: Optional[Sequence[str]] = None,
     ``parts(part) -> bool`` picks the parts to read (None: all); ``rows(arrays) -> mask`` keeps some
     rows of each, seeing the arrays read so far in ``keys`` order (put ``positions`` first).
     """
-    from safetensors import safe_open
-
     info = manifest["shards"][k]
     path = shard_paths(manifest)[k]
     keys = [key for key in (keys if keys is not None else info["arrays"]) if key in info["arrays"]]
@@ -268,7 +285,9 @@ def read_shard(manifest: dict, k: int, keys: Optional[Sequence[str]] = None,
         raise ShardError(f"{manifest['_path']}: shard {path} has {size} bytes, the manifest says {info['bytes']} "
                          "(missing, replaced or partly written; an older restart: restart.prev.json)")
     try:
-        with safe_open(str(path), framework="numpy") as f:
+        with open(path, "rb") as fh:
+            size = int.from_bytes(fh.read(8), "little")
+            header, start = json.loads(fh.read(size)), 8 + size
             for part in info["parts"]:
                 if parts is not None and not parts(part):
                     continue
@@ -276,7 +295,7 @@ def read_shard(manifest: dict, k: int, keys: Optional[Sequence[str]] = None,
                 out: Dict[str, np.ndarray] = {}
                 mask = None
                 for key in keys:
-                    a = f.get_slice(key)[r0:r1]
+                    a = _read_rows(fh, header, start, key, r0, r1)
                     if _crc(a) != part["crc32"].get(key):
                         raise ShardError(f"{manifest['_path']}: shard {path} array {key!r} fails its CRC32 "
                                          "check (damaged or replaced)")
@@ -287,7 +306,7 @@ def read_shard(manifest: dict, k: int, keys: Optional[Sequence[str]] = None,
                 pieces.append(out)
     except ShardError:
         raise
-    except Exception as exc:  # safetensors raises its own errors on a torn header
+    except Exception as exc:  # a torn header or file
         raise ShardError(f"{manifest['_path']}: shard {path} is unreadable "
                          f"({type(exc).__name__}: {exc})") from exc
     if not pieces:
@@ -330,6 +349,11 @@ class SubDomain:
         the rows kept are decided exactly by :meth:`mask`.
         """
         d, eps = self.decomp, 1e-9
+        if part.get("wrapped"):  # the owner rule is monotone in each coordinate; the margin covers
+            # the last bit a matrix product of another shape may round differently
+            lo, hi = (np.asarray(d.coords_of(int(d.owner_of(np.asarray([part[k]]) + m)[0])))
+                      for k, m in (("frac_lo", -1e-12), ("frac_hi", 1e-12)))
+            return bool(np.all((lo <= d.coords) & (np.asarray(d.coords) <= hi)))
         for k in range(3):
             lo, hi = float(part["frac_lo"][k]), float(part["frac_hi"][k])
             a, b = d.lo[k] - eps, d.hi[k] + eps
@@ -371,9 +395,9 @@ def write_sharded_restart(comm, directory, arrays: Dict[str, np.ndarray], meta: 
     folder = restart_set_folder(directory, int(meta["step"]), token)
     man = dict(meta, kind="restart", cell=np.asarray(cell, float).tolist(), pbc=[bool(p) for p in pbc],
                rng="counter-based (seed, step, atom id): no state to save")
-    inside = SubDomain(cell, pbc, comm, grid).mask if comm.size > 1 else None
+    domain = SubDomain(cell, pbc, comm, grid) if comm.size > 1 else None
     path = write_shard_set(comm, folder, arrays, cell, pbc, man, directory / RESTART_MANIFEST,
-                           directory / RESTART_PREVIOUS, inside)
+                           directory / RESTART_PREVIOUS, domain)
     if comm.rank == 0:
         _collect_restart_sets(directory)
     return path

@@ -128,6 +128,12 @@ class Simulation:
         self.forces: ForceProvider = forces if forces is not None else self._default_forces()
         self.forces.prepare(self.state)
         if restart is not None:
+            held = int(self.comm.allreduce_sum(self.state.n_local))
+            if held != self.state.n_atoms_global:  # each atom read by exactly one owner, or stop here
+                from .restart import RestartError
+
+                raise RestartError(f"--resume: the ranks hold {held} of the {self.state.n_atoms_global} atoms "
+                                   f"of {restart.path}; the restart does not match its manifest")
             self.integrator.load_state_dict(restart.integrator_state)
             self._restore_neighbor_list(restart)
 

@@ -133,18 +133,19 @@ class ParallelForces(NeighborListForces):
             raise RuntimeError("the compact half list of the direct path lives on the CPU")
         ptr = nl.row_ptr.numpy()
         head = int(ptr[n_own])
-        senders, shifts = nl.senders.numpy(), nl.cell_shifts.numpy()
+        senders = nl.senders.numpy()
         keep = senders[head:] < n_own
-        kept_s, kept_sh = senders[head:][keep], shifts[head:][keep]
-        end = head + kept_s.shape[0]
-        senders[head:end] = kept_s
-        shifts[head:end] = kept_sh
-        del kept_s, kept_sh
+        kept = senders[head:][keep]
+        end = head + kept.shape[0]
+        senders[head:end] = kept
+        del kept
         cum = np.zeros(keep.shape[0] + 1, dtype=np.int64 if keep.shape[0] >= 2**31 else np.int32)
         np.cumsum(keep, out=cum[1:])
         row_ptr = ptr.copy()
         row_ptr[n_own:] = head + cum[ptr[n_own:] - head]
-        nl.senders, nl.cell_shifts = nl.senders[:end], nl.cell_shifts[:end]
+        # the local frame has no periodic images (ghosts carry them): one zero shift row for every pair
+        nl.senders = nl.senders[:end]
+        nl.cell_shifts = torch.zeros((1, 3), dtype=nl.cell_shifts.dtype).expand(end, 3)
         nl.row_ptr = torch.from_numpy(row_ptr)
         nl.receivers = None  # the direct path reads row_ptr + senders; expanded on demand
 

@@ -366,6 +366,7 @@ class Simulation:
         """Keep the state of this (thermo / restart) step: what a blow-up later saves, without a clone per step."""
         st = self.state
         ref = self.forces.reference_state(st)
+        self._last_good = None  # the old copy goes first: never two copies at once (memory per atom)
         self._last_good = {"state": st.snapshot(), "integrator": self.integrator.state_dict(),
                            "neighbor": {k: v.detach().clone() for k, v in ref.items()},
                            "n_builds": self.forces.n_builds}

@@ -223,3 +223,65 @@ def test_compact_half_list_has_each_pair_once(case):
     i, j, S = ase_neighbor_list("ijS", atoms, 8.0)
     ref = {(int(a), int(b), tuple(int(x) for x in s)) for a, b, s in zip(i, j, S)}
     assert len(ref) == 2 * len(half) and mirrored == ref
+
+
+_MPI_SCRIPT = '''
+import json, sys
+import numpy as np
+import torch
+from atomsim.engine.forces import SerialForces
+from atomsim.engine.parallel_forces import ParallelForces
+from mpi_common import grid_for, lj, mpi, state_of, systems
+
+comm = mpi()
+errors = {}
+for name, (atoms, kind) in systems().items():
+    for halo in ("full", "per-layer"):
+        pot = lj(torch.float64)
+        st = state_of(atoms)
+        prov = ParallelForces(pot, comm, skin=1.0, halo=halo, grid=grid_for(kind, comm.size))
+        prov.prepare(st)
+        out = prov.compute(st, atom_virial=True)
+        g = comm.gather_by_id(st.ids.numpy(), forces=out.forces.numpy(), energies=np.asarray(out.energies),
+                              atoms=out.atom_virials.numpy().reshape(-1, 9))
+        if comm.rank == 0:
+            ref = SerialForces(pot, skin=1.0).compute(state_of(atoms), atom_virial=True)
+            assert prov.potential.direct_list() == "half"
+            got = {"energy": out.energy, "virial": out.virial.numpy(), **g}
+            want = {"energy": ref.energy, "virial": ref.virial.numpy(), "forces": ref.forces.numpy(),
+                    "energies": ref.energies, "atoms": ref.atom_virials.numpy().reshape(-1, 9)}
+            errors[f"{name}/{halo}"] = {k: float(np.abs(np.asarray(got[k]) - want[k]).max()
+                                              / max(np.abs(want[k]).max(), 1e-300)) for k in want}
+if comm.rank == 0:
+    json.dump(errors, open(sys.argv[1], "w"))
+'''
+
+
+@pytest.mark.mpi
+@pytest.mark.timeout(300)
+def test_two_ranks_equal_one_rank_with_per_atom_virials(tmp_path):
+    """ParallelForces' direct path (half list over owned + ghost atoms: owned-ghost pairs at weight
+    1/2 on each rank, ghost forces and per-atom virials sent back to their owners) on 2 ranks equals
+    the 1-rank run, both halo schemes, every system of tests/mpi_scripts/mpi_common.py
+    (orthorhombic, triclinic, slab with an empty rank, small box)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    mpiexec = Path(sys.executable).parent / "mpiexec"
+    if not mpiexec.exists():
+        pytest.skip(f"no mpiexec next to {sys.executable} (install atomsim[mpi])")
+    script, out = tmp_path / "lj_direct_mpi.py", tmp_path / "errors.json"
+    script.write_text(_MPI_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
+           "PYTHONPATH": str(Path(__file__).parent / "mpi_scripts")}
+    proc = subprocess.run([str(mpiexec), "-n", "2", sys.executable, str(script), str(out)], env=env,
+                          capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    errors = json.loads(out.read_text())
+    assert len(errors) == 8
+    for case, errs in errors.items():
+        for q, e in errs.items():
+            assert e < 1e-10, f"{case}: {q} rel. error {e:.2e}"

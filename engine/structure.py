@@ -237,7 +237,8 @@ def _file_scattered(cfg: RunConfig, comm, grid, probe):
     head = comm.bcast(head)
     if "error" in head:
         raise InputError(head["error"])
-    decomp = Decomposition(head["cell"], head["pbc"], comm.size, comm.rank, grid)
+    # one rank owns everything (and a cell-less cluster has no sub-boxes to decompose)
+    decomp = Decomposition(head["cell"], head["pbc"], comm.size, comm.rank, grid) if comm.size > 1 else None
     fields = ("positions", "ids", "numbers", "masses") + (("velocities",) if head["velocities"] else ())
     if comm.rank == 0:
         probe(len(atoms))
@@ -246,7 +247,8 @@ def _file_scattered(cfg: RunConfig, comm, grid, probe):
         if head["velocities"]:
             arrays["velocities"] = atoms.get_velocities()
         del atoms
-        owner = decomp.owner_of(decomp.wrap(arrays["positions"])[0])
+        owner = (decomp.owner_of(decomp.wrap(arrays["positions"])[0]) if decomp is not None
+                 else np.zeros(len(arrays["ids"]), dtype=np.int64))
         for r in range(1, comm.size):
             rows = np.flatnonzero(owner == r)
             chunks = [rows[i:i + _SCATTER_CHUNK] for i in range(0, len(rows), _SCATTER_CHUNK)]

@@ -87,7 +87,8 @@ class NeighborListForces:
 
 def direct_pairs(nlist: NeighborList) -> PairList:
     """The neighbor list's current edges as the direct path's CSR pair list."""
-    return PairList(row_ptr=nlist.row_ptr, senders=nlist.senders, cell_shifts=nlist.cell_shifts, half=nlist.half)
+    return PairList(row_ptr=nlist.row_ptr, senders=nlist.senders, cell_shifts=nlist.cell_shifts,
+                    half=nlist.half)
 
 
 class SerialForces(NeighborListForces):

@@ -119,7 +119,8 @@ class NeighborList:
         if self._receivers is None and self.row_ptr is not None:
             from atomsim.kernels.neighbors_numba import expand_rows
 
-            self._receivers = torch.from_numpy(expand_rows(self.row_ptr.cpu().numpy())).to(self.row_ptr.device)
+            rows = expand_rows(self.row_ptr.cpu().numpy())
+            self._receivers = torch.from_numpy(rows).to(self.row_ptr.device)
         return self._receivers
 
     @receivers.setter

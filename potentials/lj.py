@@ -257,7 +257,7 @@ class LennardJones(Potential):
                                         self)
 
     def direct_list(self) -> Optional[str]:
-        """"half" on CPU in float64 with the numba kernels (``auto``/``numba``); else None (autograd)."""
+        """``"half"`` on CPU in float64 with the numba kernels (``auto``/``numba``); else None (autograd)."""
         if self.backend in ("auto", "numba") and self.dtype == torch.float64 and self.device.type == "cpu":
             return "half"
         return None

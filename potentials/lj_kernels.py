@@ -84,7 +84,7 @@ def _lj_backward(vec, row_ptr, k, grad_nodes, grad_vec):
 def _lj_direct(n_chunks, chunk_rows, pos, cell, row_ptr, senders, shifts, types, n_types, eps_t, sig2_t,
                e0_t, rc2, ro2, smooth, shift, half, n_local, want_virial, want_atom_virial,
                f_buf, e_buf, v_buf, av_buf):
-    """Energy, forces and virial of the pairs in rows ``chunk_rows[c]:chunk_rows[c+1]`` into chunk ``c``'s buffers.
+    """Energy, forces, virial of the pairs in rows ``chunk_rows[c]:chunk_rows[c+1]`` into chunk c's buffers.
 
     Edge e of row i: r = x[senders[e]] - x[i] + shifts[e] @ cell, g = dphi/dr / r * r.
     ``half``: each pair once; pair energy split half/half between its atoms; weight 1,

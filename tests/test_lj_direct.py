@@ -175,7 +175,8 @@ def test_ghost_layout_counts_each_pair_once(half):
     local.build(pos, np.zeros((3, 3)), (False, False, False))
     local.keep_edges(local.receivers < n)
     pairs = PairList(row_ptr=local.row_ptr, senders=local.senders, cell_shifts=local.cell_shifts, half=half)
-    out = pot.direct_forces(numbers, pos, torch.zeros((3, 3), dtype=torch.float64), pairs, n, atom_virial=True)
+    no_cell = torch.zeros((3, 3), dtype=torch.float64)
+    out = pot.direct_forces(numbers, pos, no_cell, pairs, n, atom_virial=True)
     forces = out.forces[:n].numpy().copy()
     np.add.at(forces, owner, out.forces[n:].numpy())
     atom_v = out.atom_virials[:n].numpy().copy()
@@ -190,7 +191,8 @@ def test_ghost_layout_counts_each_pair_once(half):
 def test_only_float64_cpu_numba_takes_the_direct_path():
     assert LennardJones().direct_list() == "half"
     assert LennardJones(backend="numba").direct_list() == "half"
-    for pot in (LennardJones(dtype="float32"), LennardJones(backend="torch"), LennardJones(backend="autograd")):
+    for pot in (LennardJones(dtype="float32"), LennardJones(backend="torch"),
+                LennardJones(backend="autograd")):
         assert pot.direct_list() is None
         assert not SerialForces(pot).direct
     with pytest.raises(ValueError, match="full neighbor list"):

@@ -389,13 +389,15 @@ def main() -> None:
               f"now {b['speedup_now_over_before']:.2f}x faster)")
     for row in report.get("threads", []):
         print(f"  {row['n_atoms']} atoms: 1 thread {row['median_atom_steps_per_s']['1']:.4g}, "
-              f"2 threads {row['median_atom_steps_per_s']['2']:.4g} atom-steps/s -> {row['speedup_2_over_1']:.2f}x")
+              f"2 threads {row['median_atom_steps_per_s']['2']:.4g} atom-steps/s "
+              f"-> {row['speedup_2_over_1']:.2f}x")
     for row in report.get("memory", []):
         print(f"  memory, {row['n_atoms']} atoms: peak RSS {row['peak_rss_per_atom_bytes']:.0f} B/atom "
               f"({row['peak_rss_above_start_per_atom_bytes']:.0f} B/atom above the interpreter's start), "
               f"neighbor list {row['neighbor_list_bytes_per_atom']:.0f} B/atom"
               + (f"; at {args.before_commit}: peak {row['before']['peak_rss_per_atom_bytes']:.0f}, "
-                 f"list {row['before']['neighbor_list_bytes_per_atom']:.0f} B/atom" if "before" in row else ""))
+                 f"list {row['before']['neighbor_list_bytes_per_atom']:.0f} B/atom"
+                 if "before" in row else ""))
     print(f"  initial PE: atomsim {report['initial_pe_eV']['atomsim']:.10g} eV, "
           f"LAMMPS {report['initial_pe_eV']['lammps']:.10g} eV")
     print(f"wrote {args.out}")

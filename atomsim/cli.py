@@ -175,9 +175,16 @@ def _cmd_info(args: argparse.Namespace) -> int:
     import torch
 
     hardware.add_row("platform", platform.platform())
-    hardware.add_row("CPU cores (os.cpu_count)", str(os.cpu_count()))
-    hardware.add_row("torch threads (intra-op / inter-op)",
-                     f"{torch.get_num_threads()} / {torch.get_num_interop_threads()}")
+    from atomsim.kernels.threads import available_cores, resolve_threads, thread_report
+
+    hardware.add_row("CPU cores (os.cpu_count / this process may use)",
+                     f"{os.cpu_count()} / {available_cores()}")
+    pools = thread_report()
+    libs = ", ".join(f"{p['internal_api']} {p['num_threads']}" for p in pools["pools"]) or "none loaded"
+    hardware.add_row("threads now (torch intra/inter-op, numba; BLAS/OpenMP)",
+                     f"{pools['torch']}/{pools['torch_interop']}, {pools['numba']}; {libs}")
+    hardware.add_row("parallel.threads: auto (1 rank)",
+                     f"{resolve_threads('auto')} (at most 1 per 1000 atoms; kernels/threads.py)")
     if torch.cuda.is_available():
         names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         hardware.add_row("CUDA", f"available, torch CUDA {torch.version.cuda}")

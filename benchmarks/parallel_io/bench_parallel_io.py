@@ -6,8 +6,9 @@ rank 0 writes the manifest. Then every rank reads back its own atoms (``ShardedR
 with its sub-domain), after the shards' pages were dropped from the page cache
 (``posix_fadvise(DONTNEED)`` on each shard: the read goes to the disk, or to whatever cache the
 virtual disk below has). Bandwidth = shard bytes / slowest rank's wall time. Interleaved with it,
-the gathered path of ``output.parallel: gather``: gather to rank 0 + ``numpy.savez`` + fsync, and the
-old resume (every rank loads the whole .npz). Median of ``--repeats``.
+the gathered path of ``output.parallel: gather``: gather to rank 0 + ``numpy.savez`` + fsync, the
+old resume (every rank loads the whole .npz), and the disk's own pace for the same bytes (one write +
+fsync, one cold read per rank). Median of ``--repeats``.
 
     .venv/bin/python benchmarks/parallel_io/bench_parallel_io.py            # drives 1 and 2 ranks
     (writes benchmarks/results/parallel_io.json)
@@ -69,7 +70,8 @@ def worker(args) -> None:
     for n in args.atoms:
         arrays, cell = _slab(n, rank, size, np.random.default_rng(rank))
         pbc = (True, True, True)
-        rows = {"write_s": [], "read_s": [], "gather_write_s": [], "npz_read_s": []}
+        rows = {"write_s": [], "read_s": [], "gather_write_s": [], "npz_read_s": [], "raw_write_s": [],
+                "raw_read_s": []}
         nbytes = npz_bytes = 0
         for rep in range(args.repeats):
             meta = {"restart_version": 1, "step": rep, "config_hash": "bench", "physics_config": {},
@@ -109,18 +111,38 @@ def worker(args) -> None:
             t = time.perf_counter()
             Restart(root / "restart.npz")
             rows["npz_read_s"].append(comm.allreduce_max(time.perf_counter() - t))
+            # the disk's own pace: the shard's bytes as one write + fsync, then one cold read
+            raw = root / f"raw.{rank}"
+            blob = np.random.default_rng(rep).bytes(nbytes // size)
+            comm.barrier()
+            t = time.perf_counter()
+            with open(raw, "wb") as fh:
+                fh.write(blob)
+                fh.flush()
+                os.fsync(fh.fileno())
+            rows["raw_write_s"].append(comm.allreduce_max(time.perf_counter() - t))
+            _drop_cache([raw])
+            comm.barrier()
+            t = time.perf_counter()
+            raw.read_bytes()
+            rows["raw_read_s"].append(comm.allreduce_max(time.perf_counter() - t))
+            raw.unlink()
+            del blob
         med = {k: statistics.median(v) for k, v in rows.items()}
         res = {"atoms": n, "ranks": size, "shard_bytes": nbytes, "npz_bytes": npz_bytes,
                "bytes_per_atom": nbytes / n, **{k: round(v, 4) for k, v in med.items()},
                "write_MB_s": round(nbytes / med["write_s"] / 1e6, 1),
                "read_MB_s": round(nbytes / med["read_s"] / 1e6, 1),
                "gather_write_MB_s": round(npz_bytes / med["gather_write_s"] / 1e6, 1),
-               "npz_read_MB_s": round(npz_bytes / med["npz_read_s"] / 1e6, 1), "repeats": rows}
+               "npz_read_MB_s": round(npz_bytes / med["npz_read_s"] / 1e6, 1),
+               "raw_disk_write_MB_s": round(nbytes / med["raw_write_s"] / 1e6, 1),
+               "raw_disk_read_MB_s": round(nbytes / med["raw_read_s"] / 1e6, 1), "repeats": rows}
         out.append(res)
         if rank == 0:
             print(f"{n:>9} atoms {size} rank(s): sharded write {res['write_MB_s']:7.0f} MB/s  read "
                   f"{res['read_MB_s']:7.0f} MB/s | gathered npz write {res['gather_write_MB_s']:7.0f} MB/s "
-                  f" read (each rank, whole file) {res['npz_read_MB_s']:7.0f} MB/s", flush=True)
+                  f" read (each rank, whole file) {res['npz_read_MB_s']:7.0f} MB/s | raw disk write "
+                  f"{res['raw_disk_write_MB_s']:7.0f} read {res['raw_disk_read_MB_s']:7.0f} MB/s", flush=True)
     if rank == 0:
         Path(args.out).write_text(json.dumps(out))
         shutil.rmtree(root, ignore_errors=True)

@@ -239,3 +239,16 @@ def test_train_fraction_keeps_val_and_test_and_takes_a_prefix_of_train(plain, tm
     assert np.array_equal(full["split"]["val"], half["split"]["val"])
     assert np.array_equal(full["split"]["test"], half["split"]["test"])
     assert np.array_equal(half["split"]["train"], full["split"]["train"][:3]) and len(full["split"]["train"]) == 6
+
+
+@pytest.mark.parametrize("name", ["train_universal.yaml", "train_emt.yaml"])
+def test_training_examples_validate(name):
+    from pathlib import Path
+
+    from atomsim.training.trainer import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(root / "examples" / name)
+    assert cfg.model.cutoff == 5.0 and cfg.threads == 1
+    if name == "train_universal.yaml":  # a long run: its output must stay out of the repository
+        assert not Path(cfg.output).resolve().is_relative_to(root) and cfg.stop_at is not None

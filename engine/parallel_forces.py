@@ -159,9 +159,13 @@ class ParallelForces(NeighborListForces):
             keep = (receivers < n_own) | (self.ghosts.depth_A[np.maximum(receivers - n_own, 0)] <= need)
             if n_own == 0:  # an empty sub-box (vacuum): nothing here reaches an owned energy
                 keep[:] = False
-        self.nlist.keep_edges(torch.from_numpy(keep).to(self.nlist.receivers.device))
-        if self.nlist.compact:
-            self.nlist.receivers = None
+        nl = self.nlist
+        nl.keep_edges(torch.from_numpy(keep).to(nl.receivers.device))
+        if nl.compact:
+            nl.receivers = None
+        # no periodic images in the sub-box frame: one zero shift row for every edge (not 24 B each)
+        nl.cell_shifts = torch.zeros((1, 3), dtype=nl.cell_shifts.dtype, device=nl.cell_shifts.device).expand(
+            nl.n_edges, 3)
 
     def _local_positions(self, positions: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
         """Owned positions wrapped into the sub-box frame, followed by ghost positions (halo exchange)."""

@@ -6,7 +6,7 @@
 
 Per (threads, size, kernel) a fresh subprocess runs NVE on fcc Cu through ``atomsim.Simulation``
 (neighbor list with skin, integrator, thermo: what `atomsim run` does) and reports atom-steps/s
-(median of repeats, each timing ``--steps`` steps after 2 warm-up steps). ``kernel`` is the
+(median of repeats, each timing ``--steps`` steps after 1 warm-up step). ``kernel`` is the
 message-passing backend (ATOMSIM_KERNELS): ``reference`` = torch gather/index_add + autograd (the
 "before"), ``numba`` = the fused CPU kernel (kernels/message_passing_cpu.py, the default on CPU).
 The two kernels alternate for each (threads, size), so their ratio is measured under the same load.
@@ -128,8 +128,8 @@ def worker(args) -> None:
                               "bytes_per_atom_increment": (rss1 - rss0) / n, "bytes_per_atom_total": rss1 / n,
                               "setup_and_one_step_s": time.perf_counter() - t, "load_avg": load}))
             return
-        sim = make(args.n_atoms, tmp, 2 + args.steps * args.repeats)
-        sim.run(2)  # warm-up: first neighbor build, allocator, JIT
+        sim = make(args.n_atoms, tmp, 1 + args.steps * args.repeats)
+        sim.run(1)  # warm-up: first neighbor build, allocator, JIT (median of repeats drops the rest)
         rates = [sim.run(args.steps)["atom_steps_per_s"] for _ in range(args.repeats)]
         n = sim.state.n_atoms_global
         from atomsim.kernels.neighbors import neighbor_list  # the model drops skin edges: count within r_c
@@ -178,7 +178,7 @@ def main() -> None:
     ap.add_argument("--kernels", nargs="+", default=["reference", "numba"], choices=["reference", "numba"])
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--reference-steps", type=int, default=2, help="steps per repeat for the slow reference")
+    ap.add_argument("--reference-steps", type=int, default=1, help="steps per repeat for the slow reference")
     ap.add_argument("--reference-repeats", type=int, default=2)
     ap.add_argument("--memory-atoms", type=int, default=23328, help="0 skips the memory runs")
     ap.add_argument("--model", default="default")

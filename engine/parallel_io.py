@@ -108,26 +108,39 @@ _ST_DTYPES = {"float64": "F64", "float32": "F32", "int64": "I64", "int32": "I32"
               "uint8": "U8", "bool": "BOOL"}
 
 
-def _write_safetensors(path: Path, data: Dict[str, np.ndarray], metadata: Dict[str, str]) -> None:
-    """The safetensors layout (u64 header length, JSON header, raw arrays) streamed from the arrays
-    themselves: no serialised copy of the shard in memory (``safetensors.numpy.save_file`` makes one).
-    Read back by the safetensors library (``safe_open``, ``load_file``); fsync'ed before returning."""
+def _write_safetensors(path: Path, data: Dict[str, np.ndarray], metadata: Dict[str, str],
+                       groups: Sequence[Optional[np.ndarray]] = (None,)) -> List[Dict[str, int]]:
+    """The safetensors layout (u64 header length, JSON header, raw arrays) streamed from the arrays.
+
+    Each array is written as its row ``groups`` one after the other (index arrays; None: all rows),
+    one group of one array at a time, so at most one array's group is copied (``save_file`` of the
+    safetensors library serialises the whole shard in memory first). Returns the CRC32 of every
+    array's rows per group. Read back by the safetensors library too; fsync'ed before returning.
+    """
     header: Dict[str, object] = {"__metadata__": metadata}
     offset = 0
     for k, v in data.items():
-        header[k] = {"dtype": _ST_DTYPES[v.dtype.name], "shape": list(v.shape),
-                     "data_offsets": [offset, offset + v.nbytes]}
-        offset += v.nbytes
+        n = sum(v.shape[0] if g is None else g.shape[0] for g in groups)
+        nbytes = n * (v.nbytes // max(v.shape[0], 1))
+        header[k] = {"dtype": _ST_DTYPES[v.dtype.name], "shape": [n, *v.shape[1:]],
+                     "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
+    crcs: List[Dict[str, int]] = [{} for _ in groups]
     with open(path, "wb") as fh:
         fh.write(len(blob).to_bytes(8, "little"))
         fh.write(blob)
-        for v in data.values():
-            if v.nbytes:
-                fh.write(memoryview(v).cast("B"))
+        for k, v in data.items():
+            for j, g in enumerate(groups):
+                block = np.ascontiguousarray(v if g is None else v[g])
+                if block.nbytes:
+                    fh.write(memoryview(block).cast("B"))
+                crcs[j][k] = _crc(block)
+                del block
         fh.flush()
         os.fsync(fh.fileno())
+    return crcs
 
 
 _NP_DTYPES = {v: k for k, v in _ST_DTYPES.items()}
@@ -159,32 +172,30 @@ def write_shard(folder: Path, rank: int, size: int, arrays: Dict[str, np.ndarray
     """
     data = sorted_by_id(arrays)
     n = int(data["ids"].shape[0])
-    n_in = n
-    boxes = []
+    groups: List[Optional[np.ndarray]] = [None]
+    boxes = []  # (frac_lo, frac_hi, wrapped) per group
     if domain is not None and n:
         frac = domain.decomp.wrap(data["positions"])[0]
         mask = domain.decomp.owner_of(frac) == domain.decomp.rank
-        n_in = int(mask.sum())
-        if n_in:
+        if mask.any():
             boxes.append((frac[mask].min(0).tolist(), frac[mask].max(0).tolist(), True))
         del frac
-        if 0 < n_in < n:
-            order = np.concatenate([np.flatnonzero(mask), np.flatnonzero(~mask)])
-            data = {k: v[order] for k, v in data.items()}
-    data = {k: np.ascontiguousarray(v) for k, v in data.items()}
+        if mask.any() and not mask.all():
+            groups = [np.flatnonzero(mask), np.flatnonzero(~mask)]
+        elif not mask.any():
+            boxes = []
+    if len(boxes) < len(groups) and n:  # the drifted atoms (or all, without a sub-domain)
+        pos = data["positions"] if groups[-1] is None else data["positions"][groups[-1]]
+        boxes.append((*_frac_bounds(cell, pos), False))
     name = shard_name(rank, size)
     tmp = folder / f".{name}.tmp.{os.getpid()}"
-    _write_safetensors(tmp, data, {"format": FORMAT, "rank": str(rank), "of": str(size)})
+    crcs = _write_safetensors(tmp, data, {"format": FORMAT, "rank": str(rank), "of": str(size)}, groups)
     os.replace(tmp, folder / name)
-    parts = []
-    if not boxes:  # no sub-domain given (or nothing inside it): one part
-        n_in = 0
-    for r0, r1 in ((0, n_in), (n_in, n)):
-        if r1 > r0:
-            inner = boxes and r0 == 0
-            lo, hi, wrapped = boxes[0] if inner else (*_frac_bounds(cell, data["positions"][r0:r1]), False)
-            parts.append({"rows": [r0, r1], "frac_lo": lo, "frac_hi": hi, "wrapped": wrapped,
-                          "crc32": {k: _crc(v[r0:r1]) for k, v in data.items()}})
+    parts, r0 = [], 0
+    for g, crc, (lo, hi, wrapped) in zip(groups, crcs, boxes):
+        r1 = r0 + (n if g is None else g.shape[0])
+        parts.append({"rows": [r0, r1], "frac_lo": lo, "frac_hi": hi, "wrapped": wrapped, "crc32": crc})
+        r0 = r1
     ids = data["ids"]
     return {"file": name, "rank": rank, "n_atoms": n, "bytes": (folder / name).stat().st_size,
             "arrays": list(data), "parts": parts,

@@ -636,7 +636,11 @@ def _train(cfg: TrainConfig, resume: bool, log, samples: Optional[list[Sample]],
         active = clock.tick()
         elapsed = active - active0
         per_epoch = elapsed / (epoch - start_epoch + 1)
-        eta = per_epoch * (cfg.epochs - epoch - 1)
+        eta = per_epoch * (cfg.epochs - epoch - 1)  # capped by the time limits, which end the run first
+        if budget:
+            eta = min(eta, max(budget - active, 0.0))
+        if stop_at:
+            eta = min(eta, max(stop_at - time.time(), 0.0))
         rec = {"epoch": epoch + 1, "step": step, "train_loss": ep_loss / max(step - step0, 1),
                "lr": opt.param_groups[0]["lr"], "elapsed_s": round(elapsed, 1), "active_s": round(active, 1),
                "wall_time": datetime.now(timezone.utc).strftime("%H:%M:%S")}

@@ -7,7 +7,9 @@ backward, integration) is wrapped, and the CPU time of the main thread (CLOCK_TH
 of the whole process (CLOCK_PROCESS_CPUTIME_ID) is read before and after it. A phase that runs on both threads
 shows ~half its CPU on the non-main threads; a serial phase shows ~none. From the 2-thread run's
 split, Amdahl's law gives the speed-up each phase (and the step) can reach on 2 idle cores:
-1 / ((1 - p) + p / 2), with p = 2 x (non-main share). Measured wall-clock ratios are reported too.
+1 / ((1 - p) + p / 2), with p = 2 x (non-main share). Measured wall-clock ratios are reported too,
+2 threads with OpenMP's default wait policy and with OMP_WAIT_POLICY=PASSIVE: on a loaded machine
+spin-waiting workers take the cores the working threads need (seen here: 2-5x slower).
 
 OpenMP threads spin after a parallel region and that spin counts as CPU, so the workers run with
 OMP_WAIT_POLICY=PASSIVE for the split (the wall-clock runs use the default policy).
@@ -136,11 +138,12 @@ def worker(kind: str, cells: int, threads: int, steps: int, meter_on: bool) -> d
                 "phases": meter.data, "pools": thread_report(), "load_avg": os.getloadavg()}
 
 
-def _spawn(kind, cells, threads, steps, meter_on) -> dict:
+def _spawn(kind, cells, threads, steps, meter_on, passive=False) -> dict:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    for var in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    for var in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                "OMP_WAIT_POLICY"):
         env.pop(var, None)
-    if meter_on:
+    if meter_on or passive:
         env["OMP_WAIT_POLICY"] = "PASSIVE"
     cmd = [sys.executable, __file__, "--worker", kind, str(cells), str(threads), str(steps),
            str(int(meter_on))]
@@ -202,19 +205,22 @@ def main() -> None:
     for kind, cells_list, steps in plan:
         for cells in cells_list:
             wall = {}
-            for threads in (1, 2, 2, 1):  # interleaved wall-clock runs
-                r = _spawn(kind, cells, threads, steps, False)
+            # interleaved wall-clock runs; "2 passive": OMP_WAIT_POLICY=PASSIVE (no spin-waiting)
+            for threads in ("1", "2", "2 passive", "2 passive", "2", "1"):
+                r = _spawn(kind, cells, int(threads[0]), steps, False, passive=threads.endswith("passive"))
                 wall.setdefault(threads, []).append(r["atom_steps_per_s"])
             split = _spawn(kind, cells, 2, steps, True)
             one = _spawn(kind, cells, 1, steps, True)
             entry = {"kind": kind, "n_atoms": split["n_atoms"], "atom_steps_per_s": wall,
-                     "wall_speedup_2_over_1": max(wall[2]) / max(wall[1]),
+                     "wall_speedup_2_over_1": max(wall["2"]) / max(wall["1"]),
+                     "wall_speedup_2_passive_over_1": max(wall["2 passive"]) / max(wall["1"]),
                      "split_2_threads": split["phases"], "split_1_thread": one["phases"],
                      "amdahl": amdahl(split["phases"]), "pools_2_threads": split["pools"],
                      "load_avg": split["load_avg"]}
             result["systems"].append(entry)
-            print(f"{kind} {entry['n_atoms']} atoms: wall 2/1 = {entry['wall_speedup_2_over_1']:.2f} "
-                  f"(loaded box), Amdahl bound from the thread split = "
+            print(f"{kind} {entry['n_atoms']} atoms: wall 2/1 = {entry['wall_speedup_2_over_1']:.2f}, "
+                  f"2 passive/1 = {entry['wall_speedup_2_passive_over_1']:.2f}; "
+                  f"Amdahl bound from the thread split = "
                   f"{entry['amdahl']['step_amdahl_2thread_speedup']}", flush=True)
             for name, a in entry["amdahl"]["phases"].items():
                 print(f"    {name:26s} {100 * a['cpu_fraction']:5.1f}% of CPU, "

@@ -193,7 +193,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     else:
         hardware.add_row("CUDA", "not available (CPU only)")
     hardware.add_row("message-passing kernels",
-                     os.environ.get("ATOMSIM_KERNELS", "auto (triton on CUDA, else reference)"))
+                     os.environ.get("ATOMSIM_KERNELS", "auto (triton on CUDA, numba on CPU)"))
     console.print(hardware)
 
     models = Table(title="potentials", show_header=True)

@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from typing import Dict, Optional, Protocol, Sequence, runtime_checkable
 
 import numpy as np
-import torch
 from torch import Tensor
 
-from atomsim.kernels.edge_ops import edge_atom_virials
+from atomsim.kernels.edge_ops import edge_atom_virials, rows_int32
 from atomsim.kernels.neighbor_list import NeighborList
 from atomsim.potentials.base import PairList, Potential, build_graph, evaluate_potential
 
@@ -104,13 +103,12 @@ class SerialForces(NeighborListForces):
         if neighbor_list is not None:
             nlist = neighbor_list
         else:
-            nlist = NeighborList(float(potential.cutoff), skin, half=direct == "half",
-                                 compact=direct is not None)
+            nlist = NeighborList(float(potential.cutoff), skin, half=direct == "half", compact=True)
         if nlist.half and direct is None:
             raise ValueError(f"{type(potential).__name__} needs a full neighbor list (it has no direct path)")
         super().__init__(potential, nlist, ("neighbor", "model"))
         self.direct = direct is not None
-        self._shift_cache = None  # (cell, cell_shifts @ cell): constant between rebuilds and cell changes
+        self._recv32 = None  # (row_ptr, int32 receivers) of the GNN path: 4 B per edge, no int64 copy
 
     def prepare(self, state) -> None:
         """Nothing to distribute on one rank."""
@@ -128,9 +126,9 @@ class SerialForces(NeighborListForces):
             atoms = None if out.atom_virials is None else out.atom_virials[: state.n_local]
             return ForceResult(energy=out.energy, energies=out.energies, forces=out.forces[: state.n_local],
                                virial=out.virial, rebuilt=rebuilt, atom_virials=atoms)
-        graph = build_graph(state.positions, state.cell, nl.receivers, nl.senders, nl.cell_shifts,
-                            state.n_local, self.potential.dtype, shifts=self._shifts(state.cell, rebuilt),
-                            row_ptr=nl.row_ptr)
+        # edge vectors in one pass from positions + integer shifts @ cell, in the model dtype
+        graph = build_graph(state.positions, state.cell, self._receivers(), nl.senders, nl.cell_shifts,
+                            state.n_local, self.potential.dtype, row_ptr=nl.row_ptr)
         out = evaluate_potential(self.potential, state.numbers, graph, compute_virial=virial,
                                  keep_edge_gradients=atom_virial)
         atoms = None
@@ -142,11 +140,14 @@ class SerialForces(NeighborListForces):
         return ForceResult(energy=out.energy, energies=out.energies, forces=out.forces[: state.n_local],
                            virial=out.virial, rebuilt=rebuilt, atom_virials=atoms)
 
-    def _shifts(self, cell: Tensor, rebuilt: bool) -> Tensor:
-        cache = self._shift_cache
-        if rebuilt or cache is None or not torch.equal(cache[0], cell):
-            cache = self._shift_cache = (cell.clone(), self.nlist.cell_shifts.to(cell.dtype) @ cell)
-        return cache[1]
+    def _receivers(self) -> Tensor:
+        """Receivers of the current list: the list's own if it has them, else int32 from row_ptr."""
+        nl = self.nlist
+        if nl.__dict__.get("_receivers") is not None or not nl.compact:
+            return nl.receivers
+        if self._recv32 is None or self._recv32[0] is not nl.row_ptr:
+            self._recv32 = (nl.row_ptr, rows_int32(nl.row_ptr))
+        return self._recv32[1]
 
     def reference_state(self, state) -> dict:
         nl = self.nlist

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from atomsim.kernels.edge_ops import edge_vectors, scatter_edge_forces
+from atomsim.kernels.edge_ops import edge_vectors, edge_vectors_csr, scatter_edge_forces
 from atomsim.kernels.graph import Graph, csr_row_ptr
 
 
@@ -129,11 +129,16 @@ def build_graph(
     """Edge vectors in float64 from positions + integer cell shifts, cast to the model dtype.
 
     ``shifts`` (= cell_shifts @ cell) and ``row_ptr`` may be passed in by callers that
-    cache them between neighbor-list rebuilds.
+    cache them between neighbor-list rebuilds. With ``row_ptr``, integer ``cell_shifts``
+    and no ``shifts``, one pass over the CSR list writes the model dtype directly (no
+    (E, 3) float64 shift or difference arrays: the memory of the GNN path).
     """
-    if shifts is None:
-        shifts = cell_shifts.to(positions.dtype) @ cell
-    vec = edge_vectors(positions, receivers, senders, shifts).to(dtype)
+    if shifts is None and row_ptr is not None and not cell_shifts.is_floating_point():
+        vec = edge_vectors_csr(positions, cell, row_ptr, senders, cell_shifts, dtype)
+    else:
+        if shifts is None:
+            shifts = cell_shifts.to(positions.dtype) @ cell
+        vec = edge_vectors(positions, receivers, senders, shifts).to(dtype)
     n_nodes = int(positions.shape[0])
     if row_ptr is None:
         row_ptr = csr_row_ptr(receivers, n_nodes)

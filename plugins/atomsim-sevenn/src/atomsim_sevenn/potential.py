@@ -107,7 +107,8 @@ class SevenNetPotential(Potential):
         vec = graph.edge_vectors
         keep = ((vec * vec).sum(-1) < self.cutoff * self.cutoff).nonzero().squeeze(-1)
         edge_index = torch.stack([graph.receivers.index_select(0, keep), graph.senders.index_select(0, keep)])
-        return edge_index, vec.index_select(0, keep)
+        # sevenn scatters with int64 indices; the engine's compact list holds int32 ones
+        return edge_index.to(torch.int64), vec.index_select(0, keep)
 
     def per_atom_energy(self, numbers: Tensor, graph: Graph) -> Tensor:
         edge_index, vec = self._trim(graph)

@@ -94,6 +94,10 @@ class ParallelForces(NeighborListForces):
         """
         t0 = time.perf_counter()
         self._ensure_decomp(state)
+        # the old list, ghosts and species go before the new ones are built: one list at a rebuild's peak
+        nl = self.nlist
+        nl.receivers = nl.senders = nl.cell_shifts = nl.row_ptr = None
+        self.ghosts = self._numbers = self._zero_shifts = None
         if ref is None:
             self.n_migrated += migrate(state, self.decomp, self.comm)
             ref = state.positions
@@ -194,6 +198,7 @@ class ParallelForces(NeighborListForces):
         self.timers["halo"] += t1 - t0
         self.timers["sync"] += t2 - t1
         if rebuild:
+            local = None  # freed before the build's peak
             local = self._build(state, None)
         n_owned = state.n_local
         nl = self.nlist
@@ -221,6 +226,8 @@ class ParallelForces(NeighborListForces):
                 f"parallel.halo: per-layer needs a model that calls graph.refresh_ghosts() after each of "
                 f"its {self.layers} message-passing layers; {type(self.potential).__name__} called it "
                 f"{hook.calls} time(s). Use parallel.halo: full for this model.")
+        if hook is not None:  # graph -> hook -> graph: a cycle that kept each step's graph until a GC pass
+            hook.graph = None
         t1 = time.perf_counter()
         layer_halo = self.ghosts.plan.seconds - comm_s  # per-layer feature exchanges inside the model
         forces = out.forces[:n_owned] + self.ghosts.plan.reverse(out.forces[n_owned:], n_owned)

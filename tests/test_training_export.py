@@ -32,6 +32,7 @@ def test_export_writes_a_loadable_folder_whose_card_matches_a_fresh_evaluation(t
     meta = json.loads((folder / "config.json").read_text())
     card = meta["card"]
     assert card["training_command"] == "atomsim train t.yaml" and card["training"]["epochs"] == 2
+    assert "core-hours of process CPU time" in card["training"]["training time"] and res["cpu_s"] > 0
     assert "| test | family: metals |" in card["held_out_errors_by_family"]
     model = load_potential(str(folder))
     cfg = load_config(cfg_path)

@@ -111,6 +111,7 @@ def export(config_path: str, dest: str, log_path: Optional[str] = None, command:
     history = history_of(run)
     active_s = float(history[-1].get("active_s", history[-1].get("elapsed_s", 0.0))) if history else 0.0
     threads = cfg.threads or 1
+    cpu_s = float(history[-1].get("cpu_s", 0.0)) if history else 0.0
     best_epoch = min(history, key=lambda h: cfg.energy_weight * h.get("val_E_mae_meV_atom", np.inf) ** 2
                      + cfg.force_weight * h.get("val_F_mae_meV_A", np.inf) ** 2)["epoch"] if history else None
     status = grade(test["all"])
@@ -128,8 +129,10 @@ def export(config_path: str, dest: str, log_path: Optional[str] = None, command:
     card["export_command"] = f"python -m atomsim.training.export {config_path} --dest {dest}"
     card["training"] = {
         "epochs": len(history), "best epoch (EMA, validation)": best_epoch,
-        "training time": f"{active_s / 3600:.2f} h on {threads} thread(s) = {active_s * threads / 3600:.2f} "
-                         "core-hours (SIGSTOP pauses excluded; shared 2-core machine, nice 19)",
+        "training time": (f"{cpu_s / 3600:.2f} core-hours of process CPU time" if cpu_s else
+                          "process CPU time not recorded by this run") + f"; {active_s / 3600:.2f} h of wall "
+                         f"time while running ({threads} thread(s), SIGSTOP pauses excluded; shared 2-core machine, "
+                         "nice 19, so wall time is far more than the CPU time)",
         "train/val/test structures": f"{len(parts['train'])}/{len(parts['val'])}/{len(parts['test'])}",
         "split": f"by structure, seed {cfg.seed}",
         "loss": (f"{cfg.loss}: {cfg.energy_weight} x E/atom + {cfg.force_weight} x F + {cfg.stress_weight} x stress"
@@ -155,6 +158,7 @@ def export(config_path: str, dest: str, log_path: Optional[str] = None, command:
         lines = Path(log_path).read_text().splitlines()
         (out / "training_log_tail.txt").write_text("\n".join(lines[-40:]) + "\n")
     return {"status": status, "test": t, "val": val["all"], "epochs": len(history), "active_s": active_s,
+            "cpu_s": cpu_s,
             "families": {k: v for k, v in test.items() if k.startswith("family: ")}, "learning_curve": curve}
 
 

@@ -553,7 +553,7 @@ def _train(cfg: TrainConfig, resume: bool, log, samples: Optional[list[Sample]],
     steps_per_epoch = math.ceil(len(train_s) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     state_file = out / "train_state.pt"
-    start_epoch, step, best, bad_epochs, history, active0 = 0, 0, float("inf"), 0, [], 0.0
+    start_epoch, step, best, bad_epochs, history, active0, cpu0 = 0, 0, float("inf"), 0, [], 0.0, 0.0
     if resume and state_file.exists():
         st = torch.load(state_file, weights_only=True)
         model.load_state_dict(st["model"])
@@ -564,12 +564,13 @@ def _train(cfg: TrainConfig, resume: bool, log, samples: Optional[list[Sample]],
         start_epoch, step, best, bad_epochs = int(st["epoch"]), int(st["step"]), float(st["best"]), int(st["bad"])
         history = json.loads(st["history"])
         active0 = float(st.get("active_s", 0.0))
+        cpu0 = float(st.get("cpu_s", 0.0))
         log(f"resumed from {state_file} at epoch {start_epoch}")
     if rank == 0:
         log(f"{cfg.name}: {count_parameters(model):,} parameters, {len(train_s)} train / {len(val_s)} val / "
             f"{len(test_s)} test structures, {size} rank(s)")
 
-    t0, clock = time.time(), ActiveClock(active0)
+    t0, clock, cpu_start = time.time(), ActiveClock(active0), time.process_time()
     budget = 60 * cfg.max_minutes if cfg.max_minutes else None
     stop_at = None
     if cfg.stop_at:  # a time without a zone is UTC
@@ -643,6 +644,7 @@ def _train(cfg: TrainConfig, resume: bool, log, samples: Optional[list[Sample]],
             eta = min(eta, max(stop_at - time.time(), 0.0))
         rec = {"epoch": epoch + 1, "step": step, "train_loss": ep_loss / max(step - step0, 1),
                "lr": opt.param_groups[0]["lr"], "elapsed_s": round(elapsed, 1), "active_s": round(active, 1),
+               "cpu_s": round(cpu0 + time.process_time() - cpu_start, 1),  # process CPU over all resumes
                "wall_time": datetime.now(timezone.utc).strftime("%H:%M:%S")}
         if vm:
             rec.update({"val_E_mae_meV_atom": vm["all"]["energy_mae_meV_per_atom"],
@@ -662,7 +664,8 @@ def _train(cfg: TrainConfig, resume: bool, log, samples: Optional[list[Sample]],
             torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                         **({"plateau": plateau.state_dict()} if plateau is not None else {}),
                         "epoch": epoch + 1, "step": step, "best": best, "bad": bad_epochs,
-                        "history": json.dumps(history), "active_s": active}, str(state_file) + ".tmp")
+                        "history": json.dumps(history), "active_s": active, "cpu_s": rec["cpu_s"]},
+                       str(state_file) + ".tmp")
             os.replace(str(state_file) + ".tmp", state_file)
         if max_steps is not None and step >= max_steps:
             stopped = "max_steps"

@@ -74,13 +74,14 @@ def worker(args) -> dict:
     from atomsim.kernels.threads import configure_threads
 
     configure_threads(args.threads)  # torch, numba and BLAS alike
-    from atomsim.engine.simulation import Simulation, _load_config
+    from atomsim.engine.config import load_config
+    from atomsim.engine.simulation import Simulation
     from atomsim.engine.structure import build_atoms, initialize_velocities
 
     with tempfile.TemporaryDirectory() as tmp:
         cfgfile = Path(tmp) / "in.yaml"
         cfgfile.write_text(_yaml(args.repeat, str(Path(tmp) / "run"), args.warmup + args.steps))
-        cfg = _load_config(str(cfgfile))
+        cfg = load_config(str(cfgfile))
         if args.engine == "atomsim":
             t_load = time.perf_counter()
             sim = Simulation.from_config(cfg)

@@ -36,6 +36,48 @@ def edge_message_aggregate_reference(
 BACKENDS = ("triton", "numba", "reference")
 
 
+def gradient_edges(tensors) -> tuple:
+    """Autograd edges of the differentiable inputs, to ask in backward which are still needed."""
+    try:
+        return tuple(torch.autograd.graph.get_gradient_edge(t) if t.requires_grad else None
+                     for t in tensors)
+    except Exception:  # older torch: fall back to needs_input_grad alone
+        return (None,) * len(tensors)
+
+
+def needed_inputs(needs: tuple, edges: tuple) -> tuple:
+    """needs_input_grad, minus inputs whose gradient this backward pass will not use.
+
+    MD asks only for d(energy)/d(edge vectors) while the model's weights still require
+    grad: without this the weight-gradient kernels would run (and be thrown away) every step.
+    """
+    out = []
+    for need, edge in zip(needs, edges):
+        if need and edge is not None:
+            try:
+                need = bool(torch._C._will_engine_execute_node(edge.node))
+            except Exception:  # not inside an engine run, or API gone: keep the flag
+                pass
+        out.append(need)
+    return tuple(out)
+
+
+def reference_backward(g: Tensor, originals: tuple, senders: Tensor, receivers: Tensor, cutoff: float,
+                       needs: tuple) -> list:
+    """Differentiable gradients of the fused kernels' inputs (a, b, edge_vectors, w_rbf, b1, w2, b2)
+    by torch recomputation: what the fused kernels' backward does under create_graph=True (a loss on
+    forces). On aliases (view_as), so autograd.grad returns this op's partial derivatives: on the
+    tensors themselves it would add paths through earlier layers (a depends on the edge vectors
+    too) and count them twice."""
+    with torch.enable_grad():
+        alias = [t.view_as(t) for t in originals]
+        out = edge_message_aggregate_reference(*alias[:3], senders, receivers, *alias[3:], cutoff)
+        wrt = [t for t, n in zip(alias, needs) if n]
+        got = list(torch.autograd.grad(out, wrt, g, create_graph=True, allow_unused=True))
+    grads = [got.pop(0) if n else None for n in needs]
+    return [torch.zeros_like(t) if n and gr is None else gr for t, n, gr in zip(originals, needs, grads)]
+
+
 def kernel_backend(device: torch.device) -> str:
     """'triton', 'numba' or 'reference'. ATOMSIM_KERNELS forces one; by default the fused Triton
     kernel on CUDA, the fused Numba kernel (kernels/message_passing_cpu.py) on CPU."""

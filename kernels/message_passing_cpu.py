@@ -62,6 +62,7 @@ from numba.extending import overload
 from torch import Tensor
 
 from .graph import csr_row_ptr
+from .message_passing import gradient_edges, needed_inputs, reference_backward
 
 BLOCK_EDGES = 256  # edges per block (whole receivers): the (block x F) buffers stay in L1/L2
 GROUPS = 0  # thread groups; 0: numba's thread count (tests set more to check the partial sums)
@@ -409,29 +410,6 @@ def _np(t: Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
 
-def _gradient_edges(tensors) -> tuple:
-    """Autograd edges of the differentiable inputs, to ask in backward which are still needed."""
-    try:
-        return tuple(torch.autograd.graph.get_gradient_edge(t) if t.requires_grad else None
-                     for t in tensors)
-    except Exception:  # older torch: fall back to needs_input_grad alone
-        return (None,) * len(tensors)
-
-
-def _needed(needs: tuple, edges: tuple) -> tuple:
-    """needs_input_grad, minus inputs whose gradient this backward pass will not use (MD asks
-    only for d(energy)/d(edge vectors) while the model's weights still require grad)."""
-    out = []
-    for need, edge in zip(needs, edges):
-        if need and edge is not None:
-            try:
-                need = bool(torch._C._will_engine_execute_node(edge.node))
-            except Exception:  # not inside an engine run, or API gone: keep the flag
-                pass
-        out.append(need)
-    return tuple(out)
-
-
 class _Layout:
     """Blocks and thread groups of one receiver-sorted edge list (shared by forward and backward)."""
 
@@ -488,30 +466,17 @@ class _FusedEdgeMessageAggregateCPU(torch.autograd.Function):
         ctx.save_for_backward(a, b, edge_vectors, senders, receivers, w_rbf, b1, w2, b2)
         ctx.cutoff = float(cutoff)
         ctx.layout = layout
-        ctx.grad_edges = _gradient_edges((a, b, edge_vectors, w_rbf, b1, w2, b2))
+        ctx.grad_edges = gradient_edges((a, b, edge_vectors, w_rbf, b1, w2, b2))
         return _fused_forward(a, b, edge_vectors, senders, receivers, w_rbf, b1, w2, b2, cutoff, layout)
 
     @staticmethod
     def backward(ctx, g):
-        from .message_passing import edge_message_aggregate_reference  # lazy: that module imports us
-
         a, b, ev, snd, rcv, w_rbf, b1, w2, b2 = ctx.saved_tensors
         idx = (0, 1, 2, 5, 6, 7, 8)
-        needs = _needed(tuple(bool(ctx.needs_input_grad[i]) for i in idx), ctx.grad_edges)
+        needs = needed_inputs(tuple(bool(ctx.needs_input_grad[i]) for i in idx), ctx.grad_edges)
         originals = (a, b, ev, w_rbf, b1, w2, b2)
-        if torch.is_grad_enabled():
-            # create_graph=True (a loss on forces): differentiable torch recomputation, exact.
-            # On aliases (view_as), so autograd.grad returns this op's partial derivatives: on the
-            # tensors themselves it would add paths through earlier layers (a depends on the
-            # edge vectors too) and count them twice.
-            with torch.enable_grad():
-                alias = [t.view_as(t) for t in originals]
-                out = edge_message_aggregate_reference(*alias[:3], snd, rcv, *alias[3:], ctx.cutoff)
-                wrt = [t for t, n in zip(alias, needs) if n]
-                got = list(torch.autograd.grad(out, wrt, g, create_graph=True, allow_unused=True))
-            grads = [got.pop(0) if n else None for n in needs]
-            grads = [torch.zeros_like(t) if n and gr is None else gr
-                     for t, n, gr in zip(originals, needs, grads)]
+        if torch.is_grad_enabled():  # create_graph=True (a loss on forces): exact torch recomputation
+            grads = reference_backward(g, originals, snd, rcv, ctx.cutoff, needs)
         else:
             grads = _fused_backward(g, a, b, ev, snd, rcv, w_rbf, b1, w2, b2, ctx.cutoff, ctx.layout, needs)
         ga, gb, gr, gwr, gb1, gw2, gb2 = grads

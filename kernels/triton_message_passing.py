@@ -51,7 +51,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .graph import csr_row_ptr
-from .message_passing import edge_message_aggregate_reference
+from .message_passing import edge_message_aggregate_reference, gradient_edges, needed_inputs, reference_backward
 
 _ENV_P = 6  # polynomial envelope exponent (kernels.radial.polynomial_envelope default)
 _ENV_A = -(_ENV_P + 1) * (_ENV_P + 2) / 2.0
@@ -477,59 +477,23 @@ def _backward(g, a, b, ev, snd, rcv, w_rbf, b1, w2, b2, cutoff: float, needs):
     return da, db, dr, dwr, db1, dw2, db2
 
 
-def _gradient_edges(tensors) -> tuple:
-    """Autograd edges of the differentiable inputs, to ask in backward which are still needed."""
-    try:
-        return tuple(torch.autograd.graph.get_gradient_edge(t) if t.requires_grad else None
-                     for t in tensors)
-    except Exception:  # older torch: fall back to needs_input_grad alone
-        return (None,) * len(tensors)
-
-
-def _needed(needs: tuple, edges: tuple) -> tuple:
-    """needs_input_grad, minus inputs whose gradient this backward pass will not use.
-
-    MD asks only for d(energy)/d(edge vectors) while the model's weights still require
-    grad: without this the weight-gradient kernels would run (and be thrown away) every step.
-    """
-    out = []
-    for need, edge in zip(needs, edges):
-        if need and edge is not None:
-            try:
-                need = bool(torch._C._will_engine_execute_node(edge.node))
-            except Exception:  # not inside an engine run, or API gone: keep the flag
-                pass
-        out.append(need)
-    return tuple(out)
-
-
 class _FusedEdgeMessageAggregate(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, b, edge_vectors, senders, receivers, w_rbf, b1, w2, b2, cutoff):
         args = _prepare(a, b, edge_vectors, senders, receivers, w_rbf, b1, w2, b2)
         ctx.save_for_backward(a, b, edge_vectors, senders, receivers, w_rbf, b1, w2, b2)
         ctx.cutoff = float(cutoff)
-        ctx.grad_edges = _gradient_edges((a, b, edge_vectors, w_rbf, b1, w2, b2))
+        ctx.grad_edges = gradient_edges((a, b, edge_vectors, w_rbf, b1, w2, b2))
         return _forward(*args, cutoff)
 
     @staticmethod
     def backward(ctx, g):
         a, b, ev, snd, rcv, w_rbf, b1, w2, b2 = ctx.saved_tensors
         idx = (0, 1, 2, 5, 6, 7, 8)
-        needs = _needed(tuple(bool(ctx.needs_input_grad[i]) for i in idx), ctx.grad_edges)
+        needs = needed_inputs(tuple(bool(ctx.needs_input_grad[i]) for i in idx), ctx.grad_edges)
         originals = (a, b, ev, w_rbf, b1, w2, b2)
-        if torch.is_grad_enabled():
-            # create_graph=True (e.g. a loss on forces): differentiable torch recomputation.
-            # On aliases (view_as): autograd.grad on the tensors themselves would add the paths
-            # through earlier layers (a depends on the edge vectors too) and count them twice.
-            with torch.enable_grad():
-                alias = [t.view_as(t) for t in originals]
-                out = edge_message_aggregate_reference(*alias[:3], snd, rcv, *alias[3:], ctx.cutoff)
-                wrt = [t for t, n in zip(alias, needs) if n]
-                got = list(torch.autograd.grad(out, wrt, g, create_graph=True, allow_unused=True))
-            grads = [got.pop(0) if n else None for n in needs]
-            grads = [torch.zeros_like(t) if n and gr is None else gr
-                     for t, n, gr in zip(originals, needs, grads)]
+        if torch.is_grad_enabled():  # create_graph=True (e.g. a loss on forces): exact torch recomputation
+            grads = reference_backward(g, originals, snd, rcv, ctx.cutoff, needs)
         else:
             args = _prepare(a, b, ev, snd, rcv, w_rbf, b1, w2, b2)
             raw = _backward(g, *args, ctx.cutoff, needs)

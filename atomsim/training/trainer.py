@@ -644,7 +644,7 @@ def _train(cfg: TrainConfig, resume: bool, log, samples: Optional[list[Sample]],
             eta = min(eta, max(stop_at - time.time(), 0.0))
         rec = {"epoch": epoch + 1, "step": step, "train_loss": ep_loss / max(step - step0, 1),
                "lr": opt.param_groups[0]["lr"], "elapsed_s": round(elapsed, 1), "active_s": round(active, 1),
-               "cpu_s": round(cpu0 + time.process_time() - cpu_start, 1),  # process CPU over all resumes
+               "cpu_s": round(cpu0 + time.process_time() - cpu_start, 3),  # process CPU over all resumes
                "wall_time": datetime.now(timezone.utc).strftime("%H:%M:%S")}
         if vm:
             rec.update({"val_E_mae_meV_atom": vm["all"]["energy_mae_meV_per_atom"],

@@ -15,7 +15,8 @@ sender, so the edge vector is ``x[s] - x[r] + cell_shifts[e] @ cell``.
 
 Backends build the same pairs in the same order: ``numba`` (CPU cell list,
 ``kernels/neighbors.py``), ``cupy`` (CUDA raw kernels, ``kernels/neighbors_cupy.py``)
-and ``array-api`` (``kernels/neighbors_array_api.py``, numpy or cupy).
+``array-api`` (``kernels/neighbors_array_api.py``, numpy or cupy) and ``torch``
+(``kernels/neighbors_torch.py``, any torch device).
 ``auto`` picks numba for CPU tensors and cupy for CUDA tensors.
 """
 from __future__ import annotations
@@ -30,7 +31,7 @@ from atomsim.kernels.graph import csr_row_ptr
 
 __all__ = ["NeighborList", "BACKENDS"]
 
-BACKENDS = ("auto", "numba", "cupy", "array-api")
+BACKENDS = ("auto", "numba", "cupy", "array-api", "torch")
 ArrayLike = Union[Tensor, np.ndarray, Sequence]
 
 
@@ -214,6 +215,12 @@ class NeighborList:
             i, j, S = cupy_list(cp.from_dlpack(pos.contiguous()), cell.cpu().numpy(), pbc, self.list_cutoff,
                                 half=self.half)
             return (*(torch.from_dlpack(a) for a in (i, j, S)), None)
+        if backend == "torch":  # torch-native cell list on the positions' device (kernels/neighbors_torch.py)
+            from atomsim.kernels.neighbors_torch import neighbor_list_csr as torch_csr
+
+            row_ptr, j, S = torch_csr(pos, cell, pbc, self.list_cutoff, half=self.half)
+            i = torch.repeat_interleave(torch.arange(pos.shape[0], device=device), row_ptr.diff())
+            return i, j, S, row_ptr
         if backend == "array-api":
             from atomsim.kernels import neighbors_array_api
 

@@ -241,6 +241,23 @@ def test_train_fraction_keeps_val_and_test_and_takes_a_prefix_of_train(plain, tm
     assert np.array_equal(half["split"]["train"], full["split"]["train"][:3]) and len(full["split"]["train"]) == 6
 
 
+def test_val_max_structures_validates_on_a_prefix_of_val_only(plain, tmp_path):
+    from atomsim.training.trainer import TrainConfig, evaluate, train
+
+    samples = read_samples(plain, 4.0)
+    base = dict(data=str(plain), model={"width": 4, "depth": 1, "n_rbf": 2, "cutoff": 4.0, "readout_hidden": 2},
+                batch_size=4, epochs=1, val_fraction=0.3, test_fraction=0.2, seed=1)
+    full = train(TrainConfig(**base, output=str(tmp_path / "a")), samples=samples, log=lambda *_: None)
+    capped = train(TrainConfig(**base, output=str(tmp_path / "b"), val_max_structures=1), samples=samples,
+                   log=lambda *_: None)
+    assert np.array_equal(full["split"]["train"], capped["split"]["train"])
+    assert np.array_equal(full["split"]["test"], capped["split"]["test"])
+    assert len(full["split"]["val"]) == 3 and np.array_equal(capped["split"]["val"], full["split"]["val"][:1])
+    # the epoch's validation error is the (end-of-epoch) EMA model's error on that one structure
+    again = evaluate(capped["ema"], capped["val"], per_system=False)["all"]
+    assert capped["history"][0]["val_F_mae_meV_A"] == pytest.approx(again["force_mae_meV_per_A"], rel=1e-6)
+
+
 @pytest.mark.parametrize("name", ["train_universal.yaml", "train_emt.yaml"])
 def test_training_examples_validate(name):
     from pathlib import Path

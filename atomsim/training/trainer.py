@@ -83,6 +83,9 @@ class TrainConfig(BaseModel):
     max_structures: Optional[int] = Field(None, ge=1)  # use only the first N (after shuffle)
     # train on this fraction of the training split; val/test stay the same (learning curves L(D))
     train_fraction: float = Field(1.0, gt=0, le=1)
+    # validate each epoch on only the first N of the val split: short runs (scaling-law sweeps) would
+    # otherwise spend more time validating than training; train/test splits are unchanged
+    val_max_structures: Optional[int] = Field(None, ge=1)
     patience: int = Field(20, ge=1)  # epochs without validation improvement
     seed: int = 0
     dtype: Literal["float32", "float64"] = "float32"
@@ -348,12 +351,15 @@ def init_model(cfg: TrainConfig, samples: Sequence[Sample],
 
 def split_indices(n: int, cfg: TrainConfig) -> dict[str, np.ndarray]:
     """Train/val/test by whole structure (see :func:`atomsim.training.data.split_by_structure`);
-    ``train_fraction`` keeps a prefix of the training part, val/test unchanged."""
+    ``train_fraction`` keeps a prefix of the training part, val/test unchanged;
+    ``val_max_structures`` keeps a prefix of the val part, train/test unchanged."""
     from .data import split_by_structure
 
     split = split_by_structure(n, cfg.val_fraction, cfg.test_fraction, cfg.seed, cfg.max_structures)
     if cfg.train_fraction < 1.0:
         split["train"] = split["train"][: max(1, int(round(cfg.train_fraction * len(split["train"]))))]
+    if cfg.val_max_structures:
+        split["val"] = split["val"][: cfg.val_max_structures]
     return split
 
 

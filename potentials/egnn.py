@@ -153,6 +153,8 @@ class EGNNPotential(Potential):
         """
         if skips_far_edges(graph.edge_vectors):
             return graph
+        if graph.edge_vectors.is_cuda and torch.cuda.is_current_stream_capturing():
+            return graph  # a CUDA graph needs fixed shapes and no host read; far edges add exact zeros
         d2 = (graph.edge_vectors.detach() ** 2).sum(-1)
         keep = d2 < self.cutoff**2
         if bool(keep.all()):

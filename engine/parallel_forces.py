@@ -24,13 +24,16 @@ import numpy as np
 import torch
 
 from atomsim.kernels.edge_ops import edge_atom_virials
+from atomsim.kernels.graph import Graph
 from atomsim.kernels.neighbor_list import NeighborList
-from atomsim.potentials.base import Potential, build_graph, evaluate_potential
+from atomsim.kernels.neighbors_local import local_edge_vectors
+from atomsim.potentials.base import Potential, evaluate_potential
 
 from .comm import as_comm
 from .domain import Decomposition, keep_owned, migrate
 from .forces import ForceResult, NeighborListForces, direct_pairs
 from .halo import Ghosts, LayerHalo, build_ghosts
+from .local_list import LocalNeighborList
 
 HALO_SCHEMES = ("full", "per-layer")
 
@@ -60,8 +63,12 @@ class ParallelForces(NeighborListForces):
         # the list over owned + ghost positions in the sub-box frame: no periodic images (ghosts carry them)
         # a direct pair path gets the list it asks for (half: each local pair once, compact int32/int8);
         # its kernel weighs an owned-ghost pair 1/2 on each rank holding it and skips ghost-ghost pairs
+        # a message-passing model gets only the rows it reads, int32 senders, no shifts (engine/local_list.py)
         direct = potential.direct_list()
-        nlist = NeighborList(cutoff, self.skin, half=direct == "half", compact=direct is not None)
+        if direct == "half":
+            nlist = NeighborList(cutoff, self.skin, half=True, compact=True)
+        else:
+            nlist = LocalNeighborList(cutoff, self.skin)
         super().__init__(potential, nlist, ("neighbor", "halo", "model", "reverse", "sync"))
         self.decomp: Optional[Decomposition] = None
         self.ghosts: Optional[Ghosts] = None
@@ -69,7 +76,6 @@ class ParallelForces(NeighborListForces):
         self._ref_cell = None
         self._image = None  # (n_owned, 3) image of each owned atom at the last build
         self._numbers = None
-        self._zero_shifts = None  # the local list has no periodic images
         self.n_migrated = 0
         self.last_stats: dict = {}
 
@@ -97,7 +103,9 @@ class ParallelForces(NeighborListForces):
         # the old list, ghosts and species go before the new ones are built: one list at a rebuild's peak
         nl = self.nlist
         nl.receivers = nl.senders = nl.cell_shifts = nl.row_ptr = None
-        self.ghosts = self._numbers = self._zero_shifts = None
+        if isinstance(nl, LocalNeighborList):
+            nl.release()
+        self.ghosts = self._numbers = None
         if ref is None:
             self.n_migrated += migrate(state, self.decomp, self.comm)
             ref = state.positions
@@ -110,13 +118,12 @@ class ParallelForces(NeighborListForces):
                                    state.ids.cpu().numpy(), self.depth)
         t1 = time.perf_counter()
         at_ref = self._local_positions(ref, state.cell)
-        self.nlist.build(at_ref, _NO_CELL, _OPEN)
         n_own = state.n_local
-        if self.nlist.half and self.nlist.compact:
+        if isinstance(self.nlist, LocalNeighborList):
+            self.nlist.want = self._receiver_rows(n_own)
+        self.nlist.build(at_ref, _NO_CELL, _OPEN)
+        if self.nlist.half:
             self._keep_pairs_with_owned(n_own)
-        else:
-            self._keep_needed_edges(n_own)
-        self._zero_shifts = None  # built on first use by the graph path
         self._ref_owned = ref.detach().clone()
         self._ref_cell = state.cell.detach().clone()
         ghost_z = torch.from_numpy(self.ghosts.numbers).to(state.numbers)  # int16 -> the state's int64
@@ -153,23 +160,13 @@ class ParallelForces(NeighborListForces):
         nl.row_ptr = torch.from_numpy(row_ptr)
         nl.receivers = None  # the direct path reads row_ptr + senders; expanded on demand
 
-    def _keep_needed_edges(self, n_own: int) -> None:
-        """Full list: the edges the model needs (into owned atoms; full halo: and inner ghosts)."""
-        receivers = self.nlist.receivers.cpu().numpy()
-        if self.halo == "per-layer":  # ghosts' features come from their owners: no edges into ghosts
-            keep = receivers < n_own
-        else:  # full halo: the outermost ghosts are only senders (their own features are never used)
-            need = self.receiver_depth + 1e-9
-            keep = (receivers < n_own) | (self.ghosts.depth_A[np.maximum(receivers - n_own, 0)] <= need)
-            if n_own == 0:  # an empty sub-box (vacuum): nothing here reaches an owned energy
-                keep[:] = False
-        nl = self.nlist
-        nl.keep_edges(torch.from_numpy(keep).to(nl.receivers.device))
-        if nl.compact:
-            nl.receivers = None
-        # no periodic images in the sub-box frame: one zero shift row for every edge (not 24 B each)
-        nl.cell_shifts = torch.zeros((1, 3), dtype=nl.cell_shifts.dtype, device=nl.cell_shifts.device).expand(
-            nl.n_edges, 3)
+    def _receiver_rows(self, n_own: int):
+        """The rows the model reads: owned atoms (per-layer: ghosts' features come from their owners);
+        full halo: also the inner ghosts (the outermost are only senders, their features never used)."""
+        if self.halo == "per-layer" or n_own == 0:  # an empty sub-box (vacuum): nothing reaches an energy
+            return n_own
+        need = self.receiver_depth + 1e-9
+        return np.concatenate([np.ones(n_own, dtype=bool), self.ghosts.depth_A <= need])
 
     def _local_positions(self, positions: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
         """Owned positions wrapped into the sub-box frame, followed by ghost positions (halo exchange)."""
@@ -210,13 +207,10 @@ class ParallelForces(NeighborListForces):
             out = self.potential.direct_forces(self._numbers, local, state.cell, direct_pairs(nl), n_owned,
                                                virial=virial, atom_virial=atom_virial)
         else:
-            if self._zero_shifts is None or self._zero_shifts.shape[0] != nl.n_edges:
-                # the local list has no periodic images: one zero row seen n_edges times, not 24 B per edge
-                self._zero_shifts = torch.zeros((1, 3), dtype=torch.float64, device=local.device).expand(
-                    nl.n_edges, 3)
-            graph = build_graph(local, state.cell, nl.receivers, nl.senders, nl.cell_shifts, n_owned,
-                                self.potential.dtype, halo_update=hook, shifts=self._zero_shifts,
-                                row_ptr=nl.row_ptr)
+            # int32 receivers/senders; edge vectors x_j - x_i (open frame) in float64, stored in the model dtype
+            vec = local_edge_vectors(local, nl.row_ptr, nl.senders, self.potential.dtype)
+            graph = Graph(receivers=nl.receivers32(), senders=nl.senders, edge_vectors=vec,
+                          n_nodes=int(local.shape[0]), n_local=n_owned, row_ptr=nl.row_ptr, halo_update=hook)
             if hook is not None:
                 hook.graph = graph
             out = evaluate_potential(self.potential, self._numbers, graph, compute_virial=virial,

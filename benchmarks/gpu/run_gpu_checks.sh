@@ -8,7 +8,12 @@
 #      it the bf16/fp16 force error against float32 on an EGNN;
 #   3. the fused message-passing kernel benchmark (issue sizes, time-boxed), a launch-parameter
 #      sweep at the headline point (SWEEP_BUDGET=0 skips it), the headline point with IEEE fp32;
-#   4. benchmarks/neighbors/bench_neighbors_gpu.py, when it exists.
+#   4. benchmarks/neighbors/bench_neighbors_gpu.py, when it exists;
+#   5. benchmarks/gpu/md_end_to_end.py (E2E=1, the default; budget E2E_BUDGET s, default 420): GPU tests
+#      (neighbors_torch, graph_capture, neighbors_gpu, triton) then end-to-end md_step throughput, step
+#      breakdown and peak memory from 1e4 to 1e7 atoms, fp32/bf16, eager vs CUDA graph (docs/gpu.md).
+# ONLY_E2E=1 skips steps 2-4 (md_end_to_end runs those tests itself): the one call for issue 15's run:
+#   OUT=$OUT ONLY_E2E=1 E2E_BUDGET=450 bash benchmarks/gpu/run_gpu_checks.sh
 # Everything lands in $OUT (at most 8 files come back). Run from the repo root:
 #   OUT=/tmp/gpu_out BENCH_BUDGET=150 SWEEP_BUDGET=60 bash benchmarks/gpu/run_gpu_checks.sh
 # The bare GPU image lacks atomsim's pure-Python deps (ase): carry them as wheels in
@@ -49,9 +54,11 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 fi
 for f in atomsim/*.py; do ln -sf "$PWD/$f" "$SITE/atomsim/"; done
 for pkg in engine kernels potentials integrators; do ln -sfn "$PWD/$pkg" "$SITE/atomsim/$pkg"; done
+ln -sfn "$PWD/atomsim/bench" "$SITE/atomsim/bench"  # machine_info for the benchmarks' JSON
 export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 (cd /tmp && $PY -c "import atomsim.kernels.triton_message_passing as m; print('ok', m.__file__)")
 
+if [ "${ONLY_E2E:-0}" != 1 ]; then
 step "triton kernel tests on the GPU (+ mixed-precision force error alongside: both untimed)"
 timeout 120 $PY benchmarks/gpu/mixed_precision_forces.py --out "$OUT/mixed_precision_forces.json" \
   > /tmp/mixed_precision.log 2>&1 &
@@ -88,6 +95,17 @@ if [ "$IEEE" = 1 ]; then
   step "headline point with IEEE fp32 matmuls"
   timeout 60 $PY benchmarks/kernels/bench_message_passing.py --ieee --repeats 3 \
     --configs 5e6:128:fp32:md --out "$OUT/kernels_message_passing_h100_ieee.json"
+fi
+
+fi  # ONLY_E2E
+
+if [ "${E2E:-1}" = 1 ]; then
+  step "end-to-end MD (benchmarks/gpu/md_end_to_end.py, budget ${E2E_BUDGET:-420}s)"
+  timeout $(( ${E2E_BUDGET:-420} + 60 )) $PY benchmarks/gpu/md_end_to_end.py --out "$OUT" \
+    --budget-s "${E2E_BUDGET:-420}" ${E2E_ARGS:-} 2>&1 | tail -60
+  step "NVE energy drift per dtype on the GPU (benchmarks/precision/nve_drift.py, short)"
+  timeout "${DRIFT_TIMEOUT:-90}" $PY benchmarks/precision/nve_drift.py --device cuda --steps 300 --budget-s 20 \
+    --out "$OUT/precision_nve_drift_gpu.json" 2>&1 | tail -8
 fi
 
 step "done"

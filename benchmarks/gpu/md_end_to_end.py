@@ -1,0 +1,406 @@
+"""End-to-end MD throughput on one GPU through the engine's own step, in one time-boxed run.
+
+Why one script: GPU time is scarce and taken in single calls; this runs the GPU tests, then
+measures what a user gets -- atom-steps/s of ``engine/step.py`` ``md_step`` with the serial
+force provider (``engine/forces.py``), the neighbor list on the device and velocity Verlet --
+for the bundled default model (EGNN) and LJ, in float32 and bfloat16, at 1e4, 1e5, 1e6, 1e7
+atoms (growing while memory and the time budget allow), with the step breakdown (neighbor,
+model, integrate, reductions, I/O), peak GPU memory and bytes per atom; eager vs CUDA graph
+(``engine/graph_capture.py``) at the small sizes; the device neighbor list by measurement
+(CuPy raw kernels vs the torch cell list, ``kernels/neighbors_torch.py``).
+It stops itself before ``--budget-s`` and writes whatever it has (JSON after every point).
+
+    python benchmarks/gpu/md_end_to_end.py --out $OUT              # GPU, <= 8 min
+    python benchmarks/gpu/md_end_to_end.py --smoke --out /tmp/e2e   # CPU, seconds (the test runs it)
+
+Timing: the integrator is synchronised after each half step, the force provider's own
+timers end at its host reads, so the breakdown adds up to the step on a GPU as on a CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from atomsim.bench.weak_scaling import machine_info
+from atomsim.engine.forces import SerialForces
+from atomsim.engine.graph_capture import StaticGraphForces
+from atomsim.engine.state import MDState
+from atomsim.engine.step import evaluate_forces, md_step
+from atomsim.integrators.base import make_integrator
+from atomsim.kernels.neighbor_list import NeighborList
+from atomsim.potentials.lj import LennardJones
+from atomsim.potentials.registry import load_potential
+
+ROOT = Path(__file__).resolve().parents[2]
+GPU_TESTS = ("tests/test_neighbors_torch.py", "tests/test_graph_capture.py", "tests/test_neighbors_gpu.py",
+             "tests/test_triton_kernels.py")
+# fcc lattice constant (Å), atomic number, mass (amu) per model
+SYSTEMS = {"egnn": (3.61, 29, 63.546), "lj": (5.26, 18, 39.948)}
+
+
+class Clock:
+    """The script's wall-time guard: every phase asks before it starts."""
+
+    def __init__(self, budget_s: float):
+        self.t0 = time.perf_counter()
+        self.budget = float(budget_s)
+
+    def left(self) -> float:
+        return self.budget - (time.perf_counter() - self.t0)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class SyncedIntegrator:
+    """An integrator whose half steps end with a device synchronisation (honest timers)."""
+
+    def __init__(self, inner, device):
+        self.inner, self.device = inner, device
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def initial_integrate(self, state):
+        self.inner.initial_integrate(state)
+        sync(self.device)
+
+    def final_integrate(self, state):
+        self.inner.final_integrate(state)
+        sync(self.device)
+
+
+def fcc_state(n_target: int, model: str, device: torch.device, seed: int = 0) -> MDState:
+    """Near-cubic fcc block of about ``n_target`` atoms, small random velocities (no ASE at 1e7)."""
+    a, z, mass = SYSTEMS[model]
+    r = max(1, round((n_target / 4) ** (1 / 3)))
+    basis = np.array([[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    cells = np.stack(np.meshgrid(*[np.arange(r)] * 3, indexing="ij"), -1).reshape(-1, 1, 3)
+    pos = ((cells + basis[None]) * a).reshape(-1, 3)
+    rng = np.random.default_rng(seed)
+    pos = pos + rng.normal(0, 0.03, pos.shape)
+    n = len(pos)
+    t = lambda x, dt=torch.float64: torch.as_tensor(x, dtype=dt, device=device)  # noqa: E731
+    vel = rng.normal(0, 0.005, (n, 3))
+    vel -= vel.mean(0)
+    return MDState(positions=t(pos), velocities=t(vel), masses=t(np.full(n, mass)),
+                   numbers=t(np.full(n, z), torch.int64), ids=t(np.arange(n), torch.int64),
+                   cell=t(np.eye(3) * a * r), pbc=(True, True, True), n_atoms_global=n)
+
+
+def make_potential(model: str, dtype: str, device: torch.device):
+    if model == "egnn":
+        return load_potential("default").to(device=device, dtype=getattr(torch, dtype))
+    pot = LennardJones(epsilon=0.0104, sigma=3.40, rc=8.5, dtype=dtype)
+    return pot.to(device)
+
+
+def neighbor_backend_choice(device: torch.device, sizes, clock: Clock) -> dict:
+    """Time one list build per backend on the device (same pairs) and pick the faster."""
+    cands = ["torch"]
+    if device.type == "cuda":
+        try:
+            import cupy  # noqa: F401
+
+            cands.append("cupy")
+        except ImportError:
+            pass
+    else:
+        cands.append("numba")
+    rows = []
+    for n in sizes:
+        st = fcc_state(n, "egnn", device)
+        for b in cands:
+            if clock.left() < 30:
+                break
+            nl = NeighborList(6.0, 0.0, backend=b)
+            try:
+                nl.build(st.positions, st.cell, st.pbc)  # warm-up (compilation, caches)
+                sync(device)
+                t0 = time.perf_counter()
+                nl.build(st.positions + 0.01, st.cell, st.pbc)
+                sync(device)
+                dt = time.perf_counter() - t0
+                rows.append({"backend": b, "n_atoms": st.n_local, "n_pairs": nl.n_edges, "build_s": dt,
+                             "pairs_per_s": nl.n_edges / dt})
+            except Exception as exc:  # noqa: BLE001 - record, try the next
+                rows.append({"backend": b, "n_atoms": st.n_local, "error": f"{type(exc).__name__}: {exc}"[:300]})
+            del nl
+        del st
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    ok = [r for r in rows if "build_s" in r]
+    big = max((r["n_atoms"] for r in ok), default=0)
+    at_big = [r for r in ok if r["n_atoms"] == big]
+    chosen = min(at_big, key=lambda r: r["build_s"])["backend"] if at_big else "torch"
+    if device.type == "cpu":
+        chosen = "numba"  # the engine's CPU default; the torch list is measured, not used
+    return {"rows": rows, "chosen": chosen}
+
+
+def run_point(model: str, dtype: str, n_target: int, device: torch.device, steps: int, nb_backend: str,
+              clock: Clock, mode: str = "engine", thermo_every: int = 10, io_every: int = 20) -> dict:
+    """One (model, dtype, size): set-up, first forces, then ``steps`` timed md_steps."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    t_setup = time.perf_counter()
+    pot = make_potential(model, dtype, device)
+    state = fcc_state(n_target, model, device)
+    if mode == "engine":
+        direct = pot.direct_list()
+        nlist = NeighborList(float(pot.cutoff), 1.0, half=direct == "half", compact=True, backend=nb_backend)
+        provider = SerialForces(pot, skin=1.0, neighbor_list=nlist)
+    else:  # "eager" / "cuda-graph": the static-buffer provider of engine/graph_capture.py
+        provider = StaticGraphForces(pot, skin=1.0, mode=mode)
+    integ = SyncedIntegrator(make_integrator("nve", timestep_fs=1.0), device)
+    evaluate_forces(state, provider, virial=False, max_force=1e4)
+    sync(device)
+    setup_s = time.perf_counter() - t_setup
+    timers = {"integrate": 0.0, "forces": 0.0, "safety": 0.0}
+    provider.timers = {k: 0.0 for k in provider.timers}
+    extra = {"reductions": 0.0, "io": 0.0}
+    md_step(state, integ, provider, virial=False, max_force=1e4)  # warm-up (graph capture, autotune)
+    sync(device)
+    for k in timers:
+        timers[k] = 0.0
+    provider.timers = {k: 0.0 for k in provider.timers}
+    done = 0
+    t0 = time.perf_counter()
+    per_step = None
+    for s in range(steps):
+        md_step(state, integ, provider, virial=False, max_force=1e4, timers=timers)
+        done += 1
+        if (s + 1) % thermo_every == 0:
+            t1 = time.perf_counter()
+            state.kinetic_energy()  # the thermo row's reductions (the energy is already on the host)
+            extra["reductions"] += time.perf_counter() - t1
+        if (s + 1) % io_every == 0:
+            t1 = time.perf_counter()
+            frame = (state.positions.cpu().numpy(), state.velocities.cpu().numpy())  # a trajectory frame
+            extra["io"] += time.perf_counter() - t1
+            del frame
+        per_step = (time.perf_counter() - t0) / done
+        if clock.left() < 2 * per_step + 5:
+            break
+    sync(device)
+    wall = time.perf_counter() - t0
+    n = state.n_local
+    breakdown = {"neighbor": provider.timers.get("neighbor", 0.0), "model": provider.timers.get("model", 0.0),
+                 "integrate": timers["integrate"], "reductions": timers["safety"] + extra["reductions"],
+                 "io": extra["io"]}
+    row = {"model": model, "dtype": dtype, "mode": mode, "n_atoms": n, "steps": done, "wall_s": wall,
+           "setup_s": setup_s, "atom_steps_per_s": n * done / wall, "step_ms": 1e3 * wall / done,
+           "breakdown_s": breakdown, "model_fraction": breakdown["model"] / wall,
+           "neighbor_backend": nb_backend if mode == "engine" else "torch (static buffers)",
+           "neighbor_builds": provider.n_builds, "energy_eV": float(state.energy)}
+    if mode != "engine":
+        row["capture_mode"] = provider.capture.mode
+        row["fallback_reason"] = provider.capture.fallback_reason
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device)
+        row["peak_gpu_bytes"] = int(peak)
+        row["bytes_per_atom"] = peak / n
+    else:
+        import resource
+
+        row["peak_rss_bytes"] = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return row
+
+
+def run_tests(files, clock: Clock, timeout_s: float) -> dict:
+    """The GPU tests (those that skip without CUDA run for real here), one pytest, time-boxed."""
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files]
+    t0 = time.perf_counter()
+    try:
+        res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                             timeout=max(10.0, min(timeout_s, clock.left() - 60)))
+        tail = (res.stdout + res.stderr)[-3000:]
+        rc = res.returncode
+    except subprocess.TimeoutExpired as exc:
+        tail, rc = f"timed out: {str(exc.stdout)[-2000:]}", None
+    print(tail, flush=True)
+    return {"command": " ".join(cmd), "returncode": rc, "wall_s": time.perf_counter() - t0,
+            "summary": tail.strip().splitlines()[-1] if tail.strip() else "", "output_tail": tail}
+
+
+def sweep(report: dict, out: Path, device: torch.device, sizes, dtypes, models, steps: int, clock: Clock,
+          nb_backend: str, reserve_s: float) -> None:
+    """Grow each (model, dtype) through ``sizes`` while memory and time allow; JSON after every point."""
+    total_mem = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
+    for model in models:
+        for dtype in dtypes:
+            prev = None
+            for n in sizes:
+                if prev is not None:
+                    grow = n / prev["n_atoms"]
+                    need_s = grow * (prev["setup_s"] + prev["wall_s"]) + 10
+                    if clock.left() - reserve_s < need_s:
+                        report["stopped"].append(f"{model} {dtype} {n}: needs ~{need_s:.0f} s, "
+                                                 f"{clock.left() - reserve_s:.0f} s left")
+                        break
+                    if total_mem and prev.get("peak_gpu_bytes") and prev["peak_gpu_bytes"] * grow > 0.9 * total_mem:
+                        report["stopped"].append(f"{model} {dtype} {n}: would need ~"
+                                                 f"{prev['peak_gpu_bytes'] * grow / 2**30:.0f} GiB")
+                        break
+                elif clock.left() - reserve_s < 20:
+                    report["stopped"].append(f"{model} {dtype}: no time left")
+                    break
+                try:
+                    row = run_point(model, dtype, n, device, steps, nb_backend, clock)
+                except torch.cuda.OutOfMemoryError as exc:
+                    report["stopped"].append(f"{model} {dtype} {n}: out of memory ({str(exc)[:120]})")
+                    torch.cuda.empty_cache()
+                    break
+                except Exception as exc:  # noqa: BLE001 - keep measuring the others
+                    report["errors"].append(f"{model} {dtype} {n}: {type(exc).__name__}: {exc}"[:400])
+                    break
+                report["points"].append(row)
+                print(f"{model:5s} {dtype:9s} {row['n_atoms']:>9d} atoms  {row['atom_steps_per_s']:.3e} "
+                      f"atom-steps/s  step {row['step_ms']:.2f} ms  model {100 * row['model_fraction']:.0f}%  "
+                      f"peak {row.get('peak_gpu_bytes', row.get('peak_rss_bytes', 0)) / 2**20:.0f} MiB",
+                      flush=True)
+                prev = row
+                write(report, out)
+
+
+def largest(report: dict, total_mem) -> None:
+    """Largest measured system per (model, dtype) and its bytes/atom; the fit estimate is labelled so."""
+    out = {}
+    for r in report["points"]:
+        if r["mode"] != "engine":
+            continue
+        key = f"{r['model']}_{r['dtype']}"
+        if key not in out or r["n_atoms"] > out[key]["n_atoms_measured"]:
+            e = {"n_atoms_measured": r["n_atoms"], "bytes_per_atom": r.get("bytes_per_atom")}
+            if total_mem and r.get("bytes_per_atom"):
+                e["n_atoms_fit_estimate"] = int(0.9 * total_mem / r["bytes_per_atom"])
+                e["estimate_note"] = "extrapolated: 0.9 x GPU memory / measured bytes per atom (not run)"
+            out[key] = e
+    report["largest"] = out
+
+
+def write(report: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    report["elapsed_s"] = time.perf_counter() - report.pop("_t0", time.perf_counter()) \
+        if "_t0" in report else report.get("elapsed_s")
+    (out / report["json_name"]).write_text(json.dumps(report, indent=1, default=str))
+
+
+def plot(report: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = [r for r in report["points"] if r["mode"] == "engine"]
+    if not pts:
+        return
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    keys = sorted({(r["model"], r["dtype"]) for r in pts})
+    for m, d in keys:
+        rows = sorted((r for r in pts if (r["model"], r["dtype"]) == (m, d)), key=lambda r: r["n_atoms"])
+        x = [r["n_atoms"] for r in rows]
+        axes[0].plot(x, [r["atom_steps_per_s"] for r in rows], "o-", label=f"{m} {d}")
+        if all("bytes_per_atom" in r for r in rows):
+            axes[2].plot(x, [r["bytes_per_atom"] for r in rows], "o-", label=f"{m} {d}")
+    for ax, yl in ((axes[0], "atom-steps / s"), (axes[2], "peak GPU bytes / atom")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("atoms")
+        ax.set_ylabel(yl)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    parts = ("neighbor", "model", "integrate", "reductions", "io")
+    labels = [f"{r['model']} {r['dtype']}\n{r['n_atoms']:.0e}" for r in pts]
+    bottom = np.zeros(len(pts))
+    for p in parts:
+        frac = np.array([r["breakdown_s"][p] / r["wall_s"] for r in pts])
+        axes[1].bar(range(len(pts)), frac, bottom=bottom, label=p)
+        bottom += frac
+    axes[1].set_xticks(range(len(pts)), labels, fontsize=6, rotation=90)
+    axes[1].set_ylabel("fraction of step")
+    axes[1].legend(fontsize=7)
+    fig.suptitle(f"md_step end to end on {report['device_name']} ({report['mode']})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / report["json_name"].replace(".json", ".png"), dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--smoke", action="store_true", help="CPU-sized: tiny systems, few steps, no tests")
+    ap.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--budget-s", type=float, default=None, help="wall-time guard (default 450; smoke 120)")
+    ap.add_argument("--tests", default=",".join(GPU_TESTS), help="comma-separated test files; '' skips")
+    ap.add_argument("--sizes", default=None, help="comma-separated atom counts")
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--models", default="egnn,lj")
+    args = ap.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
+    clock = Clock(args.budget_s if args.budget_s is not None else (120 if args.smoke else 450))
+    sizes = [int(float(s)) for s in (args.sizes or ("32" if args.smoke else "1e4,1e5,1e6,1e7")).split(",")]
+    steps = args.steps or (2 if args.smoke else 20)
+    out = Path(args.out)
+    name = "md_end_to_end_smoke.json" if args.smoke else "md_end_to_end_gpu.json"
+    report = {"benchmark": "md_end_to_end", "json_name": name, "mode": "smoke" if args.smoke else "full",
+              "command": " ".join([sys.executable, *sys.argv]), "device": device.type,
+              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              "machine": machine_info(), "budget_s": clock.budget, "points": [], "stopped": [], "errors": [],
+              "note": ("smoke run on CPU: tiny sizes, not a performance figure" if device.type == "cpu"
+                       else "measured on this GPU by this run")}
+    if device.type == "cuda":
+        report["gpu_total_bytes"] = torch.cuda.get_device_properties(device).total_memory
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    tests = [t for t in args.tests.split(",") if t] if not args.smoke else []
+    if tests:
+        report["gpu_tests"] = run_tests(tests, clock, timeout_s=150)
+    write(report, out)
+    nb_sizes = [sizes[0]] if args.smoke else [s for s in (100_000, 1_000_000) if s <= max(sizes)]
+    report["neighbor_backends"] = neighbor_backend_choice(device, nb_sizes, clock)
+    nb = report["neighbor_backends"]["chosen"]
+    print("neighbor backends:", json.dumps(report["neighbor_backends"]["rows"]), "-> using", nb, flush=True)
+    write(report, out)
+    # eager vs CUDA graph (static buffers) at the small sizes, bundled model, both dtypes
+    small = [s for s in sizes if s <= 100_000][:2] or sizes[:1]
+    for n in small:
+        for dtype in args.dtypes.split(",")[: 1 if args.smoke else None]:
+            for mode in ("eager", "cuda-graph"):
+                if clock.left() < 60:
+                    break
+                try:
+                    row = run_point("egnn", dtype, n, device, steps, nb, clock, mode=mode)
+                    report["points"].append(row)
+                    print(f"static {mode:10s} {dtype:9s} {row['n_atoms']:>8d}  {row['atom_steps_per_s']:.3e} "
+                          f"atom-steps/s (ran {row['capture_mode']})", flush=True)
+                except Exception as exc:  # noqa: BLE001
+                    report["errors"].append(f"static {mode} {dtype} {n}: {type(exc).__name__}: {exc}"[:400])
+            write(report, out)
+    sweep(report, out, device, sizes, args.dtypes.split(","), args.models.split(","), steps, clock, nb,
+          reserve_s=15)
+    largest(report, report.get("gpu_total_bytes"))
+    report["elapsed_s"] = clock.budget - clock.left()
+    write(report, out)
+    try:
+        plot(report, out)
+    except Exception as exc:  # noqa: BLE001 - the JSON is what counts
+        report["errors"].append(f"plot: {exc}")
+        write(report, out)
+    print(f"done in {report['elapsed_s']:.0f} s; wrote {out / name}", flush=True)
+    return report
+
+
+if __name__ == "__main__":
+    main()

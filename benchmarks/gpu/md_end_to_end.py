@@ -149,7 +149,8 @@ def neighbor_backend_choice(device: torch.device, sizes, clock: Clock) -> dict:
 
 
 def run_point(model: str, dtype: str, n_target: int, device: torch.device, steps: int, nb_backend: str,
-              clock: Clock, mode: str = "engine", thermo_every: int = 10, io_every: int = 20) -> dict:
+              clock: Clock, mode: str = "engine", thermo_every: int = 10, io_every: int = 20,
+              target_s: float = 15.0) -> dict:
     """One (model, dtype, size): set-up, first forces, then ``steps`` timed md_steps."""
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -164,14 +165,19 @@ def run_point(model: str, dtype: str, n_target: int, device: torch.device, steps
     else:  # "eager" / "cuda-graph": the static-buffer provider of engine/graph_capture.py
         provider = StaticGraphForces(pot, skin=1.0, mode=mode)
     integ = SyncedIntegrator(make_integrator("nve", timestep_fs=1.0), device)
+    t_first = time.perf_counter()
     evaluate_forces(state, provider, virial=False, max_force=1e4)
     sync(device)
+    first_forces_s = time.perf_counter() - t_first
     setup_s = time.perf_counter() - t_setup
     timers = {"integrate": 0.0, "forces": 0.0, "safety": 0.0}
     provider.timers = {k: 0.0 for k in provider.timers}
     extra = {"reductions": 0.0, "io": 0.0}
+    t_warm = time.perf_counter()
     md_step(state, integ, provider, virial=False, max_force=1e4)  # warm-up (graph capture, autotune)
     sync(device)
+    warmup_step_s = time.perf_counter() - t_warm
+    steps = max(2, min(steps, int(target_s / max(warmup_step_s, 1e-6))))  # ~target_s of timed steps
     for k in timers:
         timers[k] = 0.0
     provider.timers = {k: 0.0 for k in provider.timers}
@@ -200,7 +206,8 @@ def run_point(model: str, dtype: str, n_target: int, device: torch.device, steps
                  "integrate": timers["integrate"], "reductions": timers["safety"] + extra["reductions"],
                  "io": extra["io"]}
     row = {"model": model, "dtype": dtype, "mode": mode, "n_atoms": n, "steps": done, "wall_s": wall,
-           "setup_s": setup_s, "atom_steps_per_s": n * done / wall, "step_ms": 1e3 * wall / done,
+           "setup_s": setup_s, "first_forces_s": first_forces_s, "warmup_step_s": warmup_step_s,
+           "atom_steps_per_s": n * done / wall, "step_ms": 1e3 * wall / done,
            "breakdown_s": breakdown, "model_fraction": breakdown["model"] / wall,
            "neighbor_backend": nb_backend if mode == "engine" else "torch (static buffers)",
            "neighbor_builds": provider.n_builds, "energy_eV": float(state.energy)}
@@ -234,44 +241,53 @@ def run_tests(files, clock: Clock, timeout_s: float) -> dict:
             "summary": tail.strip().splitlines()[-1] if tail.strip() else "", "output_tail": tail}
 
 
-def sweep(report: dict, out: Path, device: torch.device, sizes, dtypes, models, steps: int, clock: Clock,
+def sweep(report: dict, out: Path, device: torch.device, sizes, configs, steps: int, clock: Clock,
           nb_backend: str, reserve_s: float) -> None:
-    """Grow each (model, dtype) through ``sizes`` while memory and time allow; JSON after every point."""
+    """Every (model, dtype) at one size, then the next size (breadth first: a time-out still leaves
+    every configuration measured at the sizes reached); a configuration stops growing when the
+    next size would not fit in memory or in the time left. JSON after every point."""
     total_mem = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
-    for model in models:
-        for dtype in dtypes:
-            prev = None
-            for n in sizes:
-                if prev is not None:
-                    grow = n / prev["n_atoms"]
-                    need_s = grow * (prev["setup_s"] + prev["wall_s"]) + 10
-                    if clock.left() - reserve_s < need_s:
-                        report["stopped"].append(f"{model} {dtype} {n}: needs ~{need_s:.0f} s, "
-                                                 f"{clock.left() - reserve_s:.0f} s left")
-                        break
-                    if total_mem and prev.get("peak_gpu_bytes") and prev["peak_gpu_bytes"] * grow > 0.9 * total_mem:
-                        report["stopped"].append(f"{model} {dtype} {n}: would need ~"
-                                                 f"{prev['peak_gpu_bytes'] * grow / 2**30:.0f} GiB")
-                        break
-                elif clock.left() - reserve_s < 20:
-                    report["stopped"].append(f"{model} {dtype}: no time left")
-                    break
-                try:
-                    row = run_point(model, dtype, n, device, steps, nb_backend, clock)
-                except torch.cuda.OutOfMemoryError as exc:
-                    report["stopped"].append(f"{model} {dtype} {n}: out of memory ({str(exc)[:120]})")
-                    torch.cuda.empty_cache()
-                    break
-                except Exception as exc:  # noqa: BLE001 - keep measuring the others
-                    report["errors"].append(f"{model} {dtype} {n}: {type(exc).__name__}: {exc}"[:400])
-                    break
-                report["points"].append(row)
-                print(f"{model:5s} {dtype:9s} {row['n_atoms']:>9d} atoms  {row['atom_steps_per_s']:.3e} "
-                      f"atom-steps/s  step {row['step_ms']:.2f} ms  model {100 * row['model_fraction']:.0f}%  "
-                      f"peak {row.get('peak_gpu_bytes', row.get('peak_rss_bytes', 0)) / 2**20:.0f} MiB",
-                      flush=True)
-                prev = row
-                write(report, out)
+    prev: dict = {}
+    active = list(configs)
+    for n in sizes:
+        for model, dtype in list(active):
+            last = prev.get((model, dtype))
+            if last is not None:
+                grow = n / last["n_atoms"]
+                # set-up (lattice, list build, first forces) and the timed steps both scale ~ linearly
+                need_s = grow * (last["first_forces_s"] + last["warmup_step_s"] * min(steps, 8)) + 15
+                if clock.left() - reserve_s < need_s:
+                    report["stopped"].append(f"{model} {dtype} {n}: needs ~{need_s:.0f} s, "
+                                             f"{clock.left() - reserve_s:.0f} s left")
+                    active.remove((model, dtype))
+                    continue
+                if total_mem and last.get("peak_gpu_bytes") and last["peak_gpu_bytes"] * grow > 0.9 * total_mem:
+                    report["stopped"].append(f"{model} {dtype} {n}: would need ~"
+                                             f"{last['peak_gpu_bytes'] * grow / 2**30:.0f} GiB")
+                    active.remove((model, dtype))
+                    continue
+            elif clock.left() - reserve_s < 20:
+                report["stopped"].append(f"{model} {dtype} {n}: no time left")
+                active.remove((model, dtype))
+                continue
+            try:
+                row = run_point(model, dtype, n, device, steps, nb_backend, clock)
+            except torch.cuda.OutOfMemoryError as exc:
+                report["stopped"].append(f"{model} {dtype} {n}: out of memory ({str(exc)[:160]})")
+                active.remove((model, dtype))
+                torch.cuda.empty_cache()
+                continue
+            except Exception as exc:  # noqa: BLE001 - keep measuring the others
+                report["errors"].append(f"{model} {dtype} {n}: {type(exc).__name__}: {exc}"[:400])
+                active.remove((model, dtype))
+                continue
+            report["points"].append(row)
+            print(f"{model:5s} {dtype:9s} {row['n_atoms']:>9d} atoms  {row['atom_steps_per_s']:.3e} "
+                  f"atom-steps/s  step {row['step_ms']:.2f} ms  model {100 * row['model_fraction']:.0f}%  "
+                  f"peak {row.get('peak_gpu_bytes', row.get('peak_rss_bytes', 0)) / 2**20:.0f} MiB",
+                  flush=True)
+            prev[(model, dtype)] = row
+            write(report, out)
 
 
 def largest(report: dict, total_mem) -> None:
@@ -375,10 +391,11 @@ def main(argv=None) -> dict:
     write(report, out)
     # eager vs CUDA graph (static buffers) at the small sizes, bundled model, both dtypes
     small = [s for s in sizes if s <= 100_000][:2] or sizes[:1]
+    dtypes = args.dtypes.split(",")
     for n in small:
-        for dtype in args.dtypes.split(",")[: 1 if args.smoke else None]:
+        for dtype in dtypes[: 1 if args.smoke else None]:
             for mode in ("eager", "cuda-graph"):
-                if clock.left() < 60:
+                if clock.left() < 0.6 * clock.budget:  # the sweep below is the main result
                     break
                 try:
                     row = run_point("egnn", dtype, n, device, steps, nb, clock, mode=mode)
@@ -388,8 +405,11 @@ def main(argv=None) -> dict:
                 except Exception as exc:  # noqa: BLE001
                     report["errors"].append(f"static {mode} {dtype} {n}: {type(exc).__name__}: {exc}"[:400])
             write(report, out)
-    sweep(report, out, device, sizes, args.dtypes.split(","), args.models.split(","), steps, clock, nb,
-          reserve_s=15)
+    models = args.models.split(",")
+    # the headline first: the bundled model in its fastest dtype; LJ in bf16 last
+    configs = sorted(((m, d) for m in models for d in dtypes),
+                     key=lambda c: (c[0] != "egnn", (c[1] != "bfloat16") if c[0] == "egnn" else (c[1] == "bfloat16")))
+    sweep(report, out, device, sizes, configs, steps, clock, nb, reserve_s=15)
     largest(report, report.get("gpu_total_bytes"))
     report["elapsed_s"] = clock.budget - clock.left()
     write(report, out)

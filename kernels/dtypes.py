@@ -11,7 +11,7 @@ from typing import Union
 
 import torch
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # torch's own aliases (torch.float, torch.double), accepted as names too
 _ALIASES = {"float": "float32", "double": "float64"}
 

@@ -243,6 +243,7 @@ class EdgeBuffers:
     overflow: Tensor  # () bool
     capacity: int
     half: bool
+    row_capacity: int = 1 << 30  # longest row :func:`update` writes; longer rows set ``overflow``
 
     @property
     def valid(self) -> Tensor:
@@ -254,7 +255,7 @@ class EdgeBuffers:
         return bool(self.overflow)
 
 
-def _empty_buffers(n: int, capacity: int, half: bool, device) -> EdgeBuffers:
+def _empty_buffers(n: int, capacity: int, half: bool, device, row_capacity: int = 1 << 30) -> EdgeBuffers:
     last = max(n - 1, 0)
     return EdgeBuffers(
         receivers=torch.full((capacity,), last, dtype=torch.int64, device=device),
@@ -262,17 +263,21 @@ def _empty_buffers(n: int, capacity: int, half: bool, device) -> EdgeBuffers:
         cell_shifts=torch.zeros((capacity, 3), dtype=torch.int64, device=device),
         row_ptr=torch.zeros(n + 1, dtype=torch.int64, device=device),
         n_edges=torch.zeros((), dtype=torch.int64, device=device),
-        overflow=torch.zeros((), dtype=torch.bool, device=device), capacity=int(capacity), half=half)
+        overflow=torch.zeros((), dtype=torch.bool, device=device), capacity=int(capacity), half=half,
+        row_capacity=int(row_capacity))
 
 
 def allocate(positions: Tensor, cell, pbc, cutoff: float, *, half: bool = False,
              capacity_multiplier: float = 1.25, min_capacity: int = 64) -> EdgeBuffers:
-    """Build once with exact sizes, then buffers of ``capacity_multiplier`` x that many edges."""
+    """Build once with exact sizes, then buffers of ``capacity_multiplier`` x that many edges
+    (and rows of ``capacity_multiplier`` x the longest row: :func:`update` decodes only those)."""
     row_ptr, j, S = neighbor_list_csr(positions, cell, pbc, cutoff, half)
     n_real = int(row_ptr[-1])
     n = int(row_ptr.shape[0]) - 1
     capacity = max(int(min_capacity), int(math.ceil(n_real * float(capacity_multiplier))))
-    buf = _empty_buffers(n, capacity, half, j.device)
+    longest = int(row_ptr.diff().max()) if n else 0
+    row_capacity = max(8, int(math.ceil(longest * max(float(capacity_multiplier), 1.0))) + 1)
+    buf = _empty_buffers(n, capacity, half, j.device, row_capacity)
     buf.receivers[:n_real] = torch.repeat_interleave(torch.arange(n, device=j.device), row_ptr.diff())
     buf.senders[:n_real] = j
     buf.cell_shifts[:n_real] = S
@@ -299,15 +304,18 @@ def update(buffers: EdgeBuffers, positions: Tensor, cell, pbc, cutoff: float,
     send = recv.clone()
     shifts = torch.zeros((cap + 1, 3), dtype=torch.int64, device=dev)
     offset = torch.zeros((), dtype=torch.int64, device=dev)
+    longest = torch.zeros((), dtype=torch.int64, device=dev)
     if n:
         b = _bin(pos, grid)
         step = _chunk_size(b, n, dev)
         for a0 in range(0, n, step):
             a1 = min(n, a0 + step)
             key, cnt = _chunk_rows(b, a0, a1, cutoff * cutoff, buffers.half)
+            longest = torch.maximum(longest, cnt.max())
             ends = offset + torch.cumsum(cnt, 0)
             buffers.row_ptr[a0 + 1:a1 + 1] = ends
-            width = key.shape[1]
+            width = min(int(key.shape[1]), buffers.row_capacity)  # rows are sorted: kept keys first
+            key = key[:, :width]
             t = torch.arange(width, device=dev)[None, :]
             dest = (ends - cnt)[:, None] + t
             ok = (t < cnt[:, None]) & (dest < cap)
@@ -324,17 +332,22 @@ def update(buffers: EdgeBuffers, positions: Tensor, cell, pbc, cutoff: float,
     buffers.senders.copy_(send[:cap])
     buffers.cell_shifts.copy_(shifts[:cap])
     buffers.n_edges.copy_(offset)
-    buffers.overflow.copy_(offset > cap)
+    buffers.overflow.copy_((offset > cap) | (longest > buffers.row_capacity))
     return buffers
 
 
 def reallocate(buffers: EdgeBuffers, positions: Tensor, cell, pbc, cutoff: float,
                growth: float = 1.5) -> EdgeBuffers:
-    """New buffers of max(needed, capacity x ``growth``) edges, rebuilt at these positions."""
+    """New buffers of max(needed, capacity x ``growth``) edges (rows likewise), rebuilt here."""
     need = int(buffers.n_edges)
     cap = max(int(math.ceil(buffers.capacity * growth)), need)
-    fresh = _empty_buffers(int(positions.shape[0]), cap, buffers.half, positions.device)
-    return update(fresh, positions, cell, pbc, cutoff)
+    longest = int(buffers.row_ptr.diff().max()) if buffers.row_ptr.shape[0] > 1 else 0
+    rows = max(int(math.ceil(buffers.row_capacity * growth)), longest + 1)
+    fresh = _empty_buffers(int(positions.shape[0]), cap, buffers.half, positions.device, rows)
+    fresh = update(fresh, positions, cell, pbc, cutoff)
+    if fresh.did_overflow():  # a row longer than the old one x growth: once more, at the size found
+        return reallocate(fresh, positions, cell, pbc, cutoff, growth)
+    return fresh
 
 
 def pad_far(edge_vectors: Tensor, valid: Tensor, cutoff: float) -> Tensor:

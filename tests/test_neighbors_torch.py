@@ -108,6 +108,23 @@ def test_static_update_follows_moving_atoms():
     assert torch.equal(buf.cell_shifts[:E].cpu(), torch.from_numpy(ref[2]))
 
 
+def test_row_capacity_overflow_and_reallocate():
+    """A row longer than the buffers' row capacity sets the flag although the edge total fits."""
+    rng = np.random.default_rng(6)
+    cell = np.diag([6.0, 6.0, 6.0])
+    pos = rng.uniform(0, 1, (60, 3)) @ cell
+    buf = nt.allocate(_pos(pos), cell, True, 2.5, capacity_multiplier=3.0)
+    buf.row_capacity = 4  # as if the rows had been allocated for a much sparser state
+    nt.update(buf, _pos(pos), cell, True, 2.5)
+    ref = numba_csr(pos, cell, True, 2.5)
+    assert buf.did_overflow() and int(buf.n_edges) == len(ref[1]) <= buf.capacity
+    grown = nt.reallocate(buf, _pos(pos), cell, True, 2.5)
+    E = len(ref[1])
+    assert not grown.did_overflow() and grown.row_capacity > int(np.diff(ref[0]).max())
+    assert torch.equal(grown.senders[:E].cpu(), torch.from_numpy(ref[1]))
+    assert torch.equal(grown.cell_shifts[:E].cpu(), torch.from_numpy(ref[2]))
+
+
 def test_pad_far_puts_pads_past_the_cutoff():
     ev = torch.randn(6, 3, dtype=torch.float64)
     valid = torch.tensor([True, True, True, False, False, False])

@@ -119,3 +119,20 @@ def test_cuda_graph_replay_equals_eager(dtype):
     tol = 1e-4 if dtype == torch.float32 else 3e-2
     scale = float(want.forces.abs().max())
     assert float((got.forces - want.forces).abs().max()) <= tol * scale
+
+
+def test_static_provider_reallocates_on_overflow():
+    """A compressed cell lists more pairs than the buffers hold: re-allocate, same forces as serial."""
+    model = _model()
+    state = _state(_atoms(5))
+    static = StaticGraphForces(model, skin=0.5, capacity_multiplier=1.0)
+    static.compute(state, virial=False)
+    cap = static.buffers.capacity
+    state.positions *= 0.93
+    state.cell *= 0.93
+    got = static.compute(state, virial=True)
+    ref = SerialForces(model, skin=0.5).compute(state, virial=True)
+    assert got.rebuilt and static.n_reallocations == 1 and static.buffers.capacity > cap
+    assert abs(got.energy - ref.energy) < 1e-10
+    assert torch.allclose(got.forces, ref.forces, atol=1e-10, rtol=0)
+    assert torch.allclose(got.virial, ref.virial, atol=1e-10, rtol=0)

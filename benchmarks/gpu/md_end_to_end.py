@@ -328,9 +328,10 @@ def plot(report: dict, out: Path) -> None:
         rows = sorted((r for r in pts if (r["model"], r["dtype"]) == (m, d)), key=lambda r: r["n_atoms"])
         x = [r["n_atoms"] for r in rows]
         axes[0].plot(x, [r["atom_steps_per_s"] for r in rows], "o-", label=f"{m} {d}")
-        if all("bytes_per_atom" in r for r in rows):
-            axes[2].plot(x, [r["bytes_per_atom"] for r in rows], "o-", label=f"{m} {d}")
-    for ax, yl in ((axes[0], "atom-steps / s"), (axes[2], "peak GPU bytes / atom")):
+        bpa = [r.get("bytes_per_atom", r.get("peak_rss_bytes", 0) / r["n_atoms"]) for r in rows]
+        axes[2].plot(x, bpa, "o-", label=f"{m} {d}")
+    mem = "peak GPU bytes / atom" if report["device"] == "cuda" else "process peak RSS / atom (CPU)"
+    for ax, yl in ((axes[0], "atom-steps / s"), (axes[2], mem)):
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("atoms")

@@ -44,7 +44,9 @@ def kernel_path(device: torch.device, dtype: torch.dtype) -> str:
         from atomsim.kernels import message_passing_cpu
 
         probe = torch.zeros(1, 1, dtype=dtype)
-        return "fused numba (CPU)" if message_passing_cpu.supports(probe) else f"torch reference ({dtype}, CPU)"
+        if message_passing_cpu.supports(probe):
+            return "fused numba (CPU)"
+        return f"torch reference ({str(dtype).split('.')[-1]} math, fp32 receiver sums, CPU)"
     if backend == "triton":
         return "fused triton (CUDA, fp32 accumulation)"
     return f"torch reference ({device.type})"

@@ -65,10 +65,6 @@ class _Binned:
     ns: int  # stencil codes (2m+1)^3 product
 
 
-def _rows(m: Tensor, k: int) -> Tuple[Tensor, Tensor, Tensor]:
-    return m[k, 0], m[k, 1], m[k, 2]
-
-
 def _bin(pos: Tensor, grid: CellGrid) -> _Binned:
     """Steps 1-2 with the Numba kernel's arithmetic (elementwise, same order: same roundings)."""
     dev = pos.device

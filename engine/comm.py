@@ -23,6 +23,9 @@ import numpy as np
 # environment variables set by MPI launchers (MPICH/hydra, Open MPI, PMIx, Slurm, MVAPICH)
 _SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "PMIX_SIZE", "SLURM_NTASKS")
 _RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MV2_COMM_WORLD_RANK")
+# this process's rank among the ranks on its node (MPICH/hydra, Open MPI, MVAPICH, Slurm, Cray PALS)
+_LOCAL_RANK_VARS = ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_RANK",
+                    "SLURM_LOCALID", "PALS_LOCAL_RANKID")
 
 
 class Comm:
@@ -97,6 +100,21 @@ class Comm:
         sub = self._comm.Split(self._MPI.UNDEFINED if color is None else int(color), int(key))
         return None if sub == self._MPI.COMM_NULL else Comm(sub)
 
+    def local_rank(self) -> int:
+        """This rank's index among the ranks on its node (what picks its GPU). Collective on first use.
+
+        The launcher's variable when it sets one (every rank sees its own), else the rank in an
+        MPI_COMM_TYPE_SHARED split of this communicator; 0 on one rank.
+        """
+        cached = self.__dict__.get("_local_rank")
+        if cached is None:
+            cached = local_rank_from_env()
+            if cached is None:
+                cached = 0 if self._comm is None else int(
+                    self._comm.Split_type(self._MPI.COMM_TYPE_SHARED, key=self.rank).Get_rank())
+            self._local_rank = cached
+        return cached
+
     # -- objects --------------------------------------------------------------
     def bcast(self, obj: Any, root: int = 0) -> Any:
         return obj if self._comm is None else self._comm.bcast(obj, root=root)
@@ -161,10 +179,26 @@ class Comm:
                     raise ValueError(f"exchange: {src.nbytes} bytes sent into a {dst.nbytes}-byte buffer")
                 dst[:] = src
             return
+        self.exchange_wait(self.exchange_start(send, recv, tag))
+
+    def exchange_start(self, send: Mapping[int, Any], recv: Mapping[int, Any], tag: int = 0) -> list:
+        """:meth:`exchange` without the wait: post the receives, then the sends; returns the requests.
+
+        Buffers are numpy arrays, or device arrays a CUDA-aware MPI takes (engine/halo_staging.py);
+        neither may be touched until :meth:`exchange_wait`. Serial: the copy is done here.
+        """
+        if self._comm is None:
+            self.exchange(send, recv, tag)
+            return []
         MPI = self._MPI
         reqs = [self._comm.Irecv([buf, MPI.BYTE], source=r, tag=tag) for r, buf in recv.items()]
         reqs += [self._comm.Isend([buf, MPI.BYTE], dest=r, tag=tag) for r, buf in send.items()]
-        MPI.Request.Waitall(reqs)
+        return reqs
+
+    def exchange_wait(self, requests: list) -> None:
+        """Complete the requests of :meth:`exchange_start`."""
+        if requests:
+            self._MPI.Request.Waitall(requests)
 
     def send(self, buf: np.ndarray, dest: int, tag: int = 0) -> None:
         """Blocking send of a numpy buffer (as bytes)."""
@@ -347,6 +381,43 @@ def launch_rank() -> int:
         if os.environ.get(var, "").isdigit():
             return int(os.environ[var])
     return 0
+
+
+def local_rank_from_env(env: Optional[Mapping[str, str]] = None) -> Optional[int]:
+    """The node-local rank a launcher exported (see ``_LOCAL_RANK_VARS``), or None."""
+    env = os.environ if env is None else env
+    for var in _LOCAL_RANK_VARS:
+        value = env.get(var, "").strip()
+        if value.isdigit():
+            return int(value)
+    return None
+
+
+def bind_device(device: str, local_rank: int, device_count: int) -> str:
+    """One rank per GPU: ``"cuda"`` -> ``"cuda:{local_rank % device_count}"``.
+
+    Why: every rank of a node otherwise lands on cuda:0. An explicit ``"cuda:N"`` and ``"cpu"``
+    are kept as given (the user chose); more ranks than GPUs share them round robin.
+    """
+    if device != "cuda":
+        return device
+    if device_count < 1:
+        raise ValueError("potential.device is 'cuda' but torch sees no CUDA device; use 'auto' or 'cpu'")
+    return f"cuda:{int(local_rank) % int(device_count)}"
+
+
+def rank_device(device: str, comm: Optional["Comm"] = None) -> str:
+    """``device`` for this rank under MPI (see :func:`bind_device`), made torch's current CUDA device."""
+    if device != "cuda":
+        return device
+    import torch
+
+    comm = as_comm(comm)
+    if comm.size == 1:  # one rank: torch's current device, as before
+        return device
+    bound = bind_device(device, comm.local_rank(), torch.cuda.device_count())
+    torch.cuda.set_device(torch.device(bound))
+    return bound
 
 
 _WORLD: Optional[Comm] = None

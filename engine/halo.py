@@ -27,6 +27,7 @@ from torch import Tensor
 
 from .comm import Comm
 from .domain import Decomposition
+from .halo_staging import HaloStaging, Pending
 
 _TAG_PLAN = 71
 
@@ -37,7 +38,8 @@ class GhostPlan:
     ``send_idx[r]``: owned indices whose rows go to rank r (in r's order);
     ``recv_rows[r]``: ghost rows (0-based among ghosts) filled from rank r.
     Only ranks with something to exchange are contacted; byte buffers make any
-    dtype (bf16 too) travel unchanged. The plan is set up with the ``partners``
+    dtype (bf16 too) travel unchanged, from host or device tensors
+    (``engine/halo_staging.py``: CUDA-aware MPI or reused pinned host buffers). The plan is set up with the ``partners``
     (:meth:`Decomposition.halo_partners`: the sub-boxes within the halo depth,
     the 26 neighbours unless sub-boxes are thinner than the halo), one pairwise
     message each: no collective over all ranks.
@@ -72,6 +74,7 @@ class GhostPlan:
         self.send_idx = {r: torch.from_numpy(a.astype(np.int64)) for r, a in sorted(asked.items())}
         self.bytes_sent = 0  # running totals, for benchmarks
         self.seconds = 0.0
+        self.staging = HaloStaging(comm)
 
     @property
     def nbytes(self) -> int:
@@ -79,36 +82,46 @@ class GhostPlan:
         tensors = (*self.recv_rows.values(), *self.send_idx.values())
         return sum(int(t.numel()) * t.element_size() for t in tensors)
 
-    def _exchange(self, send: dict, recv_shapes: dict, like: Tensor) -> dict:
+    def _begin(self, send: dict, recv_shapes: dict, like: Tensor) -> Pending:
         t0 = time.perf_counter()
-        item = like.element_size()
-        recv = {r: np.empty(int(np.prod(shape)) * item, dtype=np.uint8) for r, shape in recv_shapes.items()}
-        out = {}
-        for r, t in send.items():
-            out[r] = t.detach().contiguous().cpu().view(torch.uint8).numpy()
-            self.bytes_sent += out[r].nbytes
-        self.comm.exchange(out, recv, tag=_TAG_PLAN)
-        res = {}
-        for r, buf in recv.items():
-            res[r] = torch.from_numpy(buf).view(like.dtype).reshape(recv_shapes[r]).to(like.device)
+        for t in send.values():
+            self.bytes_sent += int(t.numel()) * t.element_size()
+        pending = self.staging.begin(send, recv_shapes, like, tag=_TAG_PLAN)
         self.seconds += time.perf_counter() - t0
-        return res
+        return pending
+
+    def _finish(self, pending: Pending) -> dict:
+        t0 = time.perf_counter()
+        got = self.staging.finish(pending)
+        self.seconds += time.perf_counter() - t0
+        return got
+
+    def forward_begin(self, owned: Tensor) -> tuple:
+        """Start sending owned rows to their ghost copies; :meth:`forward_end` completes (work may go between)."""
+        tail = tuple(owned.shape[1:])
+        send = {r: owned.index_select(0, idx.to(owned.device)) for r, idx in self.send_idx.items()}
+        pending = self._begin(send, {r: (len(rows),) + tail for r, rows in self.recv_rows.items()}, owned)
+        return pending, tail, owned.dtype, owned.device
+
+    def forward_end(self, handle: tuple) -> Tensor:
+        """The (n_ghost, ...) ghost rows of :meth:`forward_begin`."""
+        pending, tail, dtype, device = handle
+        got = self._finish(pending)
+        out = torch.zeros((self.n_ghost,) + tail, dtype=dtype, device=device)
+        for r, rows in self.recv_rows.items():
+            out[rows.to(device)] = got[r]
+        return out
 
     def forward(self, owned: Tensor) -> Tensor:
         """Rows of owned atoms -> (n_ghost, ...) rows of their ghost copies."""
-        tail = tuple(owned.shape[1:])
-        send = {r: owned.index_select(0, idx.to(owned.device)) for r, idx in self.send_idx.items()}
-        got = self._exchange(send, {r: (len(rows),) + tail for r, rows in self.recv_rows.items()}, owned)
-        out = torch.zeros((self.n_ghost,) + tail, dtype=owned.dtype, device=owned.device)
-        for r, rows in self.recv_rows.items():
-            out[rows.to(owned.device)] = got[r]
-        return out
+        return self.forward_end(self.forward_begin(owned))
 
     def reverse(self, ghost: Tensor, n_owned: int) -> Tensor:
         """Ghost rows summed into their owners -> (n_owned, ...)."""
         tail = tuple(ghost.shape[1:])
         send = {r: ghost.index_select(0, rows.to(ghost.device)) for r, rows in self.recv_rows.items()}
-        got = self._exchange(send, {r: (len(idx),) + tail for r, idx in self.send_idx.items()}, ghost)
+        got = self._finish(self._begin(send, {r: (len(idx),) + tail for r, idx in self.send_idx.items()},
+                                       ghost))
         out = torch.zeros((n_owned,) + tail, dtype=ghost.dtype, device=ghost.device)
         for r in sorted(got):  # fixed order: the same sums on every run
             out.index_add_(0, self.send_idx[r].to(ghost.device), got[r])
@@ -140,8 +153,12 @@ class Ghosts:
 
     def positions(self, owned_local: Tensor, cell: Tensor) -> Tensor:
         """Ghost positions from the owners' current (wrapped) positions + image shifts."""
-        pos = self.plan.forward(owned_local)
-        return pos + self._shift_t(owned_local.device).to(pos.dtype) @ cell
+        return self.positions_end(self.plan.forward_begin(owned_local), cell)
+
+    def positions_end(self, handle: tuple, cell: Tensor) -> Tensor:
+        """:meth:`positions` from a ``plan.forward_begin(owned_local)`` started earlier."""
+        pos = self.plan.forward_end(handle)
+        return pos + self._shift_t(pos.device).to(pos.dtype) @ cell
 
     def _shift_t(self, device):
         if not hasattr(self, "_shift_cache") or self._shift_cache.device != torch.device(device):

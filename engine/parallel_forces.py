@@ -34,12 +34,24 @@ from .domain import Decomposition, keep_owned, migrate
 from .forces import ForceResult, NeighborListForces, direct_pairs
 from .halo import Ghosts, LayerHalo, build_ghosts
 from .local_list import LocalNeighborList
+from .memory import limit_heap_growth
 
 HALO_SCHEMES = ("full", "per-layer")
 
 _NO_POSITIONS = np.zeros((0, 3))
 _NO_CELL = np.zeros((3, 3))
 _OPEN = (False, False, False)
+
+
+def _max_displacement_sq(positions: torch.Tensor, reference: torch.Tensor) -> float:
+    """Largest squared displacement between two (n, 3) float64 arrays (Numba on CPU)."""
+    if positions.shape[0] == 0:
+        return 0.0
+    if positions.device.type == "cpu":
+        from atomsim.kernels.neighbors_numba import max_displacement_sq
+
+        return float(max_displacement_sq(positions.detach().contiguous().numpy(), reference.contiguous().numpy()))
+    return float(((positions.detach() - reference) ** 2).sum(1).max())
 
 
 class ParallelForces(NeighborListForces):
@@ -69,6 +81,7 @@ class ParallelForces(NeighborListForces):
             nlist = NeighborList(cutoff, self.skin, half=True, compact=True)
         else:
             nlist = LocalNeighborList(cutoff, self.skin)
+            limit_heap_growth()  # a model's freed activations go back to the system (engine/memory.py)
         super().__init__(potential, nlist, ("neighbor", "halo", "model", "reverse", "sync"))
         self.decomp: Optional[Decomposition] = None
         self.ghosts: Optional[Ghosts] = None
@@ -173,10 +186,23 @@ class ParallelForces(NeighborListForces):
         owned = positions - self._image.to(positions.dtype) @ cell
         return torch.cat([owned, self.ghosts.positions(owned, cell)], dim=0)
 
-    def _stale_here(self, local: Optional[torch.Tensor], state) -> bool:
-        if local is None or not torch.equal(self._ref_cell, state.cell):
-            return True
-        return self.nlist.needs_rebuild(local, _NO_CELL, _OPEN)
+    def _positions_and_check(self, state) -> tuple:
+        """Local positions and whether this rank's list is stale (an atom moved > skin/2, or the cell).
+
+        The owned atoms' displacement is measured while their copies travel to the ghosts'
+        holders (``forward_begin`` .. ``positions_end``): interior work overlapping the halo.
+        """
+        cell = state.cell
+        owned = state.positions - self._image.to(state.positions.dtype) @ cell
+        handle = self.ghosts.plan.forward_begin(owned)
+        ref = self.nlist.reference_positions
+        n = owned.shape[0]
+        ok = ref is not None and ref.shape[0] == n + self.ghosts.n and torch.equal(self._ref_cell, cell)
+        moved = _max_displacement_sq(owned, ref[:n]) if ok else 0.0
+        local = torch.cat([owned, self.ghosts.positions_end(handle, cell)], dim=0)
+        if ok:
+            moved = max(moved, _max_displacement_sq(local[n:], ref[n:]))
+        return local, not ok or moved > (0.5 * self.nlist.skin) ** 2
 
     def rebuild(self, state) -> None:
         """Migrate and rebuild ghosts and the list now, whatever the skin says (benchmarks time this)."""
@@ -185,12 +211,12 @@ class ParallelForces(NeighborListForces):
     # -- the contract --------------------------------------------------------
     def compute(self, state, *, virial: bool = True, atom_virial: bool = False) -> ForceResult:
         t0 = time.perf_counter()
-        local = None
+        local, stale = None, True
         if self.ghosts is not None and self._image.shape[0] == state.n_local:
-            local = self._local_positions(state.positions, state.cell)
+            local, stale = self._positions_and_check(state)
         t1 = time.perf_counter()
         # ONE allreduce: has any atom anywhere moved more than skin/2 (or the cell changed)?
-        rebuild = bool(self.comm.allreduce_max(int(self._stale_here(local, state))))
+        rebuild = bool(self.comm.allreduce_max(int(stale)))
         t2 = time.perf_counter()
         self.timers["halo"] += t1 - t0
         self.timers["sync"] += t2 - t1

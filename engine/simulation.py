@@ -20,7 +20,7 @@ from atomsim.kernels.dtypes import resolve_device, torch_dtype
 from atomsim.kernels.threads import configure_threads, ranks_per_node
 
 from . import parallel_io as pio
-from .comm import world_comm
+from .comm import rank_device, world_comm
 from .config import RunConfig, load_config, write_resolved_config
 from .forces import ForceProvider, SerialForces
 from .memory import MemoryMeter, format_report
@@ -72,7 +72,8 @@ class Simulation:
         self.comm = comm if comm is not None else world_comm()
         self.memory = MemoryMeter(self.comm)  # peak RSS per owned atom, printed at start and in thermo
         self.is_root = self.comm.rank == 0
-        self.device = resolve_device(config.potential.device, "potential.device")
+        # under MPI, "cuda" means this rank's GPU: cuda:{local rank % GPUs} (engine/comm.py rank_device)
+        self.device = rank_device(resolve_device(config.potential.device, "potential.device"), self.comm)
         self.outdir = Path(config.output.directory)
         self.restart = restart
         # per-rank shards instead of gathering to rank 0 (engine/parallel_io.py)

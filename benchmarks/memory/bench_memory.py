@@ -86,6 +86,9 @@ def main() -> None:
     p.add_argument("--atoms", type=float, default=2e5)
     p.add_argument("--ranks", type=int, default=2)
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--mmap-threshold", type=int, default=0,
+                   help="MALLOC_MMAP_THRESHOLD_ for the ranks (bytes; 0: glibc's dynamic default)")
+    p.add_argument("--tag", default="", help="suffix of the JSON name (e.g. before/after of a change)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)
     p.add_argument("--json-out", default=None, help=argparse.SUPPRESS)
@@ -104,6 +107,8 @@ def main() -> None:
                "--worker", "--system", args.system, "--atoms", str(args.atoms), "--steps", str(args.steps),
                "--out", str(Path(tmp) / "run"), "--json-out", str(raw)]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
+        if args.mmap_threshold > 0:
+            env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
         load0 = os.getloadavg()
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -131,6 +136,8 @@ def main() -> None:
         "build_s": res["build_s"], "run_wall_s": res["run_wall_s"],
         "atom_steps_per_s": res["atom_steps_per_s"],
         "launch_wall_s": wall,
+        "malloc_mmap_threshold": args.mmap_threshold or "glibc default",
+        "pythonpath": os.environ.get("PYTHONPATH", ""),
         "command": " ".join([Path(sys.executable).name, "benchmarks/memory/bench_memory.py"] + sys.argv[1:]),
         "machine": {"cpu": platform.processor() or _cpu_model(), "cores": os.cpu_count(),
                     "memory_GiB": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)},
@@ -139,7 +146,8 @@ def main() -> None:
         "load_average_before": load0, "load_average_after": os.getloadavg(),
     }
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"memory_{args.system}_{int(float(args.atoms))}_{args.ranks}r.json"
+    tag = f"_{args.tag}" if args.tag else ""
+    path = RESULTS / f"memory_{args.system}_{int(float(args.atoms))}_{args.ranks}r{tag}.json"
     path.write_text(json.dumps(out, indent=1))
     b = out["breakdown_B_per_owned_atom"]
     print(f"{args.system}: {out['n_atoms']} atoms on {args.ranks} ranks: peak RSS "

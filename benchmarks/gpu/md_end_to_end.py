@@ -6,7 +6,8 @@ force provider (``engine/forces.py``), the neighbor list on the device and veloc
 for the bundled default model (EGNN) and LJ, in float32 and bfloat16, at 1e4, 1e5, 1e6, 1e7
 atoms (growing while memory and the time budget allow), with the step breakdown (neighbor,
 model, integrate, reductions, I/O), peak GPU memory and bytes per atom; eager vs CUDA graph
-(``engine/graph_capture.py``) at the small sizes; the device neighbor list by measurement
+(``engine/graph_capture.py``) at the small sizes, and last, if time is left, torch.compile
+(mode="reduce-overhead") at the smallest; the device neighbor list by measurement
 (CuPy raw kernels vs the torch cell list, ``kernels/neighbors_torch.py``).
 It stops itself before ``--budget-s`` and writes whatever it has (JSON after every point).
 
@@ -364,6 +365,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--models", default="egnn,lj")
+    ap.add_argument("--no-compile", action="store_true",
+                    help="skip the torch.compile(mode='reduce-overhead') point (run last, ~100 s kept for it)")
     args = ap.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     clock = Clock(args.budget_s if args.budget_s is not None else (120 if args.smoke else 450))
@@ -393,24 +396,29 @@ def main(argv=None) -> dict:
     # eager vs CUDA graph (static buffers) at the small sizes, bundled model, both dtypes
     small = [s for s in sizes if s <= 100_000][:2] or sizes[:1]
     dtypes = args.dtypes.split(",")
+
+    def static_point(n: int, dtype: str, mode: str) -> None:
+        try:
+            row = run_point("egnn", dtype, n, device, steps, nb, clock, mode=mode)
+            report["points"].append(row)
+            print(f"static {mode:10s} {dtype:9s} {row['n_atoms']:>8d}  {row['atom_steps_per_s']:.3e} "
+                  f"atom-steps/s (ran {row['capture_mode']})", flush=True)
+        except Exception as exc:  # noqa: BLE001
+            report["errors"].append(f"static {mode} {dtype} {n}: {type(exc).__name__}: {exc}"[:400])
+        write(report, out)
+
     for n in small:
         for dtype in dtypes[: 1 if args.smoke else None]:
             for mode in ("eager", "cuda-graph"):
                 if clock.left() < 0.6 * clock.budget:  # the sweep below is the main result
                     break
-                try:
-                    row = run_point("egnn", dtype, n, device, steps, nb, clock, mode=mode)
-                    report["points"].append(row)
-                    print(f"static {mode:10s} {dtype:9s} {row['n_atoms']:>8d}  {row['atom_steps_per_s']:.3e} "
-                          f"atom-steps/s (ran {row['capture_mode']})", flush=True)
-                except Exception as exc:  # noqa: BLE001
-                    report["errors"].append(f"static {mode} {dtype} {n}: {type(exc).__name__}: {exc}"[:400])
-            write(report, out)
+                static_point(n, dtype, mode)
     models = args.models.split(",")
     # the headline first: the bundled model in its fastest dtype; LJ in bf16 last
     configs = sorted(((m, d) for m in models for d in dtypes),
                      key=lambda c: (c[0] != "egnn", (c[1] != "bfloat16") if c[0] == "egnn" else (c[1] == "bfloat16")))
-    sweep(report, out, device, sizes, configs, steps, clock, nb, reserve_s=15)
+    compile_s = 0 if args.no_compile else (5 if args.smoke else 100)
+    sweep(report, out, device, sizes, configs, steps, clock, nb, reserve_s=15 + compile_s)
     largest(report, report.get("gpu_total_bytes"))
     report["elapsed_s"] = clock.budget - clock.left()
     write(report, out)
@@ -418,6 +426,10 @@ def main(argv=None) -> dict:
         plot(report, out)
     except Exception as exc:  # noqa: BLE001 - the JSON is what counts
         report["errors"].append(f"plot: {exc}")
+        write(report, out)
+    if compile_s and clock.left() > compile_s:  # last: its compile time is unbounded, all else is written
+        static_point(small[0], dtypes[0], "compile")
+        report["elapsed_s"] = clock.budget - clock.left()
         write(report, out)
     print(f"done in {report['elapsed_s']:.0f} s; wrote {out / name}", flush=True)
     return report

@@ -14,7 +14,7 @@ import torch
 from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from atomsim.engine.forces import SerialForces
+from atomsim.engine.forces import SerialForces, host_array
 from atomsim.engine.state import MDState
 from atomsim.kernels.dtypes import resolve_device, torch_dtype
 from atomsim.kernels.threads import configure_threads, configured_threads
@@ -100,7 +100,7 @@ class AtomsimCalculator(Calculator):
 
         self.results["energy"] = float(out.energy)
         self.results["free_energy"] = float(out.energy)
-        self.results["energies"] = np.asarray(out.energies, dtype=np.float64).copy()
+        self.results["energies"] = np.asarray(host_array(out.energies), dtype=np.float64).copy()
         self.results["forces"] = out.forces.detach().to(torch.float64).cpu().numpy()
         if atoms.cell.rank == 3:
             virial = out.virial.detach().cpu().numpy()

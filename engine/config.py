@@ -377,6 +377,17 @@ DynamicsConfig.model_rebuild()
 
 class NeighborConfig(_Strict):
     skin: float = Field(1.0, ge=0, le=10, description="Verlet skin, Å")
+    check_every: Union[Literal["auto"], int] = Field(
+        "auto", description="host reads of the skin and blow-up checks (engine/device_checks.py): 1 = every "
+        "step; N > 1 = reduced on the device and read every N steps and at output steps, replaying from the "
+        "last verified step when one failed (same trajectory); auto: 1 on CPU, 20 on a GPU")
+
+    @field_validator("check_every", mode="before")
+    @classmethod
+    def _check_every(cls, value):
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        raise ValueError(f"must be 'auto' or an integer >= 1 (steps between host reads); got {value!r}")
 
 
 class ParallelConfig(_Strict):

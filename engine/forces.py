@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Dict, Optional, Protocol, Sequence, runtime_checkable
+from typing import Dict, Optional, Protocol, Sequence, Union, runtime_checkable
 
 import numpy as np
 from torch import Tensor
@@ -20,19 +20,30 @@ from atomsim.kernels.edge_ops import edge_atom_virials, rows_int32
 from atomsim.kernels.neighbor_list import NeighborList
 from atomsim.potentials.base import PairList, Potential, build_graph, evaluate_potential
 
-__all__ = ["ForceResult", "ForceProvider", "NeighborListForces", "SerialForces"]
+from .device_checks import DeferredChecks
+
+__all__ = ["ForceResult", "ForceProvider", "NeighborListForces", "SerialForces", "host_array"]
 
 
 @dataclass
 class ForceResult:
     """What one force evaluation gives the step: all global quantities are already reduced."""
 
-    energy: float  # eV, whole system (every rank holds the same value)
-    energies: np.ndarray  # (n_owned,) eV per owned atom
+    # energy and energies: host numbers (MPI provider, direct CPU path) or tensors on the model's device
+    # (SerialForces' GNN path: no host read in the step); float(energy) / host_array(energies) read them
+    energy: Union[float, Tensor]  # eV, whole system (every rank holds the same value)
+    energies: Union[np.ndarray, Tensor]  # (n_owned,) eV per owned atom
     forces: Tensor  # (n_owned, 3) float64, eV/Å
     virial: Optional[Tensor]  # (3, 3) float64, whole system, dE/d(strain); None when not asked
     rebuilt: bool = False  # the neighbor list (and halo) was rebuilt for this evaluation
     atom_virials: Optional[Tensor] = None  # (n_owned, 3, 3) float64, summing to the virial; when asked
+
+
+def host_array(values: Union[np.ndarray, Tensor, None]) -> Optional[np.ndarray]:
+    """Per-atom values as a host array, whichever side they live on (a device read: output steps only)."""
+    if values is None or isinstance(values, np.ndarray):
+        return values
+    return values.detach().cpu().numpy()
 
 
 @runtime_checkable
@@ -50,6 +61,9 @@ class ForceProvider(Protocol):
       for the atoms this rank owns (``{}`` before the first build). No communication.
     - ``restore_reference(state, positions, cell)`` rebuilds exactly there
       (``positions`` for ALL atoms, sorted by id); collective under MPI.
+    - Optional: ``deferred_checks = True`` and ``compute(..., checks=DeferredChecks)``
+      (``engine/device_checks.py``): the skin check folded into ``checks`` on the device,
+      no rebuild decided on the host while a list for these atoms exists.
     - ``n_builds`` counts neighbor-list builds; ``timers`` accumulates seconds by part
       (at least ``neighbor``; the MPI provider adds ``halo``, ``model``, ``reverse``, ``sync``).
     """
@@ -113,11 +127,19 @@ class SerialForces(NeighborListForces):
     def prepare(self, state) -> None:
         """Nothing to distribute on one rank."""
 
-    def compute(self, state, *, virial: bool = True, atom_virial: bool = False) -> ForceResult:
+    deferred_checks = True  # compute(..., checks=) is supported: the device-resident step
+
+    def compute(self, state, *, virial: bool = True, atom_virial: bool = False,
+                checks: Optional[DeferredChecks] = None) -> ForceResult:
+        """Forces at ``state``; with ``checks`` the skin check stays on the device (no host read)."""
         t0 = time.perf_counter()
-        rebuilt = self.nlist.update(state.positions, state.cell, state.pbc)
-        t1 = time.perf_counter()
         nl = self.nlist
+        if checks is not None and nl.can_check_on_device(state.positions, state.pbc):
+            checks.note_displacement(nl.displacement_sq(state.positions, state.cell))
+            rebuilt = False
+        else:
+            rebuilt = nl.update(state.positions, state.cell, state.pbc)
+        t1 = time.perf_counter()
         if self.direct:
             out = self.potential.direct_forces(state.numbers, state.positions, state.cell, direct_pairs(nl),
                                                state.n_local, virial=virial, atom_virial=atom_virial)
@@ -130,7 +152,7 @@ class SerialForces(NeighborListForces):
         graph = build_graph(state.positions, state.cell, self._receivers(), nl.senders, nl.cell_shifts,
                             state.n_local, self.potential.dtype, row_ptr=nl.row_ptr)
         out = evaluate_potential(self.potential, state.numbers, graph, compute_virial=virial,
-                                 keep_edge_gradients=atom_virial)
+                                 keep_edge_gradients=atom_virial, host_values=False)
         atoms = None
         if atom_virial:
             atoms = edge_atom_virials(out.edge_gradients, graph.edge_vectors, graph.receivers, graph.senders,

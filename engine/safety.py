@@ -51,6 +51,14 @@ def max_force_sq(forces: torch.Tensor) -> float:
     return m if m == m else float("inf")
 
 
+def max_force_sq_tensor(forces: torch.Tensor) -> torch.Tensor:
+    """Device twin of :func:`max_force_sq`: a 0-dim float64 tensor (inf for NaN), no host read."""
+    if forces.numel() == 0:
+        return torch.zeros((), dtype=torch.float64, device=forces.device)
+    m = (forces.detach() * forces.detach()).sum(1).amax().to(torch.float64)
+    return torch.nan_to_num(m, nan=float("inf"))
+
+
 def check_forces(state, limit: float) -> None:
     """One global max-reduction; raises BlowUp on every rank when any |F| > limit (or NaN/inf)."""
     local = max_force_sq(state.forces)

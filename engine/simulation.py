@@ -22,6 +22,7 @@ from atomsim.kernels.threads import configure_threads, ranks_per_node
 from . import parallel_io as pio
 from .comm import rank_device, world_comm
 from .config import RunConfig, load_config, write_resolved_config
+from .deferred_loop import DeferredLoop, check_interval
 from .forces import ForceProvider, SerialForces
 from .memory import MemoryMeter, format_report
 from .progress import RunProgress
@@ -30,7 +31,7 @@ from .safety import BlowUp, SimulationError
 from .state import MDState
 from .step import evaluate_forces, md_step
 from .thermo import ThermoWriter, thermo_row
-from .trajectory import TRAJECTORY_FILES, open_trajectory, state_to_atoms
+from .trajectory import TRAJECTORY_FILES, HostFrameCopier, open_trajectory, state_to_atoms
 
 __all__ = ["Simulation", "SimulationError", "set_threads"]
 
@@ -142,6 +143,8 @@ class Simulation:
         self._ready = False
         self._thermo = self._traj = None
         self._last_good: Optional[dict] = None  # state + integrator + list reference at the last thermo row
+        self._frames = HostFrameCopier()  # trajectory frames copied to the host without waiting (CUDA)
+        self._pending_frame = None  # (host frame, copy event) still to be written
         self.last_thermo: Optional[dict] = None
 
     def _default_forces(self) -> ForceProvider:
@@ -244,7 +247,7 @@ class Simulation:
             if getattr(state, k) is not None:
                 parts[k] = getattr(state, k).detach().cpu().numpy()
         if state.energies is not None:
-            parts["energies"] = state.energies
+            parts["energies"] = state.host_energies()
         g = self.comm.gather_by_id(parts.pop("ids"), **parts)
         if g is None:
             return None
@@ -266,6 +269,7 @@ class Simulation:
         self.timings["output"] += time.perf_counter() - t
 
     def _write_trajectory(self) -> None:
+        self._flush_frame()
         t = time.perf_counter()
         stresses = None
         if "stresses" in self.config.output.per_atom:
@@ -274,9 +278,28 @@ class Simulation:
             self._traj.write(self.state, stresses=stresses)
             self.timings["output"] += time.perf_counter() - t
             return
+        if self.comm.size == 1 and stresses is None:  # CUDA: copies start now, written after the next step
+            frame, event = self._frames.start(self.state)
+            if event is None:
+                self._traj.write(frame)
+            else:
+                self._pending_frame = (frame, event)
+            self.timings["output"] += time.perf_counter() - t
+            return
         g = self._gathered(self.state)
         if g is not None:
             self._traj.write(g, stresses=stresses)
+        self.timings["output"] += time.perf_counter() - t
+
+    def _flush_frame(self) -> None:
+        """Write the frame whose host copies were started at its step (engine/trajectory.py)."""
+        if self._pending_frame is None:
+            return
+        t = time.perf_counter()
+        frame, event = self._pending_frame
+        self._pending_frame = None
+        event.synchronize()
+        self._traj.write(frame)
         self.timings["output"] += time.perf_counter() - t
 
     def _check_atom_stresses(self) -> None:
@@ -374,6 +397,7 @@ class Simulation:
 
     def _stop(self, exc: BlowUp) -> None:
         """Save the failing frame and the last good state, then stop with a message naming the atom."""
+        self._flush_frame()
         good = self._last_good
         blow = self.outdir / "blowup.extxyz"
         bad = None
@@ -411,6 +435,15 @@ class Simulation:
             "check the structure, or lower dynamics.timestep_fs.") from None
 
     # -- the loop -----------------------------------------------------------
+    def _deferred_checks(self) -> Optional[DeferredLoop]:
+        """The device-resident step's checks when this run can defer them (``neighbor.check_every``)."""
+        every = check_interval(self.config.neighbor.check_every, self.device)
+        integ = self.integrator
+        if (every <= 1 or not getattr(self.forces, "deferred_checks", False) or integ.changes_cell
+                or not getattr(integ, "device_resident", False)):
+            return None
+        return DeferredLoop(self, every)
+
     def run(self, steps: Optional[int] = None) -> dict:
         """Run to dynamics.steps in total (steps=None) or `steps` more steps; return a summary."""
         if not self._ready:
@@ -430,6 +463,7 @@ class Simulation:
 
         progress = RunProgress(self.console, total=end, start=start,
                                enabled=out.progress and self.is_root and n_steps > 0)
+        deferred = self._deferred_checks()
         t_run = perf()
         t_row, step_row = t_run, start
         last_restart = None
@@ -437,11 +471,18 @@ class Simulation:
             for _ in range(n_steps):
                 step = st.step + 1
                 thermo_now = step % thermo_every == 0 or step == end
+                output_now = thermo_now or (traj_every and step % traj_every == 0) or (
+                    restart_every and step % restart_every == 0)
                 try:
-                    md_step(st, integ, self.forces, virial=virial_always or thermo_now,
-                            max_force=dyn.max_force_eV_per_A, timers=timings)
+                    if deferred is None:
+                        md_step(st, integ, self.forces, virial=virial_always or thermo_now,
+                                max_force=dyn.max_force_eV_per_A, timers=timings)
+                    else:
+                        deferred.step(virial_always or thermo_now, bool(output_now), timings,
+                                      keep=not thermo_now)
                 except BlowUp as exc:
                     self._stop(exc)
+                self._flush_frame()  # the previous output step's frame, copied while this step ran
                 if thermo_now:
                     now = perf()
                     self._write_thermo(n_atoms * (step - step_row) / max(now - t_row, 1e-12))
@@ -457,6 +498,7 @@ class Simulation:
                     if not thermo_now:
                         self._write_thermo(n_atoms * (step - step_row) / max(perf() - t_row, 1e-12))
                     break
+        self._flush_frame()
         if out.restart_every and st.step > start and last_restart != st.step:
             self.write_restart()
         wall = perf() - t_run
@@ -470,6 +512,7 @@ class Simulation:
             "wall_s": wall,
             "atom_steps_per_s": n_atoms * (st.step - start) / wall if wall > 0 else 0.0,
             "n_neighbor_builds": self.forces.n_builds,
+            "deferred_checks": None if deferred is None else dict(deferred.stats, check_every=deferred.every),
             "timings_s": breakdown,
             "thermo": self.last_thermo,
             "output_directory": str(self.outdir),

@@ -7,7 +7,7 @@ Units are ASE's: Å, eV, amu, and velocities in Å per ASE time unit
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -27,7 +27,10 @@ class MDState:
     pbc: tuple  # (bool, bool, bool)
     n_atoms_global: int
     forces: Optional[Tensor] = None  # (n, 3) float64
-    energies: Optional[np.ndarray] = None  # (n,) per-atom potential energies
+    # energies: host array or device tensor (the device-resident step keeps it there; host_energies()).
+    # energy: stored as given (a 0-dim device tensor from the device-resident step: no host read per
+    # step); reading ``state.energy`` gives a float (a device read: output steps), ``energy_stored`` as is
+    energies: Optional[Union[np.ndarray, Tensor]] = None  # (n,) per-atom potential energies
     energy: float = 0.0  # global potential energy, eV
     virial: Optional[Tensor] = None  # (3, 3) global, dE/d(strain) (ASE stress * volume)
     step: int = 0
@@ -38,16 +41,29 @@ class MDState:
         """Take a force provider's result (``engine.forces.ForceResult``) as this state's forces."""
         self.forces = result.forces
         self.energies = result.energies
-        self.energy = float(result.energy)
+        self.energy = result.energy  # a 0-dim device tensor is kept as is: no host read per step
         self.virial = result.virial
+
+    def host_energies(self) -> Optional[np.ndarray]:
+        """Per-atom energies as a host array (a device read when they live on the device)."""
+        e = self.energies
+        return e.detach().cpu().numpy() if isinstance(e, Tensor) else e
 
     def snapshot(self) -> "MDState":
         """A copy that later steps cannot change (the last good state kept for blow-up recovery)."""
         c = lambda t: None if t is None else t.detach().clone()  # noqa: E731
+        e, pe = self.energies, self.energy_stored
         return replace(self, positions=c(self.positions), velocities=c(self.velocities), masses=c(self.masses),
                        numbers=c(self.numbers), ids=c(self.ids), cell=c(self.cell), forces=c(self.forces),
                        virial=c(self.virial), fixed=c(self.fixed),
-                       energies=None if self.energies is None else np.array(self.energies))
+                       energy=c(pe) if isinstance(pe, Tensor) else pe,
+                       energies=c(e) if isinstance(e, Tensor) else (None if e is None else np.array(e)))
+
+    def restore(self, good: "MDState") -> None:
+        """Become a copy of the snapshot ``good`` in place (callers keep their reference to this state)."""
+        for name, value in vars(good.snapshot()).items():
+            if name != "comm":
+                setattr(self, name, value)
 
     @property
     def n_local(self) -> int:
@@ -129,3 +145,18 @@ class MDState:
         atoms.set_masses(self.masses.cpu().numpy())
         atoms.arrays["ids"] = self.ids.cpu().numpy().copy()
         return atoms
+
+
+def _energy_get(self: MDState) -> float:
+    value = self.__dict__.get("_energy", 0.0)
+    return value if type(value) is float else float(value)
+
+
+def _energy_set(self: MDState, value: Union[float, Tensor]) -> None:
+    self.__dict__["_energy"] = value.detach() if isinstance(value, Tensor) else float(value)
+
+
+# ``energy`` reads as a float wherever it is stored (after @dataclass: __init__ and replace() go through it)
+MDState.energy = property(_energy_get, _energy_set, doc="Global potential energy, eV (float).")
+MDState.energy_stored = property(lambda self: self.__dict__.get("_energy", 0.0),
+                                 doc="The energy as stored: a float or a 0-dim device tensor (no host read).")

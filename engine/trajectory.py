@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 import numpy as np
+import torch
 
 TRAJECTORY_FILES = {"extxyz": "trajectory.extxyz", "traj": "trajectory.traj", "h5md": "trajectory.h5md"}
 
@@ -47,12 +48,59 @@ def state_to_atoms(state, energies=True, stresses: Optional[np.ndarray] = None):
     if state.forces is not None:
         results["forces"] = state.forces.detach().cpu().numpy()
     if energies and state.energies is not None and len(state.energies) == len(atoms):
-        results["energies"] = np.asarray(state.energies, dtype=float)
+        results["energies"] = np.asarray(_host(state.energies), dtype=float)
     if stresses is not None:
         results["stresses"] = np.asarray(stresses, dtype=float)
     atoms.calc = SinglePointCalculator(atoms, **results)
     atoms.info["step"] = int(state.step)
     return atoms
+
+
+def _host(values):
+    """Per-atom values on the host (the device-resident step keeps them as device tensors)."""
+    return values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else values
+
+
+class HostFrameCopier:
+    """Host copies of a frame's arrays started without waiting for the device.
+
+    On CUDA the arrays go to pinned host buffers (kept between frames) with non-blocking copies
+    and an event: the run queues the next step before the frame is written, so writing the file
+    overlaps the GPU's work (``Simulation`` flushes a pending frame after the next step). On any
+    other device the state is handed over as it is and written at once, as before.
+    """
+
+    _ARRAYS = ("positions", "velocities", "masses", "numbers", "ids", "cell", "forces", "virial", "fixed")
+
+    def __init__(self):
+        self._buffers: dict = {}
+
+    def _pinned(self, name: str, t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        if t is None:
+            return None
+        key = (name, tuple(t.shape), t.dtype)
+        buf = self._buffers.get(key)
+        if buf is None:
+            buf = self._buffers[key] = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        return buf.copy_(t.detach(), non_blocking=True)
+
+    def start(self, state):
+        """(frame state, event or None): the event completes when the frame's copies are on the host."""
+        if state.positions.device.type != "cuda":
+            return state, None
+        from dataclasses import replace
+
+        arrays = {k: self._pinned(k, getattr(state, k)) for k in self._ARRAYS}
+        energy = state.energy_stored
+        if isinstance(energy, torch.Tensor):
+            energy = self._pinned("energy", energy)
+        energies = state.energies
+        if isinstance(energies, torch.Tensor):
+            energies = self._pinned("energies", energies)
+        frame = replace(state, **arrays, energy=energy, energies=energies)
+        event = torch.cuda.Event()
+        event.record()
+        return frame, event
 
 
 _STEP = re.compile(r"(?:^|\s)step=(\d+)")
@@ -191,10 +239,11 @@ class H5MDWriter(TrajectoryWriter):
             if state.forces is not None:
                 _append(part, "force", step, time_ps, t(state.forces))
             if "energies" in self.per_atom and state.energies is not None:
-                _append(part, "potential_energy", step, time_ps, np.asarray(state.energies, dtype=np.float64))
+                _append(part, "potential_energy", step, time_ps,
+                        np.asarray(_host(state.energies), dtype=np.float64))
             if stresses is not None:
                 _append(part, "stress", step, time_ps, np.asarray(stresses, dtype=np.float64))
-            _append(f["observables"], "potential_energy", step, time_ps, np.float64(state.energy))
+            _append(f["observables"], "potential_energy", step, time_ps, np.float64(float(state.energy)))
 
     @staticmethod
     def _create(f, state) -> None:

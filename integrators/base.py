@@ -24,6 +24,10 @@ class Integrator:
     name = "base"
     changes_cell = False  # True for barostats: the engine rebuilds neighbors on cell change
     converged = False  # minimisers (fire) set True when done: the run loop then stops
+    # True when a step reads nothing back to the host (no Python numbers from device tensors): the run
+    # loop may then defer its skin and blow-up checks (engine/device_checks.py). Barostats, Nose-Hoover
+    # chains and minimisers read global sums every step and keep the per-step checks.
+    device_resident = False
 
     def __init__(self, timestep_fs: float, **params):
         self.timestep_fs = float(timestep_fs)

@@ -7,13 +7,14 @@ import torch
 from ase import units
 
 from .base import Integrator, register_integrator
-from .noise import gaussian_noise
+from .noise import gaussian_noise_on
 from .verlet import drift, half_kick
 
 
 @register_integrator("langevin")
 class LangevinBAOAB(Integrator):
     name = "langevin"
+    device_resident = True
 
     def __init__(self, timestep_fs: float, temperature_K: float = 300.0, tdamp_fs: float = 100.0,
                  seed: int = 1, **params):
@@ -27,11 +28,11 @@ class LangevinBAOAB(Integrator):
         half_kick(state, self.dt)  # B
         drift(state, 0.5 * self.dt)  # A
         # O: exact Ornstein-Uhlenbeck step; noise keyed by (seed, step, id)
-        xi = torch.from_numpy(gaussian_noise(self.seed, state.step, state.ids)).to(state.velocities)
+        xi = gaussian_noise_on(self.seed, state.step, state.ids, state.velocities)
         sigma = torch.sqrt(units.kB * self.target_temperature(state.step) / state.masses)[:, None]
         state.velocities.mul_(self.c1).add_(self.c2 * sigma * xi)
-        if state.fixed is not None:
-            state.velocities[state.fixed] = 0.0
+        if state.fixed is not None:  # masked_fill: a boolean index would read the mask's count to the host
+            state.velocities.masked_fill_(state.fixed[:, None], 0.0)
         drift(state, 0.5 * self.dt)  # A
 
     def final_integrate(self, state) -> None:

@@ -7,8 +7,8 @@ from .base import Integrator, register_integrator
 def half_kick(state, dt: float) -> None:
     """v += dt/2 F/m (fixed atoms keep v = 0)."""
     state.velocities += (0.5 * dt) * state.forces / state.masses[:, None]
-    if state.fixed is not None:
-        state.velocities[state.fixed] = 0.0
+    if state.fixed is not None:  # masked_fill: a boolean index would read the mask's count to the host
+        state.velocities.masked_fill_(state.fixed[:, None], 0.0)
 
 
 def drift(state, dt: float) -> None:
@@ -18,6 +18,7 @@ def drift(state, dt: float) -> None:
 @register_integrator("nve")
 class VelocityVerlet(Integrator):
     name = "nve"
+    device_resident = True
 
     def initial_integrate(self, state) -> None:
         half_kick(state, self.dt)

@@ -156,6 +156,32 @@ class NeighborList:
                                              self.reference_positions.contiguous().numpy()))
         return float(((positions - self.reference_positions) ** 2).sum(1).max())
 
+    def displacement_sq(self, positions: Tensor, cell: Tensor) -> Tensor:
+        """Device side of the skin check: max |x - x_ref|^2 as a 0-dim float64 tensor, inf if the cell moved.
+
+        No host read: the deferred checks (``engine/device_checks.py``) fold it into a
+        running maximum read at check points; stale when above ``stale_threshold``. The
+        caller must know on the host that a list exists for this atom count and
+        periodicity (:meth:`can_check_on_device`).
+        """
+        cell_moved = (cell.reshape(3, 3) != self.reference_cell).any()
+        if positions.shape[0] == 0:
+            disp = torch.zeros((), dtype=torch.float64, device=positions.device)
+        else:
+            disp = (positions.detach() - self.reference_positions).square_().sum(1).amax()
+        return torch.where(cell_moved, torch.full_like(disp, float("inf")), disp)
+
+    @property
+    def stale_threshold(self) -> float:
+        """Squared displacement above which the list may miss a pair within ``cutoff``."""
+        return (0.5 * self.skin) ** 2
+
+    def can_check_on_device(self, positions: Tensor, pbc) -> bool:
+        """Whether :meth:`displacement_sq` applies (host metadata only: a list exists, same shape and pbc)."""
+        ref = self.reference_positions
+        return (ref is not None and positions.shape == ref.shape and positions.device == ref.device
+                and _pbc_tuple(pbc) == self.reference_pbc)
+
     # -- building ------------------------------------------------------------
     def build(self, positions: ArrayLike, cell: ArrayLike, pbc) -> None:
         """Rebuild unconditionally at ``cutoff + skin`` and take these positions as the reference."""

@@ -15,7 +15,7 @@ tensors, no autograd), as LAMMPS pair styles do; the force providers
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -98,8 +98,8 @@ class Potential(torch.nn.Module):
 
 @dataclass
 class PotentialOutput:
-    energy: float  # eV, sum over the local (owned) atoms, float64
-    energies: np.ndarray  # (n_local,) eV
+    energy: Union[float, Tensor]  # eV, sum over the local (owned) atoms, float64 (0-dim: host_values=False)
+    energies: Union[np.ndarray, Tensor]  # (n_local,) eV
     forces: Tensor  # (n_nodes, 3) float64: owned AND ghost rows (ghost rows go back to owners)
     virial: Optional[Tensor]  # (3, 3) float64, sum_e r_e (x) dE/dr_e = dE/d(strain); None if not asked
     edge_gradients: Optional[Tensor] = None  # (E, 3) dE/dr_e, for LAMMPS ML-IAP
@@ -148,9 +148,12 @@ def build_graph(
 
 def evaluate_potential(
     potential: Potential, numbers: Tensor, graph: Graph, compute_virial: bool = True,
-    keep_edge_gradients: bool = False,
+    keep_edge_gradients: bool = False, host_values: bool = True,
 ) -> PotentialOutput:
     """Energy, forces (on owned + ghost nodes) and virial from autograd on edge vectors.
+
+    ``host_values=False`` leaves ``energy`` (0-dim float64) and ``energies`` as tensors on
+    the model's device: no device-to-host read (the engine's device-resident step).
 
     ``graph.edge_vectors`` must be a leaf (no grad history); forces are
     accumulated in float32 (float64 if the model runs in float64) and returned in
@@ -173,9 +176,11 @@ def evaluate_potential(
                                          graph.n_nodes, compute_virial)
     if virial is not None:
         virial = 0.5 * (virial + virial.T)
+    if host_values:
+        energy, e_local = float(energy.detach()), e_local.detach().cpu().numpy()
     return PotentialOutput(
-        energy=float(energy.detach()),
-        energies=e_local.detach().cpu().numpy(),
+        energy=energy.detach() if isinstance(energy, Tensor) else energy,
+        energies=e_local.detach() if isinstance(e_local, Tensor) else e_local,
         forces=forces,
         virial=virial,
         edge_gradients=g.detach() if keep_edge_gradients else None,

@@ -15,6 +15,7 @@ The edge step is exactly :func:`atomsim.kernels.message_passing.edge_message_agg
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
@@ -25,6 +26,7 @@ from atomsim.kernels.graph import Graph, csr_row_ptr
 from atomsim.kernels.message_passing import edge_message_aggregate, skips_far_edges
 
 from .base import Potential
+from .node_update import node_update
 
 MAX_Z = 119
 
@@ -86,7 +88,12 @@ class EGNNLayer(nn.Module):
             a, b, graph.edge_vectors, graph.senders, graph.receivers,
             self.w_rbf, self.b1, self.w2, self.b2, cutoff, graph.row_ptr,
         ) * inv_avg
-        return h + self.node_mlp(torch.cat([h, agg], dim=-1))
+        return node_update(h, agg, self.node_mlp)  # h + node_mlp([h, agg]), activations recomputed in backward
+
+
+# model -> (weak reference to the last numbers tensor it validated, that tensor's version); outside the
+# model so that pickling / deep-copying a model never meets a weak reference
+_SPECIES_CHECKED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 class EGNNPotential(Potential):
@@ -137,11 +144,18 @@ class EGNNPotential(Potential):
         return self.embedding.weight.dtype
 
     def species_index(self, numbers: Tensor) -> Tensor:
-        """Row of each atom in the species table; rejects unknown elements by name."""
+        """Row of each atom in the species table; rejects unknown elements by name.
+
+        The check reads the device once per ``numbers`` tensor (an MD run passes the same one
+        every step): a per-step host read would stall a GPU step.
+        """
         numbers = numbers.to(self.z_to_index.device)
-        if numbers.numel() and (numbers.min() < 0 or numbers.max() >= MAX_Z
-                                or bool((self.z_to_index[numbers.clamp(0, MAX_Z - 1)] < 0).any())):
-            self.check_species(numbers.cpu().numpy())
+        seen = _SPECIES_CHECKED.get(self)
+        if seen is None or seen[0]() is not numbers or seen[1] != numbers._version:
+            if numbers.numel() and (numbers.min() < 0 or numbers.max() >= MAX_Z
+                                    or bool((self.z_to_index[numbers.clamp(0, MAX_Z - 1)] < 0).any())):
+                self.check_species(numbers.cpu().numpy())
+            _SPECIES_CHECKED[self] = (weakref.ref(numbers), numbers._version)
         return self.z_to_index[numbers]
 
     def within_cutoff(self, graph: Graph) -> Graph:

@@ -169,7 +169,8 @@ def test_format_validation_error_direct():
     with pytest.raises(ValidationError) as info:
         RunConfig.model_validate({**MINIMAL, "neighbor": {"skn": 1.0}})
     assert format_validation_error(info.value) == (
-        "invalid input: unknown key `neighbor.skn`; did you mean `skin`? valid keys in `neighbor`: skin")
+        "invalid input: unknown key `neighbor.skn`; did you mean `skin`? valid keys in `neighbor`: skin, "
+        "check_every")
 
 
 def test_reference_doc_lists_every_key():

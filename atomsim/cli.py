@@ -201,6 +201,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     models.add_column("kind")
     models.add_column("parameters", justify="right")
     models.add_column("elements")
+    models.add_column("held-out error (card)")
     bundled = _bundled_models()
     try:
         from atomsim.potentials.registry import available_potentials
@@ -208,24 +209,65 @@ def _cmd_info(args: argparse.Namespace) -> int:
         names = available_potentials()
     except Exception as exc:  # a broken plugin must not hide the rest of the report
         names = []
-        models.add_row(f"[red]registry failed: {exc}[/red]", "", "", "")
+        models.add_row(f"[red]registry failed: {exc}[/red]", "", "", "", "")
+    aliases = _model_aliases()
     for name in sorted(set(names) | set(bundled)):
         meta = bundled.get(name)
         if meta is None:
-            models.add_row(name, "registered", "", "")
+            target = aliases.get(name)
+            models.add_row(name, f"alias of {target}" if target else "registered", "", "", "")
             continue
         config, card = meta.get("config", {}), meta.get("card", {})
         params = card.get("parameters")
         species = config.get("species") or card.get("elements") or []
-        if species and all(isinstance(z, int) for z in species):
-            from ase.data import chemical_symbols
-
-            species = [chemical_symbols[z] for z in species]
-        elements = ", ".join(map(str, species[:12])) + (f" ... ({len(species)})" if len(species) > 12 else "")
-        models.add_row(name, "bundled pretrained" + ("" if name in names else " (file only)"),
-                       f"{params:,}" if isinstance(params, int) else "", elements)
+        kind = "bundled pretrained" + ("" if name in names else " (file only)")
+        if card.get("preview"):
+            kind += " (preview)"
+        models.add_row(name, kind, f"{params:,}" if isinstance(params, int) else "",
+                       element_summary(species), heldout_summary(card))
     console.print(models)
     return EXIT_OK
+
+
+def element_summary(species: Sequence) -> str:
+    """Count + elements: all of them up to 12, else runs of consecutive Z (``89: H-Bi, Ac-Pu``).
+
+    A universal model's 89 symbols would fill the terminal; runs keep the row readable and still
+    show which parts of the table are missing.
+    """
+    from ase.data import atomic_numbers, chemical_symbols
+
+    zs = sorted({int(z) if not isinstance(z, str) else atomic_numbers[z] for z in species})
+    if not zs:
+        return ""
+    if len(zs) <= 12:
+        return f"{len(zs)}: " + ", ".join(chemical_symbols[z] for z in zs)
+    runs, start = [], zs[0]
+    for prev, z in zip(zs, zs[1:] + [-1]):
+        if z != prev + 1:  # a gap (or the end) closes the run start..prev
+            runs.append(chemical_symbols[start] if start == prev
+                        else f"{chemical_symbols[start]}-{chemical_symbols[prev]}")
+            start = z
+    return f"{len(zs)}: " + ", ".join(runs)
+
+
+def heldout_summary(card: dict) -> str:
+    """Held-out energy/force MAE over all test structures, as the model card records them."""
+    m = (card.get("metrics") or {}).get("all")
+    if not isinstance(m, dict) or "energy_mae_meV_per_atom" not in m:
+        return ""
+    return (f"E {m['energy_mae_meV_per_atom']:.1f} meV/atom, F {m['force_mae_meV_per_A']:.0f} meV/Å "
+            f"({m.get('n_structures', '?')} structures)")
+
+
+def _model_aliases() -> dict:
+    """{alias: bundled folder name}, e.g. default -> egnn-emt-v1 (empty if the package is absent)."""
+    try:
+        from atomsim.potentials.pretrained import ALIASES
+
+        return dict(ALIASES)
+    except Exception:  # noqa: BLE001  (info must still print)
+        return {}
 
 
 def _mpi_library() -> str:

@@ -169,3 +169,38 @@ def test_info_lists_bundled_models(monkeypatch, capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "tiny-test" in out and "123,456" in out and "Cu, Au" in out and "stub MPI" in out
+
+
+def test_element_summary_counts_and_compacts_runs():
+    from atomsim.cli import element_summary
+
+    assert element_summary([29, 79]) == "2: Cu, Au"
+    assert element_summary(["Au", "Cu", 29]) == "2: Cu, Au"  # symbols or Z, duplicates once
+    z89 = list(range(1, 84)) + list(range(89, 95))  # SevenNet-0's elements: H..Bi, Ac..Pu
+    assert element_summary(z89) == "89: H-Bi, Ac-Pu"
+    assert element_summary([1, 2, 3, 5, 8, 29, 30, 31, 32, 33, 34, 35, 36, 40]) == "14: H-Li, B, O, Cu-Kr, Zr"
+
+
+def test_info_lists_real_bundled_models_with_coverage_and_errors(monkeypatch, capsys):
+    """Every folder under potentials/pretrained/ appears with its element count and its card's test error."""
+    import json
+    from pathlib import Path
+
+    import atomsim.cli as cli
+
+    monkeypatch.setattr(cli, "_mpi_library", lambda: "stub MPI")
+    monkeypatch.setenv("COLUMNS", "320")
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    folders = [p for p in (Path(__file__).resolve().parents[1] / "potentials" / "pretrained").iterdir()
+               if (p / "config.json").is_file()]
+    assert {"egnn-emt-v1", "egnn-universal-v0"} <= {p.name for p in folders}
+    for folder in folders:
+        meta = json.loads((folder / "config.json").read_text())
+        line = next(ln for ln in out.splitlines() if folder.name in ln and "alias" not in ln)
+        assert f"{len(meta['config']['species'])}: " in line, line
+        assert f"{meta['card']['parameters']:,}" in line, line
+        test = meta["card"]["metrics"]["all"]
+        assert f"E {test['energy_mae_meV_per_atom']:.1f} meV/atom" in line, line
+    assert "89: H-Bi, Ac-Pu" in out and "7: Al, Ni, Cu, Pd, Ag, Pt, Au" in out
+    assert "default" in next(ln for ln in out.splitlines() if "alias of egnn-emt-v1" in ln)

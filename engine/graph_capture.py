@@ -171,7 +171,8 @@ class StaticGraphForces:
 
     def _rebuild(self, pos: Tensor, cell: Tensor, pbc) -> None:
         if self.buffers is None or self.buffers.row_ptr.shape[0] != pos.shape[0] + 1:
-            self.buffers = nt.allocate(pos, cell, pbc, self.cutoff, capacity_multiplier=self.capacity_multiplier)
+            self.buffers = nt.allocate(pos, cell, pbc, self.cutoff,
+                                       capacity_multiplier=self.capacity_multiplier)
             self.capture = None
         else:
             nt.update(self.buffers, pos, cell, pbc, self.cutoff)
@@ -196,7 +197,8 @@ class StaticGraphForces:
             self._virial = virial
         out = self.capture(state.positions, state.cell)
         result = ForceResult(energy=float(out.energy), energies=out.energies.cpu().numpy(),
-                             forces=out.forces.clone(), virial=None if out.virial is None else out.virial.clone(),
+                             forces=out.forces.clone(),
+                             virial=None if out.virial is None else out.virial.clone(),
                              rebuilt=rebuilt)
         self.timers["neighbor"] += t1 - t0
         self.timers["model"] += time.perf_counter() - t1

@@ -192,7 +192,8 @@ def neighbor_list_csr(positions: Tensor, cell, pbc, cutoff: float, half: bool = 
     n, dev = int(pos.shape[0]), pos.device
     if n == 0:
         z = torch.zeros(0, dtype=torch.int64, device=dev)
-        return torch.zeros(1, dtype=torch.int64, device=dev), z, torch.zeros((0, 3), dtype=torch.int64, device=dev)
+        empty_s = torch.zeros((0, 3), dtype=torch.int64, device=dev)
+        return torch.zeros(1, dtype=torch.int64, device=dev), z, empty_s
     b = _bin(pos, grid)
     counts, js, ss = [], [], []
     step = _chunk_size(b, n, dev)
@@ -212,7 +213,8 @@ def neighbor_list_csr(positions: Tensor, cell, pbc, cutoff: float, half: bool = 
     return row_ptr, torch.cat(js), torch.cat(ss)
 
 
-def neighbor_list(positions: Tensor, cell, pbc, cutoff: float, half: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
+def neighbor_list(positions: Tensor, cell, pbc, cutoff: float,
+                  half: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
     """``(i, j, S)`` as ``neighbors.neighbor_list`` (ASE's 'ijS' meaning), torch int64 tensors."""
     row_ptr, j, S = neighbor_list_csr(positions, cell, pbc, cutoff, half)
     n = int(row_ptr.shape[0]) - 1

@@ -26,6 +26,7 @@ def test_md_end_to_end_smoke(tmp_path):
     assert "load_average" in rep["machine"] and rep["command"]
     engine = [r for r in rep["points"] if r["mode"] == "engine"]
     assert {(r["model"], r["dtype"]) for r in engine} == {("egnn", "float32"), ("egnn", "bfloat16"),
+                                                           ("egnn", "bfloat16+f32edges"),
                                                            ("lj", "float32"), ("lj", "bfloat16")}
     for r in engine:
         for key in ("n_atoms", "steps", "wall_s", "setup_s", "atom_steps_per_s", "step_ms", "peak_rss_bytes"):
@@ -44,4 +45,5 @@ def test_md_end_to_end_smoke(tmp_path):
     pairs = {r["n_pairs"] for r in nb["rows"]}
     assert len(pairs) == 1 and _positive(pairs.pop())  # both backends list the same pairs
     assert (tmp_path / "md_end_to_end_smoke.png").exists()
-    assert set(rep["largest"]) == {"egnn_float32", "egnn_bfloat16", "lj_float32", "lj_bfloat16"}
+    assert set(rep["largest"]) == {"egnn_float32", "egnn_bfloat16", "egnn_bfloat16+f32edges", "lj_float32",
+                                   "lj_bfloat16"}

@@ -37,6 +37,7 @@ from atomsim.engine.state import MDState
 from atomsim.engine.step import evaluate_forces, md_step
 from atomsim.integrators.base import make_integrator
 from atomsim.kernels.neighbor_list import NeighborList
+from atomsim.potentials.edge_precision import Float32Edges
 from atomsim.potentials.lj import LennardJones
 from atomsim.potentials.registry import load_potential
 
@@ -100,8 +101,11 @@ def fcc_state(n_target: int, model: str, device: torch.device, seed: int = 0) ->
 
 
 def make_potential(model: str, dtype: str, device: torch.device):
+    """``dtype`` may carry ``+f32edges``: the 16-bit model fed float32 edge vectors."""
+    name, _, edges = dtype.partition("+")
     if model == "egnn":
-        return load_potential("default").to(device=device, dtype=getattr(torch, dtype))
+        pot = load_potential("default").to(device=device, dtype=getattr(torch, name))
+        return Float32Edges(pot) if edges == "f32edges" else pot
     pot = LennardJones(epsilon=0.0104, sigma=3.40, rc=8.5, dtype=dtype)
     return pot.to(device)
 
@@ -135,7 +139,8 @@ def neighbor_backend_choice(device: torch.device, sizes, clock: Clock) -> dict:
                 rows.append({"backend": b, "n_atoms": st.n_local, "n_pairs": nl.n_edges, "build_s": dt,
                              "pairs_per_s": nl.n_edges / dt})
             except Exception as exc:  # noqa: BLE001 - record, try the next
-                rows.append({"backend": b, "n_atoms": st.n_local, "error": f"{type(exc).__name__}: {exc}"[:300]})
+                rows.append({"backend": b, "n_atoms": st.n_local,
+                             "error": f"{type(exc).__name__}: {exc}"[:300]})
             del nl
         del st
         if device.type == "cuda":
@@ -262,7 +267,8 @@ def sweep(report: dict, out: Path, device: torch.device, sizes, configs, steps: 
                                              f"{clock.left() - reserve_s:.0f} s left")
                     active.remove((model, dtype))
                     continue
-                if total_mem and last.get("peak_gpu_bytes") and last["peak_gpu_bytes"] * grow > 0.9 * total_mem:
+                peak = last.get("peak_gpu_bytes") or 0
+                if total_mem and peak * grow > 0.9 * total_mem:
                     report["stopped"].append(f"{model} {dtype} {n}: would need ~"
                                              f"{last['peak_gpu_bytes'] * grow / 2**30:.0f} GiB")
                     active.remove((model, dtype))
@@ -363,10 +369,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--tests", default=",".join(GPU_TESTS), help="comma-separated test files; '' skips")
     ap.add_argument("--sizes", default=None, help="comma-separated atom counts")
     ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--dtypes", default="float32,bfloat16,bfloat16+f32edges",
+                    help="'+f32edges' (bundled model only): bf16 model, float32 edge vectors")
     ap.add_argument("--models", default="egnn,lj")
     ap.add_argument("--no-compile", action="store_true",
-                    help="skip the torch.compile(mode='reduce-overhead') point (run last, ~100 s kept for it)")
+                    help="skip the torch.compile(mode='reduce-overhead') point (last, ~100 s kept for it)")
     args = ap.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     clock = Clock(args.budget_s if args.budget_s is not None else (120 if args.smoke else 450))
@@ -407,16 +414,21 @@ def main(argv=None) -> dict:
             report["errors"].append(f"static {mode} {dtype} {n}: {type(exc).__name__}: {exc}"[:400])
         write(report, out)
 
+    static_dtypes = sorted((d for d in dtypes if "+" not in d), key=lambda d: d != "bfloat16")
     for n in small:
-        for dtype in dtypes[: 1 if args.smoke else None]:
+        for dtype in static_dtypes[: 1 if args.smoke else None]:
             for mode in ("eager", "cuda-graph"):
                 if clock.left() < 0.6 * clock.budget:  # the sweep below is the main result
                     break
                 static_point(n, dtype, mode)
     models = args.models.split(",")
     # the headline first: the bundled model in its fastest dtype; LJ in bf16 last
-    configs = sorted(((m, d) for m in models for d in dtypes),
-                     key=lambda c: (c[0] != "egnn", (c[1] != "bfloat16") if c[0] == "egnn" else (c[1] == "bfloat16")))
+    def order(c):
+        model, dtype = c
+        late = ("bfloat16" not in dtype) if model == "egnn" else (dtype == "bfloat16")
+        return (model != "egnn", late, dtype)
+
+    configs = sorted(((m, d) for m in models for d in dtypes if m == "egnn" or "+" not in d), key=order)
     compile_s = 0 if args.no_compile else (5 if args.smoke else 100)
     sweep(report, out, device, sizes, configs, steps, clock, nb, reserve_s=15 + compile_s)
     largest(report, report.get("gpu_total_bytes"))
@@ -428,7 +440,7 @@ def main(argv=None) -> dict:
         report["errors"].append(f"plot: {exc}")
         write(report, out)
     if compile_s and clock.left() > compile_s:  # last: its compile time is unbounded, all else is written
-        static_point(small[0], dtypes[0], "compile")
+        static_point(small[0], static_dtypes[0], "compile")
         report["elapsed_s"] = clock.budget - clock.left()
         write(report, out)
     print(f"done in {report['elapsed_s']:.0f} s; wrote {out / name}", flush=True)

@@ -32,6 +32,7 @@ from atomsim.engine.step import evaluate_forces, md_step
 from atomsim.integrators.base import make_integrator
 from atomsim.kernels.dtypes import torch_dtype
 from atomsim.kernels.message_passing import kernel_backend
+from atomsim.potentials.edge_precision import Float32Edges
 from atomsim.potentials.registry import load_potential
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -65,8 +66,13 @@ def make_atoms(repeat: int, temperature_K: float, seed: int):
 def run_dtype(dtype_name: str, atoms, steps: int, dt_fs: float, device: str, budget_s: float,
               f_ref=None) -> dict:
     """One NVE run; returns the energy series and summary figures."""
-    dtype = torch_dtype(dtype_name, "--dtypes")
+    name, _, edges = dtype_name.partition("+")  # "bfloat16+f32edges": float32 edge vectors
+    dtype = torch_dtype(name, "--dtypes")
     model = load_potential("default").to(device=device, dtype=dtype)
+    if edges:
+        if edges != "f32edges":
+            raise ValueError(f"--dtypes: unknown variant {dtype_name!r}; use e.g. bfloat16+f32edges")
+        model = Float32Edges(model)
     state = MDState.from_atoms(atoms, device=device)
     provider = SerialForces(model, skin=1.0)
     integ = make_integrator("nve", timestep_fs=dt_fs)
@@ -88,7 +94,8 @@ def run_dtype(dtype_name: str, atoms, steps: int, dt_fs: float, device: str, bud
     slope = float(np.polyfit(t_ps, e, 1)[0]) if len(e) > 2 else float("nan")
     h = len(e) // 2  # the second half: drift after the first heating by force errors has settled
     slope2 = float(np.polyfit(t_ps[h:], e[h:], 1)[0]) if len(e) - h > 2 else float("nan")
-    out = {"dtype": dtype_name, "kernel_path": kernel_path(torch.device(device), dtype), "steps": done,
+    out = {"dtype": dtype_name, "kernel_path": kernel_path(torch.device(device), dtype),
+           "edge_vector_dtype": str(model.dtype).split(".")[-1], "steps": done,
            "wall_s": wall, "atom_steps_per_s": n * done / wall, "neighbor_builds": provider.n_builds,
            "drift_meV_per_atom_per_ps": 1e3 * slope, "drift_second_half_meV_per_atom_per_ps": 1e3 * slope2,
            "max_abs_dE_meV_per_atom": float(1e3 * np.abs(e - e[0]).max()),
@@ -127,7 +134,8 @@ def plot(report: dict, path: Path) -> None:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtypes", default="float64,float32,bfloat16,float16")
+    ap.add_argument("--dtypes", default="float64,float32,bfloat16,float16,bfloat16+f32edges,float16+f32edges",
+                    help="potential dtypes; '+f32edges': the 16-bit model fed float32 edge vectors")
     ap.add_argument("--repeat", type=int, default=3, help="fcc Cu cubic cell repeat (3: 108 atoms)")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--dt-fs", type=float, default=2.0)
@@ -149,7 +157,8 @@ def main(argv=None) -> dict:
             f_ref = forces0
         runs.append(r)
         print(f"{name:9s} {r['kernel_path']:40s} {r['steps']} steps {r['wall_s']:.1f} s  drift "
-              f"{r['drift_meV_per_atom_per_ps']:+.4f} (2nd half {r['drift_second_half_meV_per_atom_per_ps']:+.4f}) "
+              f"{r['drift_meV_per_atom_per_ps']:+.4f} "
+              f"(2nd half {r['drift_second_half_meV_per_atom_per_ps']:+.4f}) "
               f"meV/atom/ps  max|dE| {r['max_abs_dE_meV_per_atom']:.4f} "
               f"meV/atom  F rmse vs f64 {r.get('force_rmse_vs_float64_eV_per_A', float('nan')):.2e}",
               flush=True)

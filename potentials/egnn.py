@@ -26,6 +26,7 @@ from atomsim.kernels.graph import Graph, csr_row_ptr
 from atomsim.kernels.message_passing import edge_message_aggregate, skips_far_edges
 
 from .base import Potential
+from .node_update import node_update
 
 MAX_Z = 119
 
@@ -87,7 +88,7 @@ class EGNNLayer(nn.Module):
             a, b, graph.edge_vectors, graph.senders, graph.receivers,
             self.w_rbf, self.b1, self.w2, self.b2, cutoff, graph.row_ptr,
         ) * inv_avg
-        return h + self.node_mlp(torch.cat([h, agg], dim=-1))
+        return node_update(h, agg, self.node_mlp)  # h + node_mlp([h, agg]), activations recomputed in backward
 
 
 # model -> (weak reference to the last numbers tensor it validated, that tensor's version); outside the

@@ -97,13 +97,6 @@ def worker(args) -> None:
     grad = torch.autograd.grad
     torch.autograd.grad = ph.wrap("model_backward", grad)
     halo.GhostPlan.reverse = ph.wrap("reverse", halo.GhostPlan.reverse)
-    if args.recompute:
-        from torch.utils.checkpoint import checkpoint
-
-        from atomsim.potentials.egnn import EGNNLayer
-
-        plain = EGNNLayer.forward
-        EGNNLayer.forward = lambda self, *a: checkpoint(plain, self, *a, use_reentrant=False)
     state = sim.state
     forces.prepare(state)
     rss_start = _status("VmRSS")
@@ -132,7 +125,6 @@ def main() -> None:
     p.add_argument("--atoms", type=float, default=5e4)
     p.add_argument("--ranks", type=int, default=2)
     p.add_argument("--evals", type=int, default=3)
-    p.add_argument("--recompute", action="store_true", help="prototype: checkpoint each EGNN layer")
     p.add_argument("--mmap-threshold", type=int, default=0, help="MALLOC_MMAP_THRESHOLD_ (0: glibc default)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)
@@ -145,7 +137,6 @@ def main() -> None:
         raw = Path(tmp) / "raw.json"
         cmd = [str(Path(sys.executable).parent / "mpiexec"), "-n", str(args.ranks), sys.executable, __file__,
                "--worker", "--system", args.system, "--atoms", str(args.atoms), "--evals", str(args.evals),
-               *(["--recompute"] if args.recompute else []),
                "--out", str(Path(tmp) / "run"), "--json-out", str(raw)]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
         if args.mmap_threshold > 0:

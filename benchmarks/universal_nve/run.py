@@ -21,7 +21,8 @@ Reported per material: drift = slope of a linear fit of the conserved energy per
 (a rise above the start, where equipartition would halve it, means the lattice the model relaxed to
 is not a minimum and gave up potential energy), and whether the run blew up (the engine's force
 limit, 1000 eV/Å, or non-finite numbers). Writes benchmarks/results/universal_nve.json and
-universal_nve.png (E_total(t)).
+universal_nve.png (E_total(t)). ``--modes`` instead computes each relaxed cell's harmonic frequencies
+(finite-difference Hessian; imaginary = not a minimum) into universal_nve_modes.json.
 """
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ MATERIALS = {
     "NaCl rock-salt": ("rocksalt NaCl, model-relaxed from a=5.69, 4x4x4 cubic cells", 300.0),
     "LiCoO2 layered": ("R-3m LiCoO2, model-relaxed from a=2.82 c=14.05, 6x6x1 hexagonal cells", 300.0),
 }
+MODES_CONTROL = "MgO rock-salt (in the training data: control)"
 ABSENT_ELEMENT_SETS = {"InP zincblende": {"In", "P"}, "NaCl rock-salt": {"Na", "Cl"},
                        "LiCoO2 layered": {"Li", "Co", "O"}}
 
@@ -63,6 +65,8 @@ def unit_cell(name: str):
         return bulk("InP", "zincblende", a=5.94, cubic=True), (4, 4, 4)
     if name.startswith("NaCl"):
         return bulk("NaCl", "rocksalt", a=5.69, cubic=True), (4, 4, 4)
+    if name.startswith("MgO"):  # in the training data: the --modes control, and the README's example
+        return bulk("MgO", "rocksalt", a=4.21, cubic=True), (4, 4, 4)
     if name.startswith("LiCoO2"):
         cell = crystal(["Li", "Co", "O"], basis=[(0, 0, 0.5), (0, 0, 0), (0, 0, 0.2396)], spacegroup=166,
                        cellpar=[2.82, 2.82, 14.05, 90, 90, 120])
@@ -77,6 +81,14 @@ def build(name: str):
     into the NVE run as a large pressure and a heat-up; the run is about stability, so it starts at the
     model's equilibrium. The relaxed lattice is reported (it is also a measure of the model's error).
     """
+    cell, repeat = relaxed_unit_cell(name)
+    atoms = cell.repeat(repeat)
+    atoms.calc = None
+    return atoms
+
+
+def relaxed_unit_cell(name: str):
+    """unit_cell() relaxed with the model (FIRE on cell and positions, FixSymmetry), and its repeat."""
     from ase.constraints import FixSymmetry
     from ase.filters import FrechetCellFilter
     from ase.optimize import FIRE
@@ -88,9 +100,35 @@ def build(name: str):
     cell.set_constraint(FixSymmetry(cell))
     FIRE(FrechetCellFilter(cell), logfile=None).run(fmax=0.005, steps=400)
     cell.set_constraint()
-    atoms = cell.repeat(repeat)
-    atoms.calc = None
-    return atoms
+    return cell, repeat
+
+
+def lowest_modes(name: str, h: float = 1e-3) -> dict:
+    """Harmonic frequencies (THz) of the model-relaxed cell (LiCoO2: 2x2x1 hexagonal cells) from a
+    finite-difference Hessian of the model's forces: an imaginary (negative) one means the symmetric
+    lattice is a saddle of the model, not a minimum, which is what a temperature rise in NVE suggests."""
+    from atomsim.calculator import AtomsimCalculator
+
+    cell, _ = relaxed_unit_cell(name)
+    sup = cell.repeat((2, 2, 1) if name.startswith("LiCoO2") else (1, 1, 1))
+    sup.calc = AtomsimCalculator(model=MODEL, dtype="float64")
+    n = len(sup)
+    hess = np.zeros((3 * n, 3 * n))
+    for a in range(n):
+        for c in range(3):
+            f = []
+            for sign in (1, -1):
+                b = sup.copy()
+                b.calc = sup.calc
+                b.positions[a, c] += sign * h
+                f.append(b.get_forces().ravel())
+            hess[3 * a + c] = -(f[0] - f[1]) / (2 * h)
+    hess = 0.5 * (hess + hess.T)
+    m = np.repeat(sup.get_masses(), 3)
+    w = np.linalg.eigvalsh(hess / np.sqrt(np.outer(m, m)))  # eV/Å^2/amu
+    thz = np.sign(w) * np.sqrt(np.abs(w)) * 15.633302  # sqrt(eV/Å^2/amu) -> THz
+    return {"n_atoms": n, "lowest_THz": [round(float(x), 3) for x in thz[:8]],
+            "highest_THz": round(float(thz[-1]), 3), "n_imaginary_below_-0.1_THz": int((thz < -0.1).sum())}
 
 
 def _yaml(structure: Path, outdir: Path, temperature: float, steps: int) -> str:
@@ -220,12 +258,30 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=list(MATERIALS), help=f"subset of: {', '.join(MATERIALS)}")
     ap.add_argument("--check-absent", type=Path, default=None, metavar="DATA",
                     help="recount the training file's frames per material (sevennet0-distill-v1 .extxyz.xz)")
+    ap.add_argument("--modes", action="store_true",
+                    help="only the harmonic check (lowest_modes) of each material -> universal_nve_modes.json")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", type=Path, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=RESULTS / "universal_nve.json")
     args = ap.parse_args()
     if args.worker:
         worker(args.worker, args.steps, args.worker_out)
+        return
+    if args.modes:
+        from atomsim.kernels.threads import configure_threads
+
+        configure_threads(1)
+        modes = {}
+        for name in [*args.only, MODES_CONTROL]:
+            modes[name] = lowest_modes(name)
+            print(f"{name}: lowest {modes[name]['lowest_THz'][:4]} THz, highest {modes[name]['highest_THz']} THz",
+                  flush=True)
+        out = args.out.with_name(args.out.stem + "_modes.json")
+        out.write_text(json.dumps({"what": "harmonic frequencies of the model-relaxed cells (negative: imaginary)",
+                                   "command": " ".join([Path(sys.executable).name] + sys.argv),
+                                   "model": MODEL, "load_average": list(os.getloadavg()), "modes": modes},
+                                  indent=1) + "\n")
+        print(f"wrote {out}")
         return
     env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", MKL_NUM_THREADS="1")
     raws, results, load = {}, {}, {}

@@ -115,7 +115,7 @@ def plot(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(8, 6))
     for r in report["runs"]:
         e = np.asarray(r["E_tot_eV_per_atom"])
         ax.plot(r["time_ps"], 1e3 * (e - e[0]),
@@ -125,7 +125,7 @@ def plot(report: dict, path: Path) -> None:
     ax.set_ylabel("E_tot - E_tot(0) (meV/atom)")
     ax.set_title(f"NVE, bundled model, {report['n_atoms']} Cu atoms, dt {report['dt_fs']} fs, "
                  f"{report['device']}", fontsize=9)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14))  # below: the curves stay visible
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -13,7 +13,7 @@
 #      (neighbors_torch, graph_capture, neighbors_gpu, triton) then end-to-end md_step throughput, step
 #      breakdown and peak memory from 1e4 to 1e7 atoms, fp32/bf16, eager vs CUDA graph (docs/gpu.md).
 # ONLY_E2E=1 skips steps 2-4 (md_end_to_end runs those tests itself): the one call for issue 15's run:
-#   OUT=$OUT ONLY_E2E=1 E2E_BUDGET=450 bash benchmarks/gpu/run_gpu_checks.sh
+#   OUT=$OUT ONLY_E2E=1 E2E_BUDGET=420 DRIFT_TIMEOUT=60 bash benchmarks/gpu/run_gpu_checks.sh
 # Everything lands in $OUT (at most 8 files come back). Run from the repo root:
 #   OUT=/tmp/gpu_out BENCH_BUDGET=150 SWEEP_BUDGET=60 bash benchmarks/gpu/run_gpu_checks.sh
 # The bare GPU image lacks atomsim's pure-Python deps (ase): carry them as wheels in
@@ -104,7 +104,8 @@ if [ "${E2E:-1}" = 1 ]; then
   timeout $(( ${E2E_BUDGET:-420} + 60 )) $PY benchmarks/gpu/md_end_to_end.py --out "$OUT" \
     --budget-s "${E2E_BUDGET:-420}" ${E2E_ARGS:-} 2>&1 | tail -60
   step "NVE energy drift per dtype on the GPU (benchmarks/precision/nve_drift.py, short)"
-  timeout "${DRIFT_TIMEOUT:-90}" $PY benchmarks/precision/nve_drift.py --device cuda --steps 300 --budget-s 20 \
+  timeout "${DRIFT_TIMEOUT:-90}" $PY benchmarks/precision/nve_drift.py --device cuda --steps 300 --budget-s 8 \
+    --dtypes float64,float32,bfloat16,float16,bfloat16+f32edges \
     --out "$OUT/precision_nve_drift_gpu.json" 2>&1 | tail -8
 fi
 

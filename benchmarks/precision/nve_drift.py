@@ -145,12 +145,22 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     atoms = make_atoms(args.repeat, args.temperature_K, seed=7)
     runs, f_ref = [], None
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = {"benchmark": "precision_nve_drift", "command": " ".join([sys.executable, *sys.argv]),
+              "model": "default (egnn-emt-v1)", "n_atoms": len(atoms), "dt_fs": args.dt_fs,
+              "temperature_K": args.temperature_K, "device": args.device,
+              "gpu": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else None,
+              "positions_velocities_dtype": "float64", "kernels_env": os.environ.get("ATOMSIM_KERNELS"),
+              "machine": machine_info(), "runs": runs,
+              "note": "dt in fs; ASE time unit conversion via ase.units.fs = %.6f" % units.fs}
     for name in [d.strip() for d in args.dtypes.split(",") if d.strip()]:
         try:
             r = run_dtype(name, atoms, args.steps, args.dt_fs, args.device, args.budget_s, f_ref)
         except Exception as exc:  # noqa: BLE001 - a dtype this device cannot run: record it, go on
             runs.append({"dtype": name, "error": f"{type(exc).__name__}: {exc}"[:300]})
             print(f"{name}: FAILED {runs[-1]['error']}", flush=True)
+            out.write_text(json.dumps(report, indent=1))
             continue
         forces0 = r.pop("_forces0")
         if name == "float64":
@@ -162,15 +172,7 @@ def main(argv=None) -> dict:
               f"meV/atom/ps  max|dE| {r['max_abs_dE_meV_per_atom']:.4f} "
               f"meV/atom  F rmse vs f64 {r.get('force_rmse_vs_float64_eV_per_A', float('nan')):.2e}",
               flush=True)
-    report = {"benchmark": "precision_nve_drift", "command": " ".join([sys.executable, *sys.argv]),
-              "model": "default (egnn-emt-v1)", "n_atoms": len(atoms), "dt_fs": args.dt_fs,
-              "temperature_K": args.temperature_K, "device": args.device,
-              "gpu": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else None,
-              "positions_velocities_dtype": "float64", "kernels_env": os.environ.get("ATOMSIM_KERNELS"),
-              "machine": machine_info(), "runs": runs,
-              "note": "dt in fs; ASE time unit conversion via ase.units.fs = %.6f" % units.fs}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=1))  # after every dtype: a time-out keeps the rest
     out.write_text(json.dumps(report, indent=1))
     if any("E_tot_eV_per_atom" in r for r in runs):
         plot({**report, "runs": [r for r in runs if "E_tot_eV_per_atom" in r]}, out.with_suffix(".png"))

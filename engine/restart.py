@@ -36,8 +36,10 @@ RESTART_NAME = "restart.npz"
 PREVIOUS_NAME = "restart.prev.npz"
 
 # Keys that do not change the trajectory: where output goes, how long to run,
-# how ranks are laid out (multi-rank results equal 1-rank ones to round-off).
-_NON_PHYSICS = {("output",), ("dynamics", "steps"), ("parallel",), ("potential", "device")}
+# how ranks are laid out (multi-rank results equal 1-rank ones to round-off), how often the host
+# reads the device-side checks (a failed check replays from the last verified step: same trajectory).
+_NON_PHYSICS = {("output",), ("dynamics", "steps"), ("parallel",), ("potential", "device"),
+                ("neighbor", "check_every")}
 
 
 def physics_config(cfg) -> dict:
@@ -252,7 +254,7 @@ class Restart:
         raise ValueError(
             f"--resume: {self.path} was written with a different configuration "
             f"(changed: {', '.join(diff) or 'unknown'}); only output.*, dynamics.steps, "
-            "parallel.* and potential.device may change on resume. Undo the change or start "
+            "parallel.*, neighbor.check_every and potential.device may change on resume. Undo the change or start "
             "a new run in another output.directory."
         )
 

@@ -196,6 +196,11 @@ def _mem_available_GiB() -> float:
     return float("nan")
 
 
+def _merge_json(path: Path, extra: dict) -> None:
+    """Add keys to a phase report (the launch wall time, so a --reuse-run keeps it)."""
+    path.write_text(json.dumps({**json.loads(path.read_text()), **extra}, indent=1))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--system", choices=("lj", "gnn"), default="lj")
@@ -206,6 +211,8 @@ def main() -> None:
     p.add_argument("--resume-steps", type=int, default=3)
     p.add_argument("--root", default="/work/largest_runs", help="run folders go here (not the repository)")
     p.add_argument("--keep", action="store_true", help="keep the run folder (default: removed after)")
+    p.add_argument("--reuse-run", action="store_true",
+                   help="the run folder already holds a finished phase 1 (phase_run.json): resume and convert only")
     p.add_argument("--no-convert", action="store_true", help="skip the convert phase")
     p.add_argument("--convert-to", default="extxyz", choices=("extxyz", "traj"),
                    help="convert's output format (ASE .traj is binary: far faster at 10^7 atoms)")
@@ -232,10 +239,11 @@ def main() -> None:
     r = _repeat_for(n_req)
     n_atoms = 4 * r ** 3
     run_dir = Path(args.root) / f"{args.system}_{n_atoms}_{args.steps}"
-    if run_dir.exists():
+    reuse = args.reuse_run and (run_dir / "phase_run.json").exists()
+    if run_dir.exists() and not reuse:
         shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
-    yaml_path = write_yaml(args.system, n_req, args.steps, run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    yaml_path = run_dir / "input.yaml" if reuse else write_yaml(args.system, n_req, args.steps, run_dir)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     if args.mmap_threshold > 0:
         env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
@@ -254,10 +262,15 @@ def main() -> None:
     rep1 = run_dir / "phase_run.json"
     cmd = [mpiexec, "-n", str(args.ranks), *me, "--worker", "run", "--yaml", str(yaml_path), "--report", str(rep1)]
     commands["run"] = " ".join(cmd)
-    print(f"[1/3] build + {args.steps} steps + sharded restart on {args.ranks} ranks", flush=True)
-    rc, wall, tail = _stream(cmd, run_dir / "phase_run.log", env)
-    if rc != 0:
-        sys.exit(f"run phase failed (rc {rc}); log {run_dir / 'phase_run.log'}:\n{tail}")
+    if reuse:
+        print(f"[1/3] reusing the finished run phase in {run_dir}", flush=True)
+        wall = json.loads(rep1.read_text()).get("launch_wall_s")
+    else:
+        print(f"[1/3] build + {args.steps} steps + sharded restart on {args.ranks} ranks", flush=True)
+        rc, wall, tail = _stream(cmd, run_dir / "phase_run.log", env)
+        if rc != 0:
+            sys.exit(f"run phase failed (rc {rc}); log {run_dir / 'phase_run.log'}:\n{tail}")
+        _merge_json(rep1, {"launch_wall_s": wall})
     a = json.loads(rep1.read_text())
     phases["run_launch_wall_s"] = wall
     run = run_dir / "run"

@@ -195,12 +195,16 @@ def test_info_lists_real_bundled_models_with_coverage_and_errors(monkeypatch, ca
     folders = [p for p in (Path(__file__).resolve().parents[1] / "potentials" / "pretrained").iterdir()
                if (p / "config.json").is_file()]
     assert {"egnn-emt-v1", "egnn-universal-v0"} <= {p.name for p in folders}
+    shown = 0
     for folder in folders:
         meta = json.loads((folder / "config.json").read_text())
         line = next(ln for ln in out.splitlines() if folder.name in ln and "alias" not in ln)
         assert f"{len(meta['config']['species'])}: " in line, line
         assert f"{meta['card']['parameters']:,}" in line, line
-        test = meta["card"]["metrics"]["all"]
-        assert f"E {test['energy_mae_meV_per_atom']:.1f} meV/atom" in line, line
+        test = meta["card"].get("metrics", {}).get("all")
+        if test:  # a card with held-out errors shows them
+            assert f"E {test['energy_mae_meV_per_atom']:.1f} meV/atom" in line, line
+            shown += 1
+    assert shown >= 2  # egnn-emt-v1 and egnn-universal-v0 both carry held-out errors
     assert "89: H-Bi, Ac-Pu" in out and "7: Al, Ni, Cu, Pd, Ag, Pt, Au" in out
     assert "default" in next(ln for ln in out.splitlines() if "alias of egnn-emt-v1" in ln)

@@ -40,6 +40,8 @@ def test_md_end_to_end_smoke(tmp_path):
     assert {r["mode"] for r in static} == {"eager", "cuda-graph", "compile"}
     assert all(r["capture_mode"] == "eager" for r in static)  # CPU: the graph mode falls back
     assert all(_positive(r["atom_steps_per_s"]) for r in static)
+    sim = [r for r in rep["points"] if r["mode"] == "simulation"]  # the whole run loop, Simulation.run
+    assert len(sim) == 1 and _positive(sim[0]["atom_steps_per_s"]) and sim[0]["steps"] >= 1
     nb = rep["neighbor_backends"]
     assert nb["chosen"] == "numba" and {r["backend"] for r in nb["rows"]} == {"torch", "numba"}
     pairs = {r["n_pairs"] for r in nb["rows"]}

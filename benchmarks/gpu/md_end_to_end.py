@@ -158,7 +158,7 @@ def neighbor_backend_choice(device: torch.device, sizes, clock: Clock) -> dict:
 
 def run_point(model: str, dtype: str, n_target: int, device: torch.device, steps: int, nb_backend: str,
               clock: Clock, mode: str = "engine", thermo_every: int = 10, io_every: int = 20,
-              target_s: float = 15.0) -> dict:
+              target_s: float = 6.0) -> dict:
     """One (model, dtype, size): set-up, first forces, then ``steps`` timed md_steps."""
     if device.type == "cuda":
         gc.collect()  # a failed (out-of-memory) point's tensors die with its traceback
@@ -418,7 +418,7 @@ def main(argv=None) -> dict:
                     help="'+f32edges' (bundled model only): bf16 model, float32 edge vectors")
     ap.add_argument("--models", default="egnn,lj")
     ap.add_argument("--no-compile", action="store_true",
-                    help="skip the torch.compile(mode='reduce-overhead') point (last, ~100 s kept for it)")
+                    help="skip the torch.compile(mode='reduce-overhead') point (run last, if time is left)")
     args = ap.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     clock = Clock(args.budget_s if args.budget_s is not None else (120 if args.smoke else 450))
@@ -445,9 +445,23 @@ def main(argv=None) -> dict:
     nb = report["neighbor_backends"]["chosen"]
     print("neighbor backends:", json.dumps(report["neighbor_backends"]["rows"]), "-> using", nb, flush=True)
     write(report, out)
-    # eager vs CUDA graph (static buffers) at the small sizes, bundled model, both dtypes
+    # Order: the sweep (the main result) first, keeping `after_s` for the small-size extras, which
+    # reuse its compiled kernels: eager vs CUDA graph, the whole run loop, torch.compile last.
     small = [s for s in sizes if s <= 100_000][:2] or sizes[:1]
     dtypes = args.dtypes.split(",")
+    static_dtypes = sorted((d for d in dtypes if "+" not in d), key=lambda d: d != "bfloat16")
+    models = args.models.split(",")
+
+    def order(c):  # the headline first: the bundled model in bf16; LJ in bf16 last
+        model, dtype = c
+        late = ("bfloat16" not in dtype) if model == "egnn" else (dtype == "bfloat16")
+        return (model != "egnn", late, dtype)
+
+    configs = sorted(((m, d) for m in models for d in dtypes if m == "egnn" or "+" not in d), key=order)
+    after_s = 20 if args.smoke else 90
+    sweep(report, out, device, sizes, configs, steps, clock, nb, reserve_s=after_s)
+    largest(report, report.get("gpu_total_bytes"))
+    write(report, out)
 
     def static_point(n: int, dtype: str, mode: str) -> None:
         try:
@@ -459,18 +473,17 @@ def main(argv=None) -> dict:
             report["errors"].append(f"static {mode} {dtype} {n}: {type(exc).__name__}: {exc}"[:400])
         write(report, out)
 
-    static_dtypes = sorted((d for d in dtypes if "+" not in d), key=lambda d: d != "bfloat16")
     for n in small:
         for dtype in static_dtypes[: 1 if args.smoke else None]:
             for mode in ("eager", "cuda-graph"):
-                if clock.left() < 0.6 * clock.budget:  # the sweep below is the main result
+                if clock.left() < (5 if args.smoke else 45):
                     break
                 static_point(n, dtype, mode)
-    # the full run loop (Simulation.run) for the bundled model at the small sizes: what a user gets
-    for n in small[:1] if args.smoke else [s for s in sizes if s <= 1_000_000][:2]:
-        dtype = static_dtypes[0]
-        if clock.left() < 0.5 * clock.budget:
+    # the full run loop (Simulation.run) for the bundled model: what a user gets
+    for n in small[:1] if args.smoke else small:
+        if clock.left() < (3 if args.smoke else 25):
             break
+        dtype = static_dtypes[0]
         try:
             work = Path(tempfile.mkdtemp(prefix="atomsim_e2e_"))  # thermo.csv etc.: not into $OUT
             row = run_simulation("egnn", dtype, n, device, steps if args.smoke else 40, work)
@@ -480,17 +493,6 @@ def main(argv=None) -> dict:
         except Exception as exc:  # noqa: BLE001
             report["errors"].append(f"simulation {dtype} {n}: {type(exc).__name__}: {exc}"[:400])
         write(report, out)
-    models = args.models.split(",")
-    # the headline first: the bundled model in its fastest dtype; LJ in bf16 last
-    def order(c):
-        model, dtype = c
-        late = ("bfloat16" not in dtype) if model == "egnn" else (dtype == "bfloat16")
-        return (model != "egnn", late, dtype)
-
-    configs = sorted(((m, d) for m in models for d in dtypes if m == "egnn" or "+" not in d), key=order)
-    compile_s = 0 if args.no_compile else (5 if args.smoke else 100)
-    sweep(report, out, device, sizes, configs, steps, clock, nb, reserve_s=15 + compile_s)
-    largest(report, report.get("gpu_total_bytes"))
     report["elapsed_s"] = clock.budget - clock.left()
     write(report, out)
     try:
@@ -498,8 +500,8 @@ def main(argv=None) -> dict:
     except Exception as exc:  # noqa: BLE001 - the JSON is what counts
         report["errors"].append(f"plot: {exc}")
         write(report, out)
-    if compile_s and clock.left() > compile_s:  # last: its compile time is unbounded, all else is written
-        static_point(small[0], static_dtypes[0], "compile")
+    if not args.no_compile and clock.left() > (1 if args.smoke else 15):
+        static_point(small[0], static_dtypes[0], "compile")  # last: unbounded compile time, all else written
         report["elapsed_s"] = clock.budget - clock.left()
         write(report, out)
     print(f"done in {report['elapsed_s']:.0f} s; wrote {out / name}", flush=True)

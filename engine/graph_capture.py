@@ -183,20 +183,39 @@ class StaticGraphForces:
         self._ref, self._ref_cell = pos.detach().clone(), cell.detach().clone()
         self.n_builds += 1
 
-    def compute(self, state, *, virial: bool = True, atom_virial: bool = False) -> ForceResult:
+    @property
+    def stale_threshold(self) -> float:
+        """Squared displacement above which the edges may miss a pair within the cutoff."""
+        return (0.5 * self.skin) ** 2
+
+    def compute(self, state, *, virial: bool = True, atom_virial: bool = False, checks=None) -> ForceResult:
+        """Forces at ``state``. With ``checks`` (``engine/device_checks.py`` DeferredChecks, through
+        ``md_step(..., checks=)``) the skin check is folded in on the device and energy/energies stay
+        device tensors: no host read in a non-rebuild step. (``Simulation``'s deferred loop wants a
+        ``NeighborList`` provider, so this one does not announce ``deferred_checks``.)"""
         if atom_virial:
             raise ValueError("per-atom virials are not available on the static (graph-captured) path")
         t0 = time.perf_counter()
-        rebuilt = self._stale(state)
-        if rebuilt:
-            self._rebuild(state.positions, state.cell, state.pbc)
+        deferred = (checks is not None and self.buffers is not None and self._ref is not None
+                    and self._ref.shape == state.positions.shape)
+        if deferred:
+            disp = ((state.positions - self._ref) ** 2).sum(1).amax()
+            moved = (state.cell != self._ref_cell).any()
+            checks.note_displacement(torch.where(moved, torch.full_like(disp, float("inf")), disp))
+            rebuilt = False
+        else:
+            rebuilt = self._stale(state)
+            if rebuilt:
+                self._rebuild(state.positions, state.cell, state.pbc)
         t1 = time.perf_counter()
         if self.capture is None or self._virial != virial:
             fn = partial(static_forces, self.potential, state.numbers, self.buffers, virial=virial)
             self.capture = GraphCapture(fn, (state.positions, state.cell), self.mode)
             self._virial = virial
         out = self.capture(state.positions, state.cell)
-        result = ForceResult(energy=float(out.energy), energies=out.energies.cpu().numpy(),
+        energy = out.energy.clone() if deferred else float(out.energy)
+        energies = out.energies.clone() if deferred else out.energies.cpu().numpy()
+        result = ForceResult(energy=energy, energies=energies,
                              forces=out.forces.clone(),
                              virial=None if out.virial is None else out.virial.clone(),
                              rebuilt=rebuilt)

@@ -136,3 +136,30 @@ def test_static_provider_reallocates_on_overflow():
     assert abs(got.energy - ref.energy) < 1e-10
     assert torch.allclose(got.forces, ref.forces, atol=1e-10, rtol=0)
     assert torch.allclose(got.virial, ref.virial, atol=1e-10, rtol=0)
+
+
+def test_deferred_checks_on_the_static_provider():
+    """md_step(checks=): the static provider folds the skin check in on the device (no rebuild, energy a
+    device tensor) and follows the serial provider's deferred steps; the running maximum equals the
+    displacement measured independently."""
+    from atomsim.engine.device_checks import DeferredChecks
+
+    model = _model()
+    atoms = _atoms(6)
+    ref_state, st_state = _state(atoms), _state(atoms)
+    ref = SerialForces(model, skin=1.0)
+    static = StaticGraphForces(model, skin=1.0)
+    start = st_state.positions.clone()
+    for state, prov in ((ref_state, ref), (st_state, static)):
+        integ = make_integrator("nve", timestep_fs=2.0)
+        evaluate_forces(state, prov, virial=False, max_force=100.0)
+        threshold = static.stale_threshold if prov is static else ref.nlist.stale_threshold
+        assert threshold == ref.nlist.stale_threshold
+        checks = DeferredChecks(state.positions.device, threshold, 100.0)
+        for _ in range(5):
+            md_step(state, integ, prov, virial=False, max_force=100.0, checks=checks)
+        verdict = checks.read()
+        assert verdict.ok and prov.n_builds == 1
+    assert torch.allclose(st_state.positions, ref_state.positions, atol=1e-10, rtol=0)
+    disp = float(((st_state.positions - start) ** 2).sum(1).max())  # the last verdict is the static run's
+    assert 0 < verdict.max_disp_sq and abs(verdict.max_disp_sq - disp) < 1e-12

@@ -36,8 +36,9 @@ def test_md_end_to_end_smoke(tmp_path):
         assert all(math.isfinite(v) and v >= 0 for v in parts.values())
         assert _positive(parts["model"]) and _positive(parts["integrate"])
         assert sum(parts.values()) <= 1.05 * r["wall_s"]  # the parts are inside the step
-    static = [r for r in rep["points"] if r["mode"] in ("eager", "cuda-graph", "compile")]
-    assert {r["mode"] for r in static} == {"eager", "cuda-graph", "compile"}
+    modes = {"eager", "cuda-graph", "cuda-graph+deferred", "compile"}
+    static = [r for r in rep["points"] if r["mode"] in modes]
+    assert {r["mode"] for r in static} == modes
     assert all(r["capture_mode"] == "eager" for r in static)  # CPU: the graph mode falls back
     assert all(_positive(r["atom_steps_per_s"]) for r in static)
     sim = [r for r in rep["points"] if r["mode"] == "simulation"]  # the whole run loop, Simulation.run

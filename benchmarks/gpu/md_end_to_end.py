@@ -172,7 +172,7 @@ def run_point(model: str, dtype: str, n_target: int, device: torch.device, steps
         nlist = NeighborList(float(pot.cutoff), 1.0, half=direct == "half", compact=True, backend=nb_backend)
         provider = SerialForces(pot, skin=1.0, neighbor_list=nlist)
     else:  # "eager" / "cuda-graph": the static-buffer provider of engine/graph_capture.py
-        provider = StaticGraphForces(pot, skin=1.0, mode=mode)
+        provider = StaticGraphForces(pot, skin=1.0, mode=mode.replace("+deferred", ""))
     integ = SyncedIntegrator(make_integrator("nve", timestep_fs=1.0), device)
     t_first = time.perf_counter()
     evaluate_forces(state, provider, virial=False, max_force=1e4)
@@ -191,10 +191,24 @@ def run_point(model: str, dtype: str, n_target: int, device: torch.device, steps
         timers[k] = 0.0
     provider.timers = {k: 0.0 for k in provider.timers}
     done = 0
+    # "+deferred": skin and blow-up checks as device maxima read every 20 steps (engine/device_checks.py;
+    # no replay here: a benchmark, a stale read only makes the next step check on the host)
+    checks, host_next, stale_reads = None, False, 0
+    if mode.endswith("+deferred"):
+        from atomsim.engine.device_checks import DeferredChecks
+
+        checks = DeferredChecks(device, provider.stale_threshold, 1e4)
     t0 = time.perf_counter()
     per_step = None
     for s in range(steps):
-        md_step(state, integ, provider, virial=False, max_force=1e4, timers=timers)
+        use = checks if checks is not None and not host_next else None
+        md_step(state, integ, provider, virial=False, max_force=1e4, timers=timers, checks=use)
+        host_next = False
+        if checks is not None and (s + 1) % 20 == 0:  # the run loop's check interval on a GPU
+            verdict = checks.read()
+            if not verdict.ok:  # stale list: the next step runs the host check (and rebuilds)
+                stale_reads += 1
+                host_next = True
         done += 1
         if (s + 1) % thermo_every == 0:
             t1 = time.perf_counter()
@@ -222,6 +236,7 @@ def run_point(model: str, dtype: str, n_target: int, device: torch.device, steps
            "neighbor_builds": provider.n_builds, "energy_eV": float(state.energy)}
     if mode != "engine":
         row["capture_mode"] = provider.capture.mode
+        row["deferred_stale_reads"] = stale_reads if checks is not None else None
         row["fallback_reason"] = provider.capture.fallback_reason
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device)
@@ -475,7 +490,7 @@ def main(argv=None) -> dict:
 
     for n in small:
         for dtype in static_dtypes[: 1 if args.smoke else None]:
-            for mode in ("eager", "cuda-graph"):
+            for mode in ("eager", "cuda-graph", "cuda-graph+deferred"):
                 if clock.left() < (5 if args.smoke else 45):
                     break
                 static_point(n, dtype, mode)

@@ -6,9 +6,11 @@ runs (what ``atomsim run`` does), 1 thread each:
 
 - ``before``: the commit before the change (``--old``), from a ``git worktree`` put first on
   ``PYTHONPATH`` (its ``atomsim`` package assembled from the worktree's folders);
-- ``after``: this checkout, defaults (``neighbor.check_every: auto`` = per-step checks on CPU);
-- ``after_deferred``: this checkout with ``neighbor.check_every: 20`` (the device-resident path
-  a GPU takes, run on the CPU).
+- ``after``: the change (``--new``, a commit assembled the same way, so that uncommitted work in a
+  shared checkout does not count; default: this checkout), defaults (``neighbor.check_every: auto``
+  = per-step checks on CPU);
+- ``after_deferred``: the same with ``neighbor.check_every: 20`` (the device-resident path a GPU
+  takes, run on the CPU).
 
 Systems: the bundled GNN (``default``, its default dtype), fcc Cu at 4,000 and 32,000 atoms, and
 LJ argon at 32,000 atoms (cutoff 8.5 Å). Each variant runs in its own process: set-up and one
@@ -16,7 +18,7 @@ step untimed, then ``--repeats`` timed chunks (medians reported, wall clock and 
 of the process); the variants of a system run back to back (before, after, after_deferred) so
 that the load of a shared machine hits all three alike. The load average is recorded per run.
 
-    .venv/bin/python benchmarks/device_step/run.py --old 42e5489 --repeats 3
+    .venv/bin/python benchmarks/device_step/run.py --old 3c501c9 --new 98a3a5a --repeats 3
 """
 from __future__ import annotations
 
@@ -45,7 +47,7 @@ CASES = {
                                         "repeat": [20, 20, 20]}, "temperature_K": 60, "seed": 1},
                "potential": {"model": "lj", "params": {"epsilon": 0.0104, "sigma": 3.4, "cutoff": 8.5},
                              "dtype": "float64", "device": "cpu"},
-               "dynamics": {"integrator": "nve", "timestep_fs": 2.0}, "chunk": 25},
+               "dynamics": {"integrator": "nve", "timestep_fs": 2.0}, "chunk": 40},
 }
 VARIANTS = {"before": None, "after": "auto", "after_deferred": 20}
 
@@ -82,10 +84,11 @@ print(json.dumps({"rows": rows, "etotal_eV": out["thermo"]["etotal_eV"], "n_atom
 """
 
 
-def assemble_old(ref: str, dest: Path) -> str:
+def assemble(ref: str, dest: Path) -> str:
     """``git worktree`` of ``ref`` at ``dest/src`` and an importable ``atomsim`` in ``dest/site`` (the
     folder mapping of pyproject.toml, by symlinks); returns the full commit hash."""
     src = dest / "src"
+    dest.mkdir(parents=True, exist_ok=True)
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(src), ref], check=True,
                    capture_output=True)
     pkg = dest / "site" / "atomsim"
@@ -97,9 +100,10 @@ def assemble_old(ref: str, dest: Path) -> str:
 
 
 def run_variant(case: str, variant: str, site: str, repeats: int) -> dict:
+    """One process of ``variant``; ``site``: the folder holding its ``atomsim`` (None: this checkout)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
     env.pop("PYTHONPATH", None)
-    if variant == "before":
+    if site is not None:
         env["PYTHONPATH"] = site
     spec = {"case": CASES[case], "repeats": repeats, "check_every": VARIANTS[variant]}
     proc = subprocess.run([sys.executable, "-c", WORKER, json.dumps(spec)], capture_output=True, text=True,
@@ -107,18 +111,47 @@ def run_variant(case: str, variant: str, site: str, repeats: int) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"{case} ({variant}) failed:\n{proc.stderr[-3000:]}")
     res = json.loads(proc.stdout.strip().splitlines()[-1])
-    expect = site if variant == "before" else str(ROOT)
+    expect = site if site is not None else str(ROOT)
     assert res["module"].startswith(expect), f"{variant} run imported {res['module']}"
     return res
 
 
+def plot(report: dict, path: Path) -> None:
+    """Bars: median atom-steps per CPU second of each variant, per system (the load-robust figure)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = list(report["summary"])
+    fig, axes = plt.subplots(1, len(cases), figsize=(3.6 * len(cases), 3.4))
+    for ax, c in zip(list(getattr(axes, "flat", [axes])), cases):
+        med = report["summary"][c]["median_atom_steps_per_cpu_s"]
+        names = list(med)
+        ax.bar(names, [med[v] for v in names], color=["#888888", "#1f77b4", "#2ca02c"][: len(names)])
+        ax.set_title(f"{c} ({report['summary'][c]['n_atoms']:,} atoms)", fontsize=9)
+        ax.set_ylabel("atom-steps per CPU s (1 thread)", fontsize=8)
+        ax.tick_params(axis="x", labelsize=7, rotation=15)
+    load = report["machine"]["load_average"][0]
+    fig.suptitle(f"device-resident step on CPU: before / after / deferred checks (load {load:.1f})",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--old", default="42e5489", help="the commit before the change")
+    ap.add_argument("--old", default="3c501c9", help="the commit before the change")
+    ap.add_argument("--new", default=None, help="the commit with the change (default: this checkout)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "device_step_cpu.json"))
+    ap.add_argument("--replot", action="store_true", help="only redraw the PNG from --out")
     args = ap.parse_args()
+    if args.replot:
+        plot(json.loads(Path(args.out).read_text()), Path(args.out).with_suffix(".png"))
+        return
     sys.path.insert(0, str(ROOT))
     from atomsim.bench.weak_scaling import machine_info
 
@@ -131,18 +164,25 @@ def main() -> None:
     load_start = list(os.getloadavg())
     tmp = Path(tempfile.mkdtemp(prefix="device_step_"))
     try:
-        old_commit = assemble_old(args.old, tmp)
+        old_commit = assemble(args.old, tmp / "old")
+        sites = {"before": str(tmp / "old" / "site")}
+        if args.new is not None:
+            new_commit, dirty = assemble(args.new, tmp / "new"), False
+            sites["after"] = sites["after_deferred"] = str(tmp / "new" / "site")
         runs = {c: {} for c in cases}
         for c in cases:
             for v in VARIANTS:
-                res = run_variant(c, v, str(tmp / "site"), args.repeats)
+                res = run_variant(c, v, sites.get(v), args.repeats)
                 runs[c][v] = res
                 med = statistics.median(r["atom_steps_per_s"] for r in res["rows"])
                 print(f"{c} {v}: {med:.4g} atom-steps/s (median of {args.repeats}), load "
                       f"{res['rows'][-1]['load_average'][0]:.1f}", flush=True)
     finally:
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tmp / "src")],
-                       capture_output=True)
+        for which in ("old", "new"):
+            src = tmp / which / "src"
+            if src.exists():
+                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(src)],
+                               capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)
     summary = {}
     for c, by in runs.items():
@@ -171,7 +211,8 @@ def main() -> None:
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
-    print(f"wrote {args.out}")
+    plot(report, Path(args.out).with_suffix(".png"))
+    print(f"wrote {args.out} and its .png")
 
 
 if __name__ == "__main__":

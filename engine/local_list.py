@@ -3,19 +3,17 @@
 Why: ghosts carry the periodic images, so the local frame is open and has no cell shifts, and a
 model reads only the rows of some receivers (owned atoms; a full halo also the inner ghosts).
 Listing those rows alone, into int32 senders (``kernels/neighbors_local.py``), keeps a rank at
-4 B per edge for the list (receivers, 4 B more, are expanded once per build for the model)
-instead of 40 B for int64 receivers, senders and (E, 3) shifts plus masked copies at a rebuild.
+4 B per edge for the list instead of 40 B for int64 receivers, senders and (E, 3) shifts plus
+masked copies at a rebuild (each step the model gets the edges within its cutoff:
+``kernels/neighbors_local.py`` ``edges_within``).
 The skin check and the reference positions are :class:`NeighborList`'s own.
 """
 from __future__ import annotations
-
-from typing import Optional
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from atomsim.kernels.edge_ops import rows_int32
 from atomsim.kernels.neighbor_list import NeighborList
 from atomsim.kernels.neighbors_local import local_csr
 
@@ -30,7 +28,6 @@ class LocalNeighborList(NeighborList):
     def __init__(self, cutoff: float, skin: float = 0.0):
         super().__init__(cutoff, skin, half=False, compact=True)
         self.want: object = None
-        self._recv32: Optional[tuple] = None
 
     def _pairs(self, pos: Tensor, cell: Tensor, pbc: tuple):
         n = int(pos.shape[0])
@@ -45,16 +42,8 @@ class LocalNeighborList(NeighborList):
         row_ptr, senders = local_csr(pos.detach().cpu().numpy(), mask, self.list_cutoff)
         device = pos.device
         zero = torch.zeros((1, 3), dtype=torch.int8, device=device).expand(senders.shape[0], 3)
-        self._recv32 = None
         return None, torch.from_numpy(senders).to(device), zero, torch.from_numpy(row_ptr).to(device)
-
-    def receivers32(self) -> Tensor:
-        """int32 receiver of each edge, expanded from ``row_ptr`` once per build (4 B per edge)."""
-        if self._recv32 is None or self._recv32[0] is not self.row_ptr:
-            self._recv32 = (self.row_ptr, rows_int32(self.row_ptr))
-        return self._recv32[1]
 
     def release(self) -> None:
         """Drop the edges before a rebuild (one list at the rebuild's peak)."""
         self.receivers = self.senders = self.cell_shifts = self.row_ptr = None
-        self._recv32 = None

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from atomsim.kernels.neighbors import neighbor_list_csr
-from atomsim.kernels.neighbors_local import local_csr, local_edge_vectors
+from atomsim.kernels.neighbors_local import edges_within, local_csr, local_edge_vectors
 
 
 @pytest.mark.parametrize("n, box, seed", [(400, 14.0, 0), (60, 30.0, 1), (5, 2.0, 2), (1, 5.0, 3)])
@@ -37,3 +37,20 @@ def test_local_edge_vectors_are_position_differences(dtype):
     assert vec.dtype == dtype
     torch.testing.assert_close(vec, ref, rtol=0, atol=0)
     assert float(vec.double().norm(dim=1).max()) < 3.5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_edges_within_cutoff_are_the_list_edges_shorter_than_it(dtype):
+    rng = np.random.default_rng(6)
+    pos = rng.uniform(0, 12.0, (300, 3))
+    row_ptr, senders = local_csr(pos, rng.random(300) < 0.7, 4.0)
+    p, ptr, snd = torch.from_numpy(pos), torch.from_numpy(row_ptr), torch.from_numpy(senders)
+    got_ptr, got_snd, got_vec = edges_within(p, ptr, snd, 3.0, dtype)
+    vec = local_edge_vectors(p, ptr, snd, dtype)
+    keep = (vec.double() ** 2).sum(1) < 9.0
+    assert 0 < int(keep.sum()) < keep.shape[0]
+    rows = torch.arange(300).repeat_interleave(torch.from_numpy(np.diff(row_ptr)))
+    assert torch.equal(got_ptr, torch.cat([torch.zeros(1, dtype=torch.int64),
+                                           torch.bincount(rows[keep], minlength=300).cumsum(0)]))
+    assert got_snd.dtype == torch.int32 and torch.equal(got_snd, snd[keep])
+    assert got_vec.dtype == dtype and torch.equal(got_vec, vec[keep])

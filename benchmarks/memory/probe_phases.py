@@ -4,8 +4,8 @@
 
 Why: peak RSS (engine/memory.py) says how much, not where. Each rank builds the system
 (benchmarks/memory/bench_memory.py's config) and runs ``forces.compute`` EVALS times with the
-phases wrapped: the rebuild (migration, ghosts, list), the graph (edge vectors), the model's
-forward, its backward, the force scatter and the reverse exchange. Around each phase the
+phases wrapped: the rebuild (migration, ghosts, list), the graph (the edges within the cutoff
+and their vectors), the model's forward, its backward, the force scatter and the reverse exchange. Around each phase the
 kernel's high-water mark is reset (``/proc/self/clear_refs`` 5, Linux) so each phase's own peak is
 read: the printed figures are that peak above the RSS at the phase's start, and what the phase
 left resident, in bytes per owned atom (the worst rank). Linux only.
@@ -89,7 +89,7 @@ def worker(args) -> None:
     sim = Simulation(_config(args.system, args.atoms, 1, args.out), comm=comm)
     forces = sim.forces
     pf.ParallelForces._build = ph.wrap("rebuild", pf.ParallelForces._build)
-    pf.local_edge_vectors = ph.wrap("graph", pf.local_edge_vectors)
+    pf.edges_within = ph.wrap("graph", pf.edges_within)
     pf.evaluate_potential = ph.wrap("evaluate", pf.evaluate_potential)
     pot = forces.potential
     pot.per_atom_energy = ph.wrap("model_forward", pot.per_atom_energy)

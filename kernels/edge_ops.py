@@ -8,6 +8,8 @@ bit-for-bit restart relies on.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import numba
 import numpy as np
 import torch
@@ -71,11 +73,13 @@ def rows_int32(row_ptr: Tensor) -> Tensor:
 
 
 def edge_vectors_csr(positions: Tensor, cell: Tensor, row_ptr: Tensor, senders: Tensor,
-                     cell_shifts: Tensor, dtype: torch.dtype) -> Tensor:
+                     cell_shifts: Tensor, dtype: torch.dtype, receivers: Optional[Tensor] = None) -> Tensor:
     """x_sender - x_row + cell_shifts @ cell in float64, written straight into ``dtype``.
 
     Why: one pass over a compact list (int32 senders, int8 shifts) with no (E, 3) float64
     shift or difference array, so a float32 model pays 12 B per edge for its edge vectors.
+    ``receivers`` (the rows of ``row_ptr``, kept by the caller between rebuilds): off the CPU
+    they spare expanding ``row_ptr`` each call, which reads the edge count to the host.
     """
     if positions.device.type == "cpu" and not positions.requires_grad:
         out = np.empty((senders.shape[0], 3), dtype=np.float32 if dtype == torch.float32 else np.float64)
@@ -84,7 +88,7 @@ def edge_vectors_csr(positions: Tensor, cell: Tensor, row_ptr: Tensor, senders: 
                           row_ptr.numpy(), senders.numpy(), np.ascontiguousarray(cell_shifts.numpy()), out)
         vec = torch.from_numpy(out)
         return vec if vec.dtype == dtype else vec.to(dtype)
-    receivers = rows_int32(row_ptr).to(torch.int64)
+    receivers = (rows_int32(row_ptr) if receivers is None else receivers).to(torch.int64)
     shifts = cell_shifts.to(positions.dtype) @ cell
     return edge_vectors(positions, receivers, senders.to(torch.int64), shifts).to(dtype)
 

@@ -134,7 +134,7 @@ def build_graph(
     (E, 3) float64 shift or difference arrays: the memory of the GNN path).
     """
     if shifts is None and row_ptr is not None and not cell_shifts.is_floating_point():
-        vec = edge_vectors_csr(positions, cell, row_ptr, senders, cell_shifts, dtype)
+        vec = edge_vectors_csr(positions, cell, row_ptr, senders, cell_shifts, dtype, receivers=receivers)
     else:
         if shifts is None:
             shifts = cell_shifts.to(positions.dtype) @ cell

@@ -124,7 +124,8 @@ def test_deferred_resume_is_bit_for_bit(tmp_path):
     resumed = Simulation.from_config(cfg("split", 60), resume=True, console=Console(quiet=True))
     s_resumed = resumed.run()
     host, _ = _run(cfg("host", 60, every=1))
-    assert s_full["deferred_checks"]["deferred_steps"] > 0 and s_resumed["deferred_checks"]["deferred_steps"] > 0
+    assert s_full["deferred_checks"]["deferred_steps"] > 0
+    assert s_resumed["deferred_checks"]["deferred_steps"] > 0
     for sim in (resumed, host):
         assert torch.equal(sim.state.positions, full.state.positions)
         assert torch.equal(sim.state.velocities, full.state.velocities)
@@ -263,3 +264,28 @@ def test_gpu_noise_has_the_reference_bits():
         ref = noise.gaussian_noise(seed, step, ids)
         got = noise.gaussian_noise_torch(seed, step, ids).numpy()
         assert np.abs(got - ref).max() < 1e-14
+
+
+def test_edge_vectors_off_the_cpu_read_nothing_back(monkeypatch):
+    """kernels/edge_ops.py edge_vectors_csr's torch branch (what a GPU runs; on CPU taken under
+    autograd) with the receivers the force provider keeps between rebuilds: no host read, and the
+    vectors of the Numba branch."""
+    from ase.build import bulk
+
+    from atomsim.kernels.edge_ops import edge_vectors_csr, rows_int32
+    from atomsim.kernels.neighbor_list import NeighborList
+
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((3, 3, 3))
+    atoms.rattle(0.05, seed=1)
+    pos, cell = torch.tensor(atoms.positions), torch.tensor(atoms.cell.array)
+    nl = NeighborList(5.0, 0.5, compact=True)
+    nl.build(pos, cell, (True, True, True))
+    receivers = rows_int32(nl.row_ptr)  # once per rebuild (SerialForces._receivers)
+    ref = edge_vectors_csr(pos, cell, nl.row_ptr, nl.senders, nl.cell_shifts, torch.float64)
+    leaf = pos.clone().requires_grad_(True)
+    reads = HostReads(monkeypatch)
+    got = edge_vectors_csr(leaf, cell, nl.row_ptr, nl.senders, nl.cell_shifts, torch.float64,
+                           receivers=receivers)
+    assert reads.calls == [], reads.calls[0][1]
+    monkeypatch.undo()
+    assert got.shape == ref.shape and (got.detach() - ref).abs().max() < 1e-12

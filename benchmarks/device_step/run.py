@@ -18,7 +18,7 @@ step untimed, then ``--repeats`` timed chunks (medians reported, wall clock and 
 of the process); the variants of a system run back to back (before, after, after_deferred) so
 that the load of a shared machine hits all three alike. The load average is recorded per run.
 
-    .venv/bin/python benchmarks/device_step/run.py --old 3c501c9 --new 98a3a5a --repeats 3
+    .venv/bin/python benchmarks/device_step/run.py --old 817b347 --new 98a3a5a --repeats 3
 """
 from __future__ import annotations
 
@@ -142,7 +142,7 @@ def plot(report: dict, path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--old", default="3c501c9", help="the commit before the change")
+    ap.add_argument("--old", default="817b347", help="the commit before the change")
     ap.add_argument("--new", default=None, help="the commit with the change (default: this checkout)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--cases", default=",".join(CASES))

@@ -53,7 +53,8 @@ def _autograd(pot, atoms, skin=SKIN):
 
 
 def _assert_same(got, ref, rtol=1e-11):
-    assert got.energy == pytest.approx(ref.energy, rel=1e-12, abs=1e-13)
+    # ForceResult.energy may be a 0-d tensor (engine/forces.py keeps it on the device): compare as floats
+    assert float(got.energy) == pytest.approx(float(ref.energy), rel=1e-12, abs=1e-13)
     scale = float(ref.forces.abs().max())
     assert scale > 1e-4  # not trivially zero
     np.testing.assert_allclose(got.energies, ref.energies, rtol=rtol, atol=1e-13)

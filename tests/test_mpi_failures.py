@@ -133,23 +133,24 @@ def test_rank_killed_mid_run_is_named_by_its_rank(killed_run):
 
 
 # rank 1 raises inside the 40th point-to-point exchange (a halo exchange in the MD loop), through the
-# real command line; the other rank is then waiting in its own exchange
+# real command line; the other rank is then waiting in its own exchange. Every exchange posts its
+# messages through Comm.exchange_start (Comm.exchange calls it; the halo calls it directly to overlap).
 FAIL_IN_HALO = """
 import sys
 from atomsim.engine import comm as comm_module
 from atomsim.cli import main
 
 calls = [0]
-original = comm_module.Comm.exchange
+original = comm_module.Comm.exchange_start
 
-def exchange(self, *args, **kwargs):
+def exchange_start(self, *args, **kwargs):
     if self.rank == 1:
         calls[0] += 1
         if calls[0] == 40:
             raise RuntimeError("injected failure inside a halo exchange on purpose")
     return original(self, *args, **kwargs)
 
-comm_module.Comm.exchange = exchange
+comm_module.Comm.exchange_start = exchange_start
 sys.exit(main(["run", sys.argv[1]]))
 """
 

@@ -43,7 +43,3 @@ class LocalNeighborList(NeighborList):
         device = pos.device
         zero = torch.zeros((1, 3), dtype=torch.int8, device=device).expand(senders.shape[0], 3)
         return None, torch.from_numpy(senders).to(device), zero, torch.from_numpy(row_ptr).to(device)
-
-    def release(self) -> None:
-        """Drop the edges before a rebuild (one list at the rebuild's peak)."""
-        self.receivers = self.senders = self.cell_shifts = self.row_ptr = None

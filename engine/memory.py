@@ -100,9 +100,6 @@ def breakdown(state, forces, kept: Optional[dict] = None) -> Dict[str, int]:
         # a compact list expands receivers only on demand: count them only if they exist (no expansion here)
         receivers = nl.__dict__["_receivers"] if "_receivers" in nl.__dict__ else nl.receivers
         nlb = nbytes(receivers, nl.senders, nl.cell_shifts, nl.row_ptr, nl.reference_positions)
-        recv32 = nl.__dict__.get("_recv32")  # the MPI message-passing list's int32 receivers (engine/local_list.py)
-        if isinstance(recv32, tuple):
-            nlb += nbytes(recv32[1])
         cache = getattr(forces, "_shift_cache", None)
         if isinstance(cache, tuple):
             nlb += nbytes(*cache)

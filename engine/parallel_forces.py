@@ -116,8 +116,6 @@ class ParallelForces(NeighborListForces):
         # the old list, ghosts and species go before the new ones are built: one list at a rebuild's peak
         nl = self.nlist
         nl.receivers = nl.senders = nl.cell_shifts = nl.row_ptr = None
-        if isinstance(nl, LocalNeighborList):
-            nl.release()
         self.ghosts = self._numbers = None
         if ref is None:
             self.n_migrated += migrate(state, self.decomp, self.comm)

@@ -25,7 +25,7 @@ import torch
 
 from atomsim.kernels.edge_ops import edge_atom_virials, rows_int32
 from atomsim.kernels.graph import Graph
-from atomsim.kernels.neighbor_list import NeighborList
+from atomsim.kernels.neighbor_list import NeighborList, max_displacement_sq
 from atomsim.kernels.neighbors_local import edges_within
 from atomsim.potentials.base import Potential, evaluate_potential
 
@@ -41,17 +41,6 @@ HALO_SCHEMES = ("full", "per-layer")
 _NO_POSITIONS = np.zeros((0, 3))
 _NO_CELL = np.zeros((3, 3))
 _OPEN = (False, False, False)
-
-
-def _max_displacement_sq(positions: torch.Tensor, reference: torch.Tensor) -> float:
-    """Largest squared displacement between two (n, 3) float64 arrays (Numba on CPU)."""
-    if positions.shape[0] == 0:
-        return 0.0
-    if positions.device.type == "cpu":
-        from atomsim.kernels.neighbors_numba import max_displacement_sq
-
-        return float(max_displacement_sq(positions.detach().contiguous().numpy(), reference.contiguous().numpy()))
-    return float(((positions.detach() - reference) ** 2).sum(1).max())
 
 
 class ParallelForces(NeighborListForces):
@@ -196,11 +185,11 @@ class ParallelForces(NeighborListForces):
         ref = self.nlist.reference_positions
         n = owned.shape[0]
         ok = ref is not None and ref.shape[0] == n + self.ghosts.n and torch.equal(self._ref_cell, cell)
-        moved = _max_displacement_sq(owned, ref[:n]) if ok else 0.0
+        moved = max_displacement_sq(owned, ref[:n]) if ok else 0.0
         local = torch.cat([owned, self.ghosts.positions_end(handle, cell)], dim=0)
         if ok:
-            moved = max(moved, _max_displacement_sq(local[n:], ref[n:]))
-        return local, not ok or moved > (0.5 * self.nlist.skin) ** 2
+            moved = max(moved, max_displacement_sq(local[n:], ref[n:]))
+        return local, not ok or moved > self.nlist.stale_threshold
 
     def rebuild(self, state) -> None:
         """Migrate and rebuild ghosts and the list now, whatever the skin says (benchmarks time this)."""

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from atomsim.kernels.graph import csr_row_ptr
 
-__all__ = ["NeighborList", "BACKENDS"]
+__all__ = ["NeighborList", "BACKENDS", "max_displacement_sq"]
 
 BACKENDS = ("auto", "numba", "cupy", "array-api", "torch")
 ArrayLike = Union[Tensor, np.ndarray, Sequence]
@@ -72,6 +72,19 @@ def _newton_csr(positions: np.ndarray, cell: np.ndarray, pbc: tuple, cutoff: flo
     if len(pos) == 0:
         return np.zeros(1, np.int64), np.zeros(0, np.int32), np.zeros((0, 3), np.int8)
     return build_csr_newton(pos, grid_for(pos, cell, pbc_a, cutoff), cutoff)
+
+
+def max_displacement_sq(positions: Tensor, reference: Tensor) -> float:
+    """Largest squared displacement between two (n, 3) float64 arrays: the skin check's one host read
+    (a parallel Numba reduction on CPU)."""
+    if positions.shape[0] == 0:
+        return 0.0
+    if positions.device.type == "cpu":
+        from atomsim.kernels.neighbors_numba import max_displacement_sq as numba_max_displacement_sq
+
+        return float(numba_max_displacement_sq(positions.detach().contiguous().numpy(),
+                                               reference.detach().contiguous().numpy()))
+    return float(((positions.detach() - reference) ** 2).sum(1).max())
 
 
 class NeighborList:
@@ -147,14 +160,7 @@ class NeighborList:
 
     def max_displacement_sq(self, positions: Tensor) -> float:
         """Largest squared displacement since the last build (a parallel Numba reduction on CPU)."""
-        if positions.shape[0] == 0:
-            return 0.0
-        if positions.device.type == "cpu":
-            from atomsim.kernels.neighbors_numba import max_displacement_sq
-
-            return float(max_displacement_sq(positions.contiguous().numpy(),
-                                             self.reference_positions.contiguous().numpy()))
-        return float(((positions - self.reference_positions) ** 2).sum(1).max())
+        return max_displacement_sq(positions, self.reference_positions)
 
     def displacement_sq(self, positions: Tensor, cell: Tensor) -> Tensor:
         """Device side of the skin check: max |x - x_ref|^2 as a 0-dim float64 tensor, inf if the cell moved.

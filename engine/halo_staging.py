@@ -68,6 +68,7 @@ class HaloStaging:
         self.mode = mode
         self._host: Dict[tuple, Tensor] = {}
         self._copied: Optional[object] = None  # CUDA event: the last copies out of the host buffers done
+        self._cuda_aware: Optional[bool] = None  # cuda_aware_mpi(), asked once (not per exchange)
         self.modes_used: set = set()
 
     def mode_for(self, like: Tensor) -> str:
@@ -78,7 +79,9 @@ class HaloStaging:
             return "host"
         if self.mode == "host":
             return "pinned"  # device tensors always reach MPI through the host
-        if self.mode == "cuda-aware" or (self.comm.size > 1 and cuda_aware_mpi()):
+        if self._cuda_aware is None and self.mode != "cuda-aware" and self.comm.size > 1:
+            self._cuda_aware = cuda_aware_mpi()  # an environment read and a dlsym: not every exchange
+        if self.mode == "cuda-aware" or (self.comm.size > 1 and self._cuda_aware):
             return "cuda-aware" if self.comm.size > 1 else "pinned"
         return "pinned"
 

@@ -21,6 +21,7 @@ from atomsim.kernels.neighbor_list import NeighborList
 from atomsim.potentials.base import PairList, Potential, build_graph, evaluate_potential
 
 from .device_checks import DeferredChecks
+from .state import host_array  # re-exported: atomsim/calculator.py reads energies with it
 
 __all__ = ["ForceResult", "ForceProvider", "NeighborListForces", "SerialForces", "host_array"]
 
@@ -37,13 +38,6 @@ class ForceResult:
     virial: Optional[Tensor]  # (3, 3) float64, whole system, dE/d(strain); None when not asked
     rebuilt: bool = False  # the neighbor list (and halo) was rebuilt for this evaluation
     atom_virials: Optional[Tensor] = None  # (n_owned, 3, 3) float64, summing to the virial; when asked
-
-
-def host_array(values: Union[np.ndarray, Tensor, None]) -> Optional[np.ndarray]:
-    """Per-atom values as a host array, whichever side they live on (a device read: output steps only)."""
-    if values is None or isinstance(values, np.ndarray):
-        return values
-    return values.detach().cpu().numpy()
 
 
 @runtime_checkable

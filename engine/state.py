@@ -16,6 +16,13 @@ from torch import Tensor
 from .comm import Comm
 
 
+def host_array(values: Union[np.ndarray, Tensor, None]) -> Optional[np.ndarray]:
+    """Per-atom values as a host array, whichever side they live on (a device read: output steps only)."""
+    if values is None or isinstance(values, np.ndarray):
+        return values
+    return values.detach().cpu().numpy()
+
+
 @dataclass
 class MDState:
     positions: Tensor  # (n, 3) float64, owned atoms
@@ -46,8 +53,7 @@ class MDState:
 
     def host_energies(self) -> Optional[np.ndarray]:
         """Per-atom energies as a host array (a device read when they live on the device)."""
-        e = self.energies
-        return e.detach().cpu().numpy() if isinstance(e, Tensor) else e
+        return host_array(self.energies)
 
     def snapshot(self) -> "MDState":
         """A copy that later steps cannot change (the last good state kept for blow-up recovery)."""

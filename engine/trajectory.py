@@ -30,6 +30,8 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
+from .state import host_array
+
 TRAJECTORY_FILES = {"extxyz": "trajectory.extxyz", "traj": "trajectory.traj", "h5md": "trajectory.h5md"}
 
 
@@ -48,17 +50,12 @@ def state_to_atoms(state, energies=True, stresses: Optional[np.ndarray] = None):
     if state.forces is not None:
         results["forces"] = state.forces.detach().cpu().numpy()
     if energies and state.energies is not None and len(state.energies) == len(atoms):
-        results["energies"] = np.asarray(_host(state.energies), dtype=float)
+        results["energies"] = np.asarray(host_array(state.energies), dtype=float)
     if stresses is not None:
         results["stresses"] = np.asarray(stresses, dtype=float)
     atoms.calc = SinglePointCalculator(atoms, **results)
     atoms.info["step"] = int(state.step)
     return atoms
-
-
-def _host(values):
-    """Per-atom values on the host (the device-resident step keeps them as device tensors)."""
-    return values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else values
 
 
 class HostFrameCopier:
@@ -240,7 +237,7 @@ class H5MDWriter(TrajectoryWriter):
                 _append(part, "force", step, time_ps, t(state.forces))
             if "energies" in self.per_atom and state.energies is not None:
                 _append(part, "potential_energy", step, time_ps,
-                        np.asarray(_host(state.energies), dtype=np.float64))
+                        np.asarray(host_array(state.energies), dtype=np.float64))
             if stresses is not None:
                 _append(part, "stress", step, time_ps, np.asarray(stresses, dtype=np.float64))
             _append(f["observables"], "potential_energy", step, time_ps, np.float64(float(state.energy)))

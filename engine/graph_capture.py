@@ -28,6 +28,7 @@ from torch import Tensor
 from atomsim.kernels import neighbors_torch as nt
 from atomsim.kernels.edge_ops import scatter_edge_forces
 from atomsim.kernels.graph import Graph
+from atomsim.kernels.neighbor_list import displacement_sq
 from atomsim.potentials.base import Potential
 
 from .forces import ForceResult
@@ -199,9 +200,7 @@ class StaticGraphForces:
         deferred = (checks is not None and self.buffers is not None and self._ref is not None
                     and self._ref.shape == state.positions.shape)
         if deferred:
-            disp = ((state.positions - self._ref) ** 2).sum(1).amax()
-            moved = (state.cell != self._ref_cell).any()
-            checks.note_displacement(torch.where(moved, torch.full_like(disp, float("inf")), disp))
+            checks.note_displacement(displacement_sq(state.positions, self._ref, state.cell, self._ref_cell))
             rebuilt = False
         else:
             rebuilt = self._stale(state)

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from atomsim.kernels.graph import csr_row_ptr
 
-__all__ = ["NeighborList", "BACKENDS", "max_displacement_sq"]
+__all__ = ["NeighborList", "BACKENDS", "max_displacement_sq", "displacement_sq"]
 
 BACKENDS = ("auto", "numba", "cupy", "array-api", "torch")
 ArrayLike = Union[Tensor, np.ndarray, Sequence]
@@ -85,6 +85,17 @@ def max_displacement_sq(positions: Tensor, reference: Tensor) -> float:
         return float(numba_max_displacement_sq(positions.detach().contiguous().numpy(),
                                                reference.detach().contiguous().numpy()))
     return float(((positions.detach() - reference) ** 2).sum(1).max())
+
+
+def displacement_sq(positions: Tensor, reference: Tensor, cell: Tensor, reference_cell: Tensor) -> Tensor:
+    """:func:`max_displacement_sq` kept on the device (no host read): a 0-dim float64 tensor,
+    inf if the cell moved."""
+    cell_moved = (cell.reshape(3, 3) != reference_cell).any()
+    if positions.shape[0] == 0:
+        disp = torch.zeros((), dtype=torch.float64, device=positions.device)
+    else:
+        disp = (positions.detach() - reference).square_().sum(1).amax()
+    return torch.where(cell_moved, torch.full_like(disp, float("inf")), disp)
 
 
 class NeighborList:
@@ -170,12 +181,7 @@ class NeighborList:
         caller must know on the host that a list exists for this atom count and
         periodicity (:meth:`can_check_on_device`).
         """
-        cell_moved = (cell.reshape(3, 3) != self.reference_cell).any()
-        if positions.shape[0] == 0:
-            disp = torch.zeros((), dtype=torch.float64, device=positions.device)
-        else:
-            disp = (positions.detach() - self.reference_positions).square_().sum(1).amax()
-        return torch.where(cell_moved, torch.full_like(disp, float("inf")), disp)
+        return displacement_sq(positions, self.reference_positions, cell, self.reference_cell)
 
     @property
     def stale_threshold(self) -> float:

@@ -63,12 +63,6 @@ def _pass(pos, want, bins, order, start, nb, rc2, fill, row_ptr, senders):
             row_ptr[i + 1] = cur
 
 
-@numba.njit(cache=True)
-def _prefix_inplace(row_ptr):
-    for i in range(1, row_ptr.shape[0]):
-        row_ptr[i] += row_ptr[i - 1]
-
-
 def local_csr(positions: np.ndarray, want: np.ndarray, cutoff: float) -> tuple[np.ndarray, np.ndarray]:
     """(row_ptr int64 (n + 1,), senders int32 (E,)): pairs closer than ``cutoff`` (strictly), open
     boundaries, rows only for atoms with ``want`` True (other rows empty), sorted by sender."""
@@ -89,7 +83,7 @@ def local_csr(positions: np.ndarray, want: np.ndarray, cutoff: float) -> tuple[n
     want = np.ascontiguousarray(want, dtype=np.bool_)
     rc2 = float(cutoff) ** 2
     _pass(pos, want, bins, order, start, nb, rc2, False, row_ptr, np.zeros(0, np.int32))
-    _prefix_inplace(row_ptr)
+    np.cumsum(row_ptr, out=row_ptr)
     senders = np.empty(int(row_ptr[-1]), np.int32)
     _pass(pos, want, bins, order, start, nb, rc2, True, row_ptr, senders)
     return row_ptr, senders

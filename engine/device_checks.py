@@ -51,7 +51,6 @@ class DeferredChecks:
         self.acc = torch.zeros(2, dtype=torch.float64, device=device)
         self.stale_threshold = float(stale_threshold)
         self.limit_sq = float(max_force) ** 2
-        self.pending = 0  # steps folded in since the last read
 
     def note_displacement(self, disp_sq: torch.Tensor) -> None:
         """Fold a step's skin check (``NeighborList.displacement_sq``) in, on the device."""
@@ -60,7 +59,6 @@ class DeferredChecks:
     def note_forces(self, forces: torch.Tensor) -> None:
         """Fold a step's max |F|^2 in, on the device; NaN counts as inf."""
         torch.maximum(self.acc[1], max_force_sq_tensor(forces), out=self.acc[1])
-        self.pending += 1
 
     def read(self) -> Verdict:
         """ONE device-to-host read of both maxima since the last read (or reset); both start over."""
@@ -71,7 +69,6 @@ class DeferredChecks:
     def reset(self) -> None:
         """Forget everything folded in (after a rollback to a verified state)."""
         self.acc.zero_()
-        self.pending = 0
 
 
 class SkinForecast:
@@ -88,7 +85,6 @@ class SkinForecast:
         self.lifetime: Optional[int] = None
         self.build_step: Optional[int] = None
         self.rebuilt(0)
-        self.lifetime = None
 
     def rebuilt(self, step: int) -> None:
         if self.build_step is not None and step > self.build_step:

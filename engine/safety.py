@@ -56,7 +56,7 @@ def max_force_sq_tensor(forces: torch.Tensor) -> torch.Tensor:
     if forces.numel() == 0:
         return torch.zeros((), dtype=torch.float64, device=forces.device)
     m = (forces.detach() * forces.detach()).sum(1).amax().to(torch.float64)
-    return torch.nan_to_num(m, nan=float("inf"))
+    return torch.nan_to_num(m, nan=float("inf"), posinf=float("inf"))  # default posinf: the float max
 
 
 def check_forces(state, limit: float) -> None:

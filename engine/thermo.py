@@ -22,9 +22,10 @@ COLUMNS = ("step", "time_ps", "temperature_K", "pe_eV", "ke_eV", "etotal_eV", "p
 MEASURED = ("atom_steps_per_s", "peak_rss_B_per_atom")
 
 # (column, header, width, format) of the terminal table: fits 80 columns (pipes, CI logs)
+# energies by significant digits, not decimals: at 1e6+ atoms a fixed "{:.5f}" overran its column
 _TERMINAL = (("step", "Step", 8, "{:d}"), ("time_ps", "Time ps", 8, "{:.3f}"),
-             ("temperature_K", "Temp K", 9, "{:.2f}"), ("pe_eV", "PE eV", 12, "{:.5f}"),
-             ("ke_eV", "KE eV", 11, "{:.5f}"), ("etotal_eV", "Etot eV", 13, "{:.6f}"),
+             ("temperature_K", "Temp K", 9, "{:.2f}"), ("pe_eV", "PE eV", 15, "{:.10g}"),
+             ("ke_eV", "KE eV", 15, "{:.10g}"), ("etotal_eV", "Etot eV", 17, "{:.12g}"),
              ("pressure_GPa", "P GPa", 9, "{:.4g}"), ("atom_steps_per_s", "atom-st/s", 10, "{:.3g}"))
 
 

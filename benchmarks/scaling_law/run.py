@@ -454,6 +454,10 @@ def analyze(args) -> None:
     sweeps = [(n_series, "L(N)", "parameters", n0), (d_series, "L(D)", "n_train", d0)]
     if len(upper) >= 3:
         sweeps.append((upper, f"L(D>={args.ld_min})", "n_train", d0))
+    for frac in sorted({r["fraction"] for r in rows} - {args.width_fraction}):  # L(N) at other data sizes
+        at = sorted((r for r in rows if r["fraction"] == frac), key=lambda r: r["parameters"])
+        if len(at) >= 3:
+            sweeps.append((at, f"L(N;D={at[0]['n_train']})", "parameters", n0))
     for series, name, xkey, x0 in sweeps:
         xs = [r[xkey] for r in series]
         for m, (key, _) in METRICS.items():
@@ -530,6 +534,15 @@ def plot(n_series: list, d_series: list, fits: dict, rows: list, baselines: dict
                          label=f"a x^-{sat['alpha']:.2f}±{sat['alpha_stderr']:.2f} + {sat['c']:.0f}")
             a.loglog(xx, pw["A"] * (xx / pw["x0"]) ** -pw["alpha"], "--",
                      label=f"A x^-{pw['alpha']:.3f}±{pw['alpha_stderr']:.3f} (pure power)")
+            more = [k for k in fits if name == "L(N)" and k.startswith("L(N;") and k.endswith(f" {m}")]
+            for q, k in enumerate(more):
+                other = fits[k]
+                xo = np.array(other["x"], float)
+                a.loglog(xo, other["y"], "s", color=f"C{4 + q}",
+                         label=f"runs at {k.split(';')[1].split(')')[0]}")
+                op = other["power"]
+                a.loglog(xo, op["A"] * (xo / op["x0"]) ** -op["alpha"], "-", color=f"C{4 + q}", lw=0.8,
+                         label=f"x^-{op['alpha']:.3f}±{op['alpha_stderr']:.3f}")
             for k in (k for k in fits if name == "L(D)" and k.startswith("L(D>=") and k.endswith(f" {m}")):
                 up = fits[k]["power"]
                 xu = xx[xx >= min(fits[k]["x"]) / 1.5]

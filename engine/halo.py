@@ -46,7 +46,7 @@ class GhostPlan:
     """
 
     def __init__(self, comm: Comm, owner_rank: np.ndarray, owner_index: np.ndarray,
-                 partners: Optional[list] = None):
+                 partners: Optional[list] = None, staging: Optional[HaloStaging] = None):
         self.comm = comm
         self.n_ghost = int(owner_rank.shape[0])
         self.recv_rows: dict = {}
@@ -74,7 +74,8 @@ class GhostPlan:
         self.send_idx = {r: torch.from_numpy(a.astype(np.int64)) for r, a in sorted(asked.items())}
         self.bytes_sent = 0  # running totals, for benchmarks
         self.seconds = 0.0
-        self.staging = HaloStaging(comm)
+        # the previous plan's staging (its host buffers: pinned, slow to allocate) when a rebuild hands it on
+        self.staging = HaloStaging(comm) if staging is None else staging
 
     @property
     def nbytes(self) -> int:
@@ -167,10 +168,11 @@ class Ghosts:
 
 
 def build_ghosts(comm: Comm, decomp: Decomposition, frac_owned: np.ndarray, numbers: np.ndarray,
-                 ids: np.ndarray, depth: float) -> Ghosts:
+                 ids: np.ndarray, depth: float, staging: Optional[HaloStaging] = None) -> Ghosts:
     """Staged a -> b -> c exchange of every atom within ``depth`` Å (perpendicular) of the sub-box.
 
-    ``frac_owned`` are the owned atoms' wrapped fractional coordinates. Collective.
+    ``frac_owned`` are the owned atoms' wrapped fractional coordinates; ``staging``: the previous
+    plan's, reused (see :class:`GhostPlan`). Collective.
     """
     rank = comm.rank
     n_own = frac_owned.shape[0]
@@ -214,7 +216,8 @@ def build_ghosts(comm: Comm, decomp: Decomposition, frac_owned: np.ndarray, numb
             to_up = from_down if from_down is not None else empty
             to_down = from_up if from_up is not None else empty
         del everything
-    plan = GhostPlan(comm, ghosts["orank"], ghosts["oidx"], partners=decomp.halo_partners(depth))
+    plan = GhostPlan(comm, ghosts["orank"], ghosts["oidx"], partners=decomp.halo_partners(depth),
+                     staging=staging)
     # stored compactly (memory per atom): ranks and indices fit int32, shifts int8, elements int16
     return Ghosts(ghosts["orank"].astype(np.int32), ghosts["oidx"].astype(np.int32),
                   ghosts["shift"].astype(np.int8), ghosts["z"].astype(np.int16), ghosts["id"], plan,

@@ -105,6 +105,7 @@ class ParallelForces(NeighborListForces):
         # the old list, ghosts and species go before the new ones are built: one list at a rebuild's peak
         nl = self.nlist
         nl.receivers = nl.senders = nl.cell_shifts = nl.row_ptr = None
+        staging = None if self.ghosts is None else self.ghosts.plan.staging  # its host buffers: reused
         self.ghosts = self._numbers = None
         if ref is None:
             self.n_migrated += migrate(state, self.decomp, self.comm)
@@ -115,7 +116,7 @@ class ParallelForces(NeighborListForces):
         frac, image = self.decomp.wrap(ref.detach().cpu().numpy())
         self._image = torch.from_numpy(image.astype(np.int32)).to(state.positions.device)  # int32: memory
         self.ghosts = build_ghosts(self.comm, self.decomp, frac, state.numbers.cpu().numpy(),
-                                   state.ids.cpu().numpy(), self.depth)
+                                   state.ids.cpu().numpy(), self.depth, staging=staging)
         t1 = time.perf_counter()
         at_ref = self._local_positions(ref, state.cell)
         n_own = state.n_local

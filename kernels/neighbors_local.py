@@ -10,6 +10,8 @@ builder gives a local frame), and the edge vectors are written in the model dtyp
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import numba
 import numpy as np
 import torch
@@ -98,15 +100,22 @@ def _vectors(pos, row_ptr, senders, out):
                 out[e, k] = pos[b, k] - pos[a, k]
 
 
-def local_edge_vectors(positions: Tensor, row_ptr: Tensor, senders: Tensor, dtype: torch.dtype) -> Tensor:
-    """x_sender - x_row in float64, written straight into ``dtype`` (no shifts: the frame is open)."""
+def _rows(row_ptr: Tensor) -> Tensor:
+    """The row of each edge (expanding ``row_ptr`` reads the edge count to the host: once per call)."""
+    counts = row_ptr[1:] - row_ptr[:-1]
+    return torch.arange(counts.shape[0], device=row_ptr.device).repeat_interleave(counts)
+
+
+def local_edge_vectors(positions: Tensor, row_ptr: Tensor, senders: Tensor, dtype: torch.dtype,
+                       rows: Optional[Tensor] = None) -> Tensor:
+    """x_sender - x_row in float64, written straight into ``dtype`` (no shifts: the frame is open);
+    ``rows``: :func:`_rows` of ``row_ptr`` when the caller has it already."""
     if positions.device.type == "cpu" and dtype in (torch.float32, torch.float64):
         out = np.empty((senders.shape[0], 3), dtype=np.float32 if dtype == torch.float32 else np.float64)
         _vectors(np.ascontiguousarray(positions.detach().to(torch.float64).numpy()), row_ptr.numpy(),
                  senders.numpy(), out)
         return torch.from_numpy(out)
-    counts = row_ptr[1:] - row_ptr[:-1]
-    rows = torch.arange(row_ptr.shape[0] - 1, device=positions.device).repeat_interleave(counts)
+    rows = _rows(row_ptr) if rows is None else rows
     pos = positions.detach()
     return (pos.index_select(0, senders.long()) - pos.index_select(0, rows)).to(dtype)
 
@@ -157,11 +166,10 @@ def edges_within(positions: Tensor, row_ptr: Tensor, senders: Tensor, cutoff: fl
         out_vec = np.empty((out_snd.shape[0], 3), np.float32 if single else np.float64)
         _within(pos, ptr, snd, rc2, single, True, out_ptr, out_snd, out_vec)
         return torch.from_numpy(out_ptr), torch.from_numpy(out_snd), torch.from_numpy(out_vec)
-    vec = local_edge_vectors(positions, row_ptr, senders, dtype)
+    rows = _rows(row_ptr)
+    vec = local_edge_vectors(positions, row_ptr, senders, dtype, rows=rows)
     keep = (vec.to(torch.float64) ** 2).sum(1) < float(cutoff) ** 2
-    counts = row_ptr[1:] - row_ptr[:-1]
-    rows = torch.arange(counts.shape[0], device=positions.device).repeat_interleave(counts)
-    kept = torch.bincount(rows[keep], minlength=counts.shape[0])
+    kept = torch.bincount(rows[keep], minlength=row_ptr.shape[0] - 1)
     out_ptr = torch.zeros_like(row_ptr)
     torch.cumsum(kept, 0, out=out_ptr[1:])
     return out_ptr, senders[keep], vec[keep]

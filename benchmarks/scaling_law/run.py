@@ -505,7 +505,8 @@ def analyze(args) -> None:
         "total_cpu_s": float(sum(r["cpu_s"] + r["eval_cpu_s"] for r in rows)),
     }
     Path(args.result).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.result).with_suffix(".json").write_text(json.dumps(result, indent=1, default=float) + "\n")
+    text = json.dumps(_finite(result), indent=1, default=float, allow_nan=False)
+    Path(args.result).with_suffix(".json").write_text(text + "\n")
     plot(n_series, d_series, fits, rows, baselines, args.result)
     report(result, n_series, d_series, args.result)
 
@@ -613,6 +614,17 @@ def report(result: dict, n_series: list, d_series: list, path: str) -> None:
     for k, v in result["goals_anchored_on_full_run"].items():
         print(f"anchored {k}: {v}")
     print(f"total CPU s (train + test eval) {result['total_cpu_s']:.0f}; wrote {path}.json/.png")
+
+
+def _finite(obj):
+    """NaN/inf (undetermined covariances, unreachable targets) as null: strict JSON readers reject them."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    return obj
 
 
 def pareto(rows: Sequence[dict]) -> list[dict]:

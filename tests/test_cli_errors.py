@@ -18,7 +18,8 @@ def run_cli(capsys, *argv) -> tuple[int, str]:
     (["--elements", "Cu,Zr"], ["does not cover", "Zr"]),
     (["--param", "foo"], ["--param", "KEY=VALUE expected", "'foo'"]),
     (["--param", "nonsense=1"], ["unknown key", "nonsense", "accepted"]),
-    (["--dtype", "float16"], ["dtype", "float16", "float32", "float64"]),
+    # float16 is a model dtype now (kernels/dtypes.py); float8 is not
+    (["--dtype", "float8"], ["dtype", "float8", "float32", "float64", "float16"]),
     (["--model", "lj", "--elements", "Ar", "--param", "epsilon=abc"], ["--param", "epsilon='abc'", "lj"]),
     (["--model", "lj"], ["--elements"]),  # LJ takes any element: the LAMMPS types must be named
     (["--model", "no-such-model"], ["no-such-model"]),

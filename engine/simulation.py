@@ -56,6 +56,16 @@ def set_threads(setting, n_atoms: int, n_ranks: int, comm=None) -> int:
     return configure_threads(setting, atoms_per_rank=n_atoms // max(1, n_ranks), ranks_per_node=per_node)
 
 
+def restart_owner(restart, comm, grid) -> Optional["pio.SubDomain"]:
+    """Whose atoms this rank reads from ``restart``: its sub-domain's for sharded restarts on several
+    ranks (no rank reads the whole system), None (every atom) for a single file or one rank."""
+    from .restart import ShardedRestart
+
+    if not isinstance(restart, ShardedRestart) or comm is None or comm.size == 1:
+        return None
+    return pio.SubDomain(restart.meta["cell"], restart.meta["pbc"], comm, None if grid == "auto" else grid)
+
+
 class Simulation:
     """A molecular-dynamics run described by a RunConfig.
 
@@ -92,14 +102,8 @@ class Simulation:
         self.potential = _cast_potential(potential, self.device, torch_dtype(config.potential.dtype))
 
         if restart is not None:
-            from .restart import ShardedRestart
-
-            owner = None  # a sharded restart: each rank reads only the atoms of its sub-domain
-            if isinstance(restart, ShardedRestart) and self.comm.size > 1:
-                grid = config.parallel.grid
-                owner = pio.SubDomain(restart.meta["cell"], restart.meta["pbc"], self.comm,
-                                      None if grid == "auto" else grid)
-            self.state = restart.to_state(self.device, self.comm, owner=owner)
+            self.state = restart.to_state(self.device, self.comm,
+                                          owner=restart_owner(restart, self.comm, config.parallel.grid))
         elif state is not None:
             self.state = state
         elif atoms is None:  # each rank builds only its own sub-domain's atoms (engine/structure.py)
@@ -129,13 +133,17 @@ class Simulation:
             fixed_from_config(self.state, fix)  # + the file's FixAtoms
         self.forces: ForceProvider = forces if forces is not None else self._default_forces()
         self.forces.prepare(self.state)
-        if restart is not None:
+        if restart is not None or state is not None:
             held = int(self.comm.allreduce_sum(self.state.n_local))
             if held != self.state.n_atoms_global:  # each atom read by exactly one owner, or stop here
                 from .restart import RestartError
 
-                raise RestartError(f"--resume: the ranks hold {held} of the {self.state.n_atoms_global} atoms "
-                                   f"of {restart.path}; the restart does not match its manifest")
+                what = (f"--resume: the ranks hold {held} of the {self.state.n_atoms_global} atoms of "
+                        f"{restart.path}; the restart does not match its manifest" if restart is not None else
+                        f"the ranks hold {held} of the {self.state.n_atoms_global} atoms of the state handed "
+                        "over from the previous stage")
+                raise RestartError(what)
+        if restart is not None:
             self.integrator.load_state_dict(restart.integrator_state)
             self._restore_neighbor_list(restart)
 

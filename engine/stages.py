@@ -73,14 +73,21 @@ def _write_done(directory: Path, info: dict) -> None:
     os.replace(tmp, directory / STAGE_FILE)
 
 
-def _state_from(directory: Path, device, comm):
-    """The final state a finished stage left in its restart file (the whole system, on every rank)."""
+def _state_from(directory: Path, device, comm, grid="auto"):
+    """The final state a finished stage left in its restart file.
+
+    Sharded restarts on several ranks: each rank reads only its sub-domain's atoms under ``grid``
+    (the next stage's ``parallel.grid``), as ``--resume`` does, so no rank holds the whole system;
+    a single-file restart gives every rank the whole system (the force provider keeps its own).
+    """
+    from .simulation import restart_owner
+
     restart = find_restart(directory, device)  # single file or shards (output.parallel)
     done = _read_done(directory)
     if done is not None and restart.step != done["final_step"]:
         raise InputError(f"{restart.path} is at step {restart.step}, but the stage ended at step "
                          f"{done['final_step']} ({directory / STAGE_FILE}); run again without --resume")
-    return restart.to_state(device, comm)
+    return restart.to_state(device, comm, owner=restart_owner(restart, comm, grid))
 
 
 def _relaxed_restart(cfg: RunConfig, atoms, step: int, directory: Path) -> None:
@@ -197,7 +204,7 @@ def _md_stage(k, n, scfg, stage, sdir, prev, start, console, comm, device, poten
                       f"(steps {start}..{start + steps})[/bold]")
         sim = Simulation(scfg, comm=comm, restart=restart, console=console, potential=potential)
     else:
-        state = None if prev is None else _state_from(prev, device, comm)
+        state = None if prev is None else _state_from(prev, device, comm, scfg.parallel.grid)
         console.print(f"[bold]{where}, {steps} steps (steps {start}..{start + steps})[/bold]")
         sim = Simulation(scfg, comm=comm, state=state, console=console, potential=potential)
     out = sim.run()

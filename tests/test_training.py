@@ -113,6 +113,36 @@ def test_training_reduces_validation_error_and_resume_is_exact(dataset, tmp_path
         assert torch.equal(p, q)
 
 
+def test_equivariant_variant_trains_and_its_forces_are_the_energy_gradient(dataset, tmp_path):
+    """model.equivariant reaches EGNNConfig; the trained model's forces equal -dE/dx (finite differences)."""
+    from ase.build import bulk
+
+    from atomsim.calculator import AtomsimCalculator
+
+    samples = read_samples(dataset, 4.0)
+    cfg = _cfg(dataset, tmp_path / "eq", epochs=3, model={"width": 8, "depth": 2, "n_rbf": 4, "cutoff": 4.0,
+                                                       "readout_hidden": 4, "equivariant": True, "coord_hidden": 4})
+    out = train(cfg, samples=samples, log=lambda *_: None)
+    model = out["ema"]
+    assert model.config.equivariant and model.config.coord_hidden == 4
+    hist = out["history"]
+    assert hist[-1]["val_F_mae_meV_A"] < hist[0]["val_F_mae_meV_A"]
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 1, 1))
+    atoms[1].symbol, atoms[5].symbol = "Au", "Ni"
+    atoms.rattle(0.08, seed=1)
+    atoms.calc = AtomsimCalculator(model.double())
+    f = atoms.get_forces()
+    h, i = 1e-4, 3
+    for k in range(3):
+        p = atoms.copy()
+        p.calc = atoms.calc
+        p.positions[i, k] += h
+        ep = p.get_potential_energy()
+        p.positions[i, k] -= 2 * h
+        em = p.get_potential_energy()
+        assert f[i, k] == pytest.approx(-(ep - em) / (2 * h), rel=1e-5, abs=1e-7)
+
+
 def test_bad_config_names_the_key(tmp_path):
     (tmp_path / "t.yaml").write_text("data: x.extxyz\nbatch_size: 0\n")
     with pytest.raises(ValueError, match="batch_size"):

@@ -45,6 +45,9 @@ class ModelSection(BaseModel):
     n_rbf: int = Field(8, ge=1)
     cutoff: float = Field(5.0, gt=0)
     readout_hidden: int = Field(32, ge=1)
+    # the E(n)-equivariant coordinate update (potentials/egnn_equivariant.py) and its edge MLP width
+    equivariant: bool = False
+    coord_hidden: int = Field(16, ge=1)
     species: Optional[list[str]] = None  # default: every element in the data
 
 
@@ -343,6 +346,7 @@ def init_model(cfg: TrainConfig, samples: Sequence[Sample],
     m = cfg.model
     model = EGNNPotential(EGNNConfig(species=species, width=m.width, depth=m.depth, n_rbf=m.n_rbf,
                                      cutoff=m.cutoff, readout_hidden=m.readout_hidden,
+                                     equivariant=m.equivariant, coord_hidden=m.coord_hidden,
                                      avg_num_neighbors=max(avg_nn, 1.0)))
     model.species_energy.copy_(torch.tensor(e0, dtype=torch.float64))
     model.energy_scale.fill_(max(scale, 1e-3))

@@ -87,7 +87,8 @@ def run_config(args, width: int, fraction: float, output: Path):
 
     return TrainConfig(
         data=args.data, output=str(output), name=output.name,
-        model={"width": width, "depth": args.depth, "n_rbf": 8, "cutoff": 5.0, "readout_hidden": 32},
+        model={"width": width, "depth": args.depth, "n_rbf": 8, "cutoff": 5.0, "readout_hidden": 32,
+               "equivariant": bool(getattr(args, "equivariant", False))},
         energy_weight=50.0, force_weight=10.0, stress_weight=100.0, loss="huber", huber_delta_energy=0.05,
         huber_delta_force=0.3, huber_delta_stress=0.02, batch_size=args.batch_size, lr=2e-3,
         schedule="cosine",
@@ -120,8 +121,8 @@ def test_scores(model, test: Sequence, cfg) -> dict:
             "test_S_mae_meV_A3": 1000 * float(ds.mean()), "test_loss": loss}
 
 
-def run_id(width: int, depth: int, fraction: float, epochs: int, batch: int) -> str:
-    return f"w{width}_d{depth}_f{fraction:g}_e{epochs}_b{batch}"
+def run_id(width: int, depth: int, fraction: float, epochs: int, batch: int, equivariant: bool = False) -> str:
+    return f"{'eq_' if equivariant else ''}w{width}_d{depth}_f{fraction:g}_e{epochs}_b{batch}"
 
 
 def run_one(samples: list, args, width: int, fraction: float, log: Callable[[str], None]) -> dict:
@@ -129,7 +130,7 @@ def run_one(samples: list, args, width: int, fraction: float, log: Callable[[str
     from atomsim.potentials.egnn import count_parameters
     from atomsim.training.trainer import train
 
-    rid = run_id(width, args.depth, fraction, args.epochs, args.batch_size)
+    rid = run_id(width, args.depth, fraction, args.epochs, args.batch_size, getattr(args, "equivariant", False))
     cfg = run_config(args, width, fraction, Path(args.out) / rid)
     t0, c0 = time.time(), time.process_time()
     res = train(cfg, resume=True, samples=samples, log=lambda msg: log(f"[{rid}] {msg}"))
@@ -139,7 +140,8 @@ def run_one(samples: list, args, width: int, fraction: float, log: Callable[[str
     c1 = time.process_time()
     scores = test_scores(res["ema"], res["test"], cfg)
     train_s = res["train"]
-    row = {"id": rid, "width": width, "depth": args.depth, "parameters": count_parameters(res["ema"]),
+    row = {"id": rid, "variant": "equivariant" if cfg.model.equivariant else "invariant",
+           "width": width, "depth": args.depth, "parameters": count_parameters(res["ema"]),
            "fraction": fraction, "n_train": len(train_s),
            "n_train_atoms": int(sum(s.n_atoms for s in train_s)),
            "epochs": len(hist), "steps": hist[-1]["step"], "batch_size": args.batch_size,
@@ -209,7 +211,7 @@ def sweep(args) -> None:
     todo = plan(args)
     log(f"plan: {len(todo)} runs, {args.epochs} epochs each: {todo}")
     for width, fraction in todo:
-        rid = run_id(width, args.depth, fraction, args.epochs, args.batch_size)
+        rid = run_id(width, args.depth, fraction, args.epochs, args.batch_size, getattr(args, "equivariant", False))
         if rid in done:
             log(f"[{rid}] already in {done_file}, skipped")
             continue
@@ -726,6 +728,8 @@ def main() -> None:
     ap.add_argument("--widths", type=int, nargs="+", default=[16, 24, 32, 48, 64])
     ap.add_argument("--width-fraction", type=float, default=0.25, help="train fraction of the L(N) sweep")
     ap.add_argument("--depth", type=int, default=3)
+    ap.add_argument("--equivariant", action="store_true",
+                    help="the E(n)-equivariant variant (use its own --out: the fits assume one variant)")
     ap.add_argument("--fractions", type=float, nargs="+",
                     default=[1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 1])
     ap.add_argument("--fraction-width", type=int, default=32, help="model width of the L(D) sweep")

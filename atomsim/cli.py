@@ -554,13 +554,14 @@ def print_error(message: str) -> None:
     console.print(Text("atomsim: error: ", style="bold red") + Text(message))
 
 
-def _report_and_exit_code(message: Optional[str], code: int) -> int:
+def _report_and_exit_code(message: Optional[str], code: int, cause: bool = True) -> int:
     """Print once per job and make sure no MPI rank is left waiting.
 
     Before MPI starts (config errors) every rank fails alike: rank 0 prints,
     the others stay quiet. Once MPI runs, a failure may hit one rank only, so
     that rank aborts the job; rank 0 reports first, other ranks wait briefly
     (rank 0's abort usually ends them) and then report with their rank number.
+    ``cause=False``: this rank only lost contact with a rank that died (engine/comm.py Comm.abort).
     """
     from atomsim.engine.comm import launch_rank, running_world
 
@@ -574,7 +575,7 @@ def _report_and_exit_code(message: Optional[str], code: int) -> int:
     if message is not None and (rank == 0 or size > 1):
         print_error(message)
     if world is not None:
-        world.abort(code)  # the status reaches mpiexec's exit status
+        world.abort(code, cause=cause)  # the status reaches mpiexec's exit status
     return code
 
 
@@ -598,9 +599,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _report_and_exit_code(_user_message(exc), EXIT_INPUT)
         from atomsim.engine.comm import running_world
 
-        if running_world() is not None:  # a traceback, then end the whole job
+        world = running_world()
+        if world is not None:  # a traceback, then end the whole job
             import traceback
 
             traceback.print_exc()
+            if world.lost_peer(exc):  # a rank died mid-message: its watchdog names it
+                return _report_and_exit_code("lost contact with another rank", EXIT_FAILED, cause=False)
             return _report_and_exit_code(None, EXIT_FAILED)
         raise

@@ -236,6 +236,11 @@ class Comm:
         _tell_watchdog(b"aborted" if cause else b"lost a peer")  # this rank said why it ends
         self._comm.Abort(int(exit_code))
 
+    def lost_peer(self, exc: BaseException) -> bool:
+        """An MPI error: another rank is gone, and this rank's end is the consequence, not the cause
+        (its abort then leaves the naming of the dead rank to that rank's watchdog)."""
+        return self._MPI is not None and isinstance(exc, self._MPI.Exception)
+
     @property
     def prefix(self) -> str:
         return f"[rank {self.rank}/{self.size}] " if self.size > 1 else ""
@@ -255,7 +260,7 @@ class Comm:
 
             code = 130 if issubclass(exc_type, KeyboardInterrupt) else exit_status(exc)
             # an MPI error here means a peer is gone: the consequence, not the cause
-            lost_peer = self._MPI is not None and isinstance(exc, self._MPI.Exception)
+            lost_peer = self.lost_peer(exc)
             try:
                 text = "".join(traceback.format_exception(exc_type, exc, tb))
                 sys.stderr.write("".join(self.prefix + line + "\n" for line in text.rstrip().splitlines()))

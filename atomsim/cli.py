@@ -604,7 +604,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             import traceback
 
             traceback.print_exc()
+            # a line of atomsim's own names the failing rank (MPI_Abort's line can be lost in the teardown)
+            what = f"aborting all ranks ({type(exc).__name__}: {exc})"
             if world.lost_peer(exc):  # a rank died mid-message: its watchdog names it
-                return _report_and_exit_code("lost contact with another rank", EXIT_FAILED, cause=False)
-            return _report_and_exit_code(None, EXIT_FAILED)
+                return _report_and_exit_code(f"lost contact with another rank; {what}", EXIT_FAILED, cause=False)
+            return _report_and_exit_code(what, EXIT_FAILED)
         raise

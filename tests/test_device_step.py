@@ -31,7 +31,7 @@ from atomsim.engine.step import md_step
 EPS, SIG, RC = 0.0104, 3.4, 8.5
 
 
-def _config(outdir: Path, model: str = "default", **sections) -> RunConfig:
+def _config(outdir: Path, model: str = "egnn-emt-v1", **sections) -> RunConfig:
     """Small fcc Cu (bundled GNN, float64) or Ar (LJ); ``sections`` update the defaults section by section."""
     if model == "lj":
         structure = {"lattice": "fcc", "symbols": "Ar", "a": 5.26, "cubic": True, "repeat": [3, 3, 3]}
@@ -244,7 +244,7 @@ def test_bundled_gnn_step_reads_nothing_back_outside_cpu_kernels(tmp_path, monke
     """The default GNN: no host read in the engine, the integrator or the model's torch code; the only
     one left is inside the fused Numba kernel's CPU entry point (kernels/message_passing_cpu.py),
     a branch a GPU never takes (kernels/message_passing.py dispatches it by device)."""
-    sim, checks = _ready(tmp_path, "default", "langevin")
+    sim, checks = _ready(tmp_path, "egnn-emt-v1", "langevin")
     reads = HostReads(monkeypatch)
     assert _steps(sim, checks) == [False] * 4
     left = reads.outside("message_passing_cpu.py")

@@ -27,7 +27,7 @@ system:
   structure: {{lattice: fcc, symbols: Cu, a: 3.61, cubic: true, repeat: [6, 3, 3]}}
   temperature_K: 600
   seed: 5
-potential: {{model: default, dtype: float64, device: cpu}}
+potential: {{model: egnn-emt-v1, dtype: float64, device: cpu}}
 dynamics: {{integrator: {integrator}, timestep_fs: 2.0, steps: 30, tdamp_fs: 100}}
 neighbor: {{skin: 0.3, check_every: 10}}
 parallel: {{threads: 1}}

@@ -21,17 +21,17 @@ def _forces(model, atoms, nl):
 def test_float32_edges_cut_the_bf16_force_error():
     atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)
     atoms.rattle(0.05, seed=3)
-    base = load_potential("default")
+    base = load_potential("egnn-emt-v1")
     nl = NeighborList(base.cutoff)
     nl.build(torch.from_numpy(atoms.positions.copy()), torch.from_numpy(atoms.cell.array.copy()), True)
     ref = _forces(base.to(torch.float64), atoms, nl).forces
-    plain = _forces(load_potential("default").to(torch.bfloat16), atoms, nl)
-    wide_model = Float32Edges(load_potential("default").to(torch.bfloat16))
+    plain = _forces(load_potential("egnn-emt-v1").to(torch.bfloat16), atoms, nl)
+    wide_model = Float32Edges(load_potential("egnn-emt-v1").to(torch.bfloat16))
     assert wide_model.dtype == torch.float32 and wide_model.model_dtype == torch.bfloat16
     wide = _forces(wide_model, atoms, nl)
     err = lambda f: float((f - ref).pow(2).mean().sqrt())  # noqa: E731
     assert err(wide.forces) < 0.3 * err(plain.forces)
     # a float32 model is unchanged by the wrapper
-    m32 = load_potential("default")
+    m32 = load_potential("egnn-emt-v1")
     a, b = _forces(m32, atoms, nl), _forces(Float32Edges(m32), atoms, nl)
     assert torch.equal(a.forces, b.forces) and a.energy == b.energy

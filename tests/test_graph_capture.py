@@ -24,7 +24,7 @@ from atomsim.potentials.registry import load_potential
 
 
 def _model(device="cpu", dtype=torch.float64):
-    return load_potential("default").to(device=device, dtype=dtype)
+    return load_potential("egnn-emt-v1").to(device=device, dtype=dtype)
 
 
 def _atoms(seed=1):

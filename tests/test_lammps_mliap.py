@@ -237,7 +237,7 @@ def test_cli_export_writes_a_loadable_model_and_check_refuses(tmp_path):
     assert model.element_types == ["Ar"] and model.rcutfac == pytest.approx(4.25)
     bad = tmp_path / "in.bad"
     bad.write_text("neighbor 2.0 bin\npair_style mliap unified m.pkl 0\n")
-    assert main(["lammps", "check", str(bad), "--model", "default"]) == 2  # 2-layer GNN: no ghost flag
+    assert main(["lammps", "check", str(bad), "--model", "egnn-emt-v1"]) == 2  # 2-layer GNN: no ghost flag
 
 
 # ------------------------------------------------------------------ real LAMMPS --
@@ -300,7 +300,7 @@ def cases():
     """(name, atoms, potential factory, elements, how): the bundled GNN in float64 and LJ, each
     through ``pair_style mliap unified`` (how="mliap"), and LJ as LAMMPS's own ``lj/cut``
     (how="lj/cut"); orthorhombic and triclinic cells, two elements, one vacancy each."""
-    gnn = lambda: load_potential("default").double()  # noqa: E731
+    gnn = lambda: load_potential("egnn-emt-v1").double()  # noqa: E731
     lj = lambda: load_potential("lj", **LJ2)  # noqa: E731
     out = []
     for shape in ("ortho", "triclinic"):
@@ -408,10 +408,10 @@ def test_lammps_nve_tracks_atomsim_nve(tmp_path):
     v = rng.standard_normal((len(atoms), 3)) * np.sqrt(units.kB * 600.0 / m)
     atoms.set_velocities(v - (m * v).sum(0) / m.sum())
     steps, dt_fs = 100, 2.0
-    pot = load_potential("default").double()
+    pot = load_potential("egnn-emt-v1").double()
     cfg = RunConfig.model_validate({
         "system": {"structure": {"lattice": "fcc", "symbols": "Cu", "a": 3.61, "repeat": [2, 2, 2]}},
-        "potential": {"model": "default", "dtype": "float64", "device": "cpu"},
+        "potential": {"model": "egnn-emt-v1", "dtype": "float64", "device": "cpu"},
         "dynamics": {"integrator": "nve", "timestep_fs": dt_fs, "steps": steps},
         "neighbor": {"skin": 1.0},
         "output": {"directory": str(tmp_path / "run"), "thermo_every": steps, "trajectory_every": 0,

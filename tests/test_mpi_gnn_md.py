@@ -27,7 +27,7 @@ system:
   structure: {{lattice: fcc, symbols: Cu, a: 3.61, cubic: true, repeat: [6, 3, 3], alloy: {{Ag: 0.25}}}}
   temperature_K: 1200
   seed: 5
-potential: {{model: default, dtype: float64, device: cpu}}
+potential: {{model: egnn-emt-v1, dtype: float64, device: cpu}}
 dynamics: {{integrator: langevin, timestep_fs: 2.0, steps: 40, tdamp_fs: 200}}
 neighbor: {{skin: 0.5}}
 parallel: {{halo: {halo}, threads: 1}}

@@ -148,7 +148,7 @@ def test_gnn_atom_virials_sum_to_the_virial():
     atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)
     atoms[0].symbol = "Au"
     atoms.rattle(0.1, seed=2)
-    potential = load_potential("default").to(torch.float64)
+    potential = load_potential("egnn-emt-v1").to(torch.float64)
     result = SerialForces(potential).compute(MDState.from_atoms(atoms), virial=True, atom_virial=True)
     assert result.atom_virials.shape == (32, 3, 3)
     assert torch.allclose(result.atom_virials.sum(0), result.virial, rtol=1e-12, atol=1e-12)
@@ -163,7 +163,7 @@ def test_two_ranks_write_the_one_rank_h5md_with_gnn_stresses(tmp_path):
         pytest.skip(f"no mpiexec next to {sys.executable} (install atomsim[mpi])")
     data = {"system": {"structure": {"lattice": "fcc", "symbols": "Cu", "a": 3.61, "repeat": [3, 2, 2],
                                      "alloy": {"Au": 0.25}}, "temperature_K": 300, "seed": 1},
-            "potential": {"model": "default", "dtype": "float64", "device": "cpu"},
+            "potential": {"model": "egnn-emt-v1", "dtype": "float64", "device": "cpu"},
             "dynamics": {"integrator": "nve", "timestep_fs": 2.0, "steps": 2},
             "output": {"thermo_every": 1, "trajectory_every": 1, "restart_every": 0, "progress": False,
                        "trajectory_format": "h5md", "per_atom": ["energies", "stresses"]}}

@@ -38,7 +38,7 @@ def test_bundled_model_matches_emt_on_fresh_structures_within_its_card(tmp_path)
     from atomsim.training.datagen import write_dataset
     from atomsim.training.trainer import evaluate, read_samples
 
-    model = load_potential("default", dtype="float64")
+    model = load_potential("egnn-emt-v1", dtype="float64")
     path = tmp_path / "fresh.extxyz"
     write_dataset(path, N_FRESH, seed=20_260_101)  # the training set used seed 0
     samples = read_samples(path, float(model.cutoff))

@@ -34,7 +34,7 @@ def _config(model: str, repeat: int, outdir: str, steps: int):
     })
 
 
-def atomsim_vs_ase(model: str = "default", repeat: int = 4, steps: int = 10, repeats: int = 3) -> dict:
+def atomsim_vs_ase(model: str = "egnn-emt-v1", repeat: int = 4, steps: int = 10, repeats: int = 3) -> dict:
     """s/step of atomsim's loop and of ASE VelocityVerlet + AtomsimCalculator (medians), and the ratio."""
     from ase import units
     from ase.md.verlet import VelocityVerlet

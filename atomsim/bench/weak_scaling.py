@@ -152,7 +152,7 @@ def _offrank(plan, rank: int) -> dict:
             "messages": msgs}
 
 
-def measure_point(comm, potential_name: str = "default", atoms: int = 4000, mode: str = "weak",
+def measure_point(comm, potential_name: str = "egnn-emt-v1", atoms: int = 4000, mode: str = "weak",
                   halo: str = "per-layer", steps: int = 5, rebuilds: int = 2, rebuild_every: int = 20,
                   skin: float = 1.0, timestep_fs: float = 1.0, seed: int = 0) -> Optional[dict]:
     """Time the MD step on ``comm``'s ranks; returns the merged record on rank 0 (None elsewhere)."""
@@ -525,7 +525,7 @@ def add_arguments(p) -> None:
                    help="driver: launch `mpiexec -n R` for each R, e.g. 1,2,4 (omit when already under mpiexec)")
     p.add_argument("--atoms-per-rank", default="4000", help="comma-separated sizes, e.g. 4000,8000")
     p.add_argument("--heldout", default="", help="driver: extra sizes measured but not used to fit the model")
-    p.add_argument("--potential", default="default", help="default (bundled GNN) | lj (Cu LJ) | a model name")
+    p.add_argument("--potential", default="egnn-emt-v1", help="egnn-emt-v1 (EMT GNN) | lj (Cu LJ) | a model name")
     p.add_argument("--halo", choices=["per-layer", "full"], default="per-layer")
     p.add_argument("--steps", type=int, default=5, help="timed MD steps per point (median reported)")
     p.add_argument("--rebuilds", type=int, default=2, help="timed neighbor-list rebuilds per point")

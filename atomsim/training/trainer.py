@@ -98,6 +98,9 @@ class TrainConfig(BaseModel):
     # forward is extra work (measured 2x the CPU time per step of "reference" on this data)
     kernels: Literal["reference", "numba", "triton", "auto"] = "reference"
     card: dict = Field(default_factory=dict)  # extra model-card sections (description, data_command, ...)
+    # start from a trained EGNN (bundled name or checkpoint folder) instead of random weights: fine-tuning,
+    # or growing n_rbf / depth / species function-preservingly (atomsim/training/warm_start.py)
+    init_from: Optional[str] = None
 
 
 def load_config(path: str | Path) -> TrainConfig:
@@ -556,13 +559,21 @@ def _train(cfg: TrainConfig, resume: bool, log, samples: Optional[list[Sample]],
 
     model = init_model(cfg, train_s, samples).to(dtype)
     ema = init_model(cfg, train_s, samples).to(dtype)
+    state_file = out / "train_state.pt"
+    if cfg.init_from and not (resume and state_file.exists()):
+        from .warm_start import load_source, warm_start
+
+        grown = warm_start(model, load_source(cfg.init_from))
+        ema.load_state_dict(model.state_dict())
+        if rank == 0:
+            log(f"init_from {cfg.init_from}: weights copied (n_rbf {grown['source_n_rbf']} -> {cfg.model.n_rbf}, "
+                f"depth {grown['source_depth']} -> {cfg.model.depth}, new species {grown['new_species'] or 'none'})")
     _copy_params(ema, model)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=max(2, cfg.patience // 4)) \
         if cfg.schedule == "plateau" else None
     steps_per_epoch = math.ceil(len(train_s) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
-    state_file = out / "train_state.pt"
     start_epoch, step, best, bad_epochs, history, active0, cpu0 = 0, 0, float("inf"), 0, [], 0.0, 0.0
     if resume and state_file.exists():
         st = torch.load(state_file, weights_only=True)

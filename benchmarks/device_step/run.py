@@ -38,10 +38,10 @@ ROOT = Path(__file__).resolve().parents[2]
 CU = {"lattice": "fcc", "symbols": "Cu", "a": 3.61, "cubic": True}
 CASES = {
     "gnn_4k": {"system": {"structure": {**CU, "repeat": [10, 10, 10]}, "temperature_K": 300, "seed": 1},
-               "potential": {"model": "default", "device": "cpu"},
+               "potential": {"model": "egnn-emt-v1", "device": "cpu"},
                "dynamics": {"integrator": "nve", "timestep_fs": 1.0}, "chunk": 6},
     "gnn_32k": {"system": {"structure": {**CU, "repeat": [20, 20, 20]}, "temperature_K": 300, "seed": 1},
-                "potential": {"model": "default", "device": "cpu"},
+                "potential": {"model": "egnn-emt-v1", "device": "cpu"},
                 "dynamics": {"integrator": "nve", "timestep_fs": 1.0}, "chunk": 2},
     "lj_32k": {"system": {"structure": {"lattice": "fcc", "symbols": "Ar", "a": 5.26, "cubic": True,
                                         "repeat": [20, 20, 20]}, "temperature_K": 60, "seed": 1},

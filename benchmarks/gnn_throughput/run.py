@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/gnn_throughput/run.py            # ~3 min on a quiet 2-core machine
         [--sizes 4000 32000] [--threads 1 2] [--kernels reference numba] [--steps 5] [--repeats 3]
-        [--memory-atoms 23328] [--model default]
+        [--memory-atoms 23328] [--model egnn-emt-v1]
 
 Per (threads, size, kernel) a fresh subprocess runs NVE on fcc Cu through ``atomsim.Simulation``
 (neighbor list with skin, integrator, thermo: what `atomsim run` does) and reports atom-steps/s
@@ -181,7 +181,7 @@ def main() -> None:
     ap.add_argument("--reference-steps", type=int, default=1, help="steps per repeat for the slow reference")
     ap.add_argument("--reference-repeats", type=int, default=2)
     ap.add_argument("--memory-atoms", type=int, default=23328, help="0 skips the memory runs")
-    ap.add_argument("--model", default="default")
+    ap.add_argument("--model", default="egnn-emt-v1")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)

@@ -106,7 +106,7 @@ def make_potential(model: str, dtype: str, device: torch.device):
     """``dtype`` may carry ``+f32edges``: the 16-bit model fed float32 edge vectors."""
     name, _, edges = dtype.partition("+")
     if model == "egnn":
-        pot = load_potential("default").to(device=device, dtype=getattr(torch, name))
+        pot = load_potential("egnn-emt-v1").to(device=device, dtype=getattr(torch, name))
         return Float32Edges(pot) if edges == "f32edges" else pot
     pot = LennardJones(epsilon=0.0104, sigma=3.40, rc=8.5, dtype=dtype)
     return pot.to(device)
@@ -264,7 +264,7 @@ def run_simulation(model: str, dtype: str, n_target: int, device: torch.device, 
         torch.cuda.reset_peak_memory_stats(device)
     a, sym = (3.61, "Cu") if model == "egnn" else (5.26, "Ar")
     r = max(1, round((n_target / 4) ** (1 / 3)))
-    pot = {"model": "default"} if model == "egnn" else {
+    pot = {"model": "egnn-emt-v1"} if model == "egnn" else {
         "model": "lj", "params": {"epsilon": 0.0104, "sigma": 3.40, "cutoff": 8.5}}
     cfg = RunConfig.model_validate({
         "system": {"structure": {"lattice": "fcc", "symbols": sym, "a": a, "cubic": True,

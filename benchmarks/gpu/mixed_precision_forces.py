@@ -28,7 +28,7 @@ def load_model(device):
         from atomsim import load_potential
         from atomsim.potentials.egnn import EGNNPotential
 
-        model = load_potential("default")
+        model = load_potential("egnn-emt-v1")
         if isinstance(model, EGNNPotential):
             return model.to(device).float(), "bundled default model"
     except Exception as exc:  # no bundled model yet: fall back, and say so

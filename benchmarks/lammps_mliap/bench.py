@@ -82,7 +82,7 @@ def time_atomsim(atoms, pot, steps: int, threads: int, dt_fs: float, skin: float
         tmp = comm.bcast(tmp, root=0)  # one output directory for all ranks (rank 0 writes)
         cfg = RunConfig.model_validate({
             "system": {"structure": {"lattice": "fcc", "symbols": "Cu", "a": 3.61, "repeat": [1, 1, 1]}},
-            "potential": {"model": "default", "dtype": dtype, "device": "cpu"},
+            "potential": {"model": "egnn-emt-v1", "dtype": dtype, "device": "cpu"},
             "dynamics": {"integrator": "nve", "timestep_fs": dt_fs, "steps": steps + 3},
             "neighbor": {"skin": skin},
             "parallel": {"halo": halo, "threads": threads},
@@ -110,7 +110,7 @@ def worker(args) -> None:
 
     comm = MPI.COMM_WORLD
     atoms = crystal(args.size)
-    pot = load_potential("default").to(torch_dtype(args.dtype)).eval()
+    pot = load_potential("egnn-emt-v1").to(torch_dtype(args.dtype)).eval()
     if args.code == "lammps_mliap":
         res = time_lammps(atoms, pot, args.steps, args.threads, DT_FS, args.skin, comm)
         exchange = "deep halo"

@@ -42,7 +42,7 @@ def _config(system: str, n_atoms: float, steps: int, out: str):
         temperature = 60
     else:
         structure = {"lattice": "fcc", "symbols": "Cu", "a": 3.61, "cubic": True, "repeat": [r, r, r]}
-        potential = {"model": "default", "dtype": "float32", "device": "cpu"}
+        potential = {"model": "egnn-emt-v1", "dtype": "float32", "device": "cpu"}
         temperature = 300
     return RunConfig.model_validate({
         "system": {"structure": structure, "temperature_K": temperature, "seed": 1},

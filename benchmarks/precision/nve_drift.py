@@ -68,7 +68,7 @@ def run_dtype(dtype_name: str, atoms, steps: int, dt_fs: float, device: str, bud
     """One NVE run; returns the energy series and summary figures."""
     name, _, edges = dtype_name.partition("+")  # "bfloat16+f32edges": float32 edge vectors
     dtype = torch_dtype(name, "--dtypes")
-    model = load_potential("default").to(device=device, dtype=dtype)
+    model = load_potential("egnn-emt-v1").to(device=device, dtype=dtype)
     if edges:
         if edges != "f32edges":
             raise ValueError(f"--dtypes: unknown variant {dtype_name!r}; use e.g. bfloat16+f32edges")

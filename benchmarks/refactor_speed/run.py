@@ -37,7 +37,7 @@ CASES = {
                "dynamics": {"integrator": "nve", "timestep_fs": 2.0, "steps": 30}},
     "gnn_4k": {"system": {"structure": {"lattice": "fcc", "symbols": "Cu", "a": 3.61, "cubic": True,
                                         "repeat": [10, 10, 10]}, "temperature_K": 300, "seed": 1},
-               "potential": {"model": "default", "dtype": "float32", "device": "cpu"},
+               "potential": {"model": "egnn-emt-v1", "dtype": "float32", "device": "cpu"},
                "dynamics": {"integrator": "nve", "timestep_fs": 1.0, "steps": 10}},
 }
 

@@ -94,7 +94,7 @@ def _config(kind: str, cells: int, threads: int, outdir: str):
     else:
         system = {"structure": {"lattice": "fcc", "symbols": "Cu", "a": 3.61, "cubic": True,
                                 "repeat": [cells] * 3}, "temperature_K": 300, "seed": 1}
-        pot = {"model": "default", "dtype": "float32", "device": "cpu"}
+        pot = {"model": "egnn-emt-v1", "dtype": "float32", "device": "cpu"}
         dt = 2.0
     return RunConfig.model_validate({
         "system": system, "potential": pot,

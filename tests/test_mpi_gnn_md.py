@@ -8,20 +8,16 @@ summation order: ~1e-12 per step, grown by the dynamics over the run).
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_runs import run_input
 
 from atomsim.engine.restart import find_restart
 
 pytestmark = pytest.mark.mpi
 
-MPIEXEC = Path(sys.executable).parent / "mpiexec"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 INPUT = """
 system:
   structure: {{lattice: fcc, symbols: Cu, a: 3.61, cubic: true, repeat: [6, 3, 3], alloy: {{Ag: 0.25}}}}
@@ -36,17 +32,7 @@ output: {{directory: {out}, thermo_every: 10, trajectory_every: 0, restart_every
 
 
 def _run(tmp_path: Path, name: str, ranks: int, halo: str = "per-layer") -> Path:
-    out = tmp_path / name
-    inp = tmp_path / f"{name}.yaml"
-    inp.write_text(INPUT.format(out=out, halo=halo))
-    cmd = [sys.executable, "-m", "atomsim", "run", str(inp)]
-    if ranks > 1:
-        if not MPIEXEC.exists():
-            pytest.skip(f"no mpiexec next to {sys.executable} (install atomsim[mpi])")
-        cmd = [str(MPIEXEC), "-n", str(ranks), *cmd]
-    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return out
+    return run_input(tmp_path, name, INPUT.format(out=tmp_path / name, halo=halo), ranks)
 
 
 def _rows(out: Path) -> list:

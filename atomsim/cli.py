@@ -223,6 +223,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
         kind = "bundled pretrained" + ("" if name in names else " (file only)")
         if card.get("preview"):
             kind += " (preview)"
+        if card.get("superseded"):
+            kind += " (superseded)"
         models.add_row(name, kind, f"{params:,}" if isinstance(params, int) else "",
                        element_summary(species), heldout_summary(card))
     console.print(models)

@@ -75,11 +75,14 @@ def test_not_a_checkpoint_is_a_clear_error(tmp_path):
         load_checkpoint(tmp_path / "x")
 
 
-@pytest.mark.parametrize("name", ["default", "egnn-emt-v1"])
+@pytest.mark.parametrize("name", ["default", "egnn-emt-v1", "egnn-universal-v0"])
 def test_bundled_checkpoint_reproduces_recorded_numbers(name):
-    """Offline load by name; energies/forces/virial equal those written with the checkpoint."""
+    """Offline load by name (or the `default` alias); energies/forces/virial equal those written with
+    the checkpoint."""
+    from atomsim.potentials.pretrained import ALIASES
+
     model = load_potential(name)
-    ref = json.loads((PRETRAINED / "egnn-emt-v1" / "reference.json").read_text())
+    ref = json.loads((PRETRAINED / ALIASES.get(name, name) / "reference.json").read_text())
     assert str(model.dtype).endswith(ref["dtype"])
     for s in ref["structures"]:
         out = _eval(model, s["numbers"], s["positions"], s["cell"], s["pbc"])

@@ -194,7 +194,7 @@ def test_info_lists_real_bundled_models_with_coverage_and_errors(monkeypatch, ca
     out = capsys.readouterr().out
     folders = [p for p in (Path(__file__).resolve().parents[1] / "potentials" / "pretrained").iterdir()
                if (p / "config.json").is_file()]
-    assert {"egnn-emt-v1", "egnn-universal-v0"} <= {p.name for p in folders}
+    assert {"egnn-emt-v1", "egnn-universal-v0", "egnn-universal-v1"} <= {p.name for p in folders}
     shown = 0
     for folder in folders:
         meta = json.loads((folder / "config.json").read_text())
@@ -205,6 +205,6 @@ def test_info_lists_real_bundled_models_with_coverage_and_errors(monkeypatch, ca
         if test:  # a card with held-out errors shows them
             assert f"E {test['energy_mae_meV_per_atom']:.1f} meV/atom" in line, line
             shown += 1
-    assert shown >= 2  # egnn-emt-v1 and egnn-universal-v0 both carry held-out errors
+    assert shown >= 3  # every bundled model carries held-out errors
     assert "89: H-Bi, Ac-Pu" in out and "7: Al, Ni, Cu, Pd, Ag, Pt, Au" in out
-    assert "default" in next(ln for ln in out.splitlines() if "alias of egnn-emt-v1" in ln)
+    assert "default" in next(ln for ln in out.splitlines() if "alias of egnn-universal-v1" in ln)

@@ -14,8 +14,9 @@ def run_cli(capsys, *argv) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize("argv, expected", [
-    # the bundled model covers Al, Cu, Ag, Au, Ni, Pd, Pt only
-    (["--elements", "Cu,Zr"], ["does not cover", "Zr"]),
+    # the default (egnn-universal-v1) covers SevenNet-0's 89 elements: not polonium
+    (["--elements", "Cu,Po"], ["does not cover", "Po"]),
+    (["--model", "egnn-emt-v1", "--elements", "Cu,Zr"], ["does not cover", "Zr"]),  # 7 EMT metals only
     (["--param", "foo"], ["--param", "KEY=VALUE expected", "'foo'"]),
     (["--param", "nonsense=1"], ["unknown key", "nonsense", "accepted"]),
     # float16 is a model dtype now (kernels/dtypes.py); float8 is not

@@ -184,3 +184,24 @@ def test_two_ranks_take_the_same_steps_as_one(dataset, tmp_path):
     assert int(p1["size"]) == 1 and int(p2["size"]) == 2  # really ran data-parallel
     for k in (f for f in p1.files if f != "size"):
         np.testing.assert_allclose(p2[k], p1[k], rtol=1e-5, atol=1e-6)
+
+
+def test_extra_train_data_only_grows_the_training_split(dataset, tmp_path):
+    """extra_train_data: its structures train; the val/test split of `data` is the same as without it."""
+    extra = tmp_path / "more.extxyz"
+    write_dataset(extra, 5, seed=11, elements=["Cu", "Ni"])
+    base = _cfg(dataset, tmp_path / "a", test_fraction=0.2)
+    grown = _cfg(dataset, tmp_path / "b", test_fraction=0.2, extra_train_data=[str(extra)])
+    a = train(base, log=lambda *_: None, max_steps=1)
+    logs = []
+    b = train(grown, log=logs.append, max_steps=1)
+    assert len(b["train"]) == len(a["train"]) + 5
+    for part in ("val", "test"):
+        assert [s.energy for s in b[part]] == [s.energy for s in a[part]] and len(a[part]) > 0
+    extra_energies = {s.energy for s in read_samples(extra, 4.0)}
+    assert extra_energies <= {s.energy for s in b["train"]}
+    assert not extra_energies & {s.energy for s in b["val"] + b["test"]}
+    assert any("extra_train_data: 5 structures" in str(m) for m in logs)
+    with pytest.raises(ValueError, match="extra_train_data: .*does not exist"):
+        train(_cfg(dataset, tmp_path / "c", extra_train_data=[str(tmp_path / "missing.extxyz")]),
+              log=lambda *_: None, max_steps=1)

@@ -44,3 +44,19 @@ def test_export_writes_a_loadable_folder_whose_card_matches_a_fresh_evaluation(t
             assert card["metrics"][key][m] == pytest.approx(fresh[key][m], rel=1e-9)
     assert res["status"] in ("goal", "acceptable", "below acceptable")
     assert np.isfinite(res["test"]["energy_mae_meV_per_atom"])
+
+
+def test_near_equilibrium_subset_keeps_structures_below_the_force_limit():
+    """The subset drops whole structures whose largest reference force (vector norm) reaches the limit."""
+    from atomsim.training.export import near_equilibrium_errors
+
+    calm = np.array([[0.1, 0.0, 0.0], [0.0, -0.2, 0.0]])
+    wild = np.array([[3.0, 4.0, 0.1], [0.0, 0.0, 1.0]])  # |F| = 5.001 eV/Å: out at the 5 eV/Å limit
+    rows = [("Cu", 2, -3.0, -3.01, calm, calm + 0.05, "metals", "bulk"),
+            ("Ni", 2, -4.0, -4.5, wild, wild + 1.0, "metals", "bulk")]
+    sub = near_equilibrium_errors(rows, max_force=5.0)
+    assert sub["n_structures"] == 1 and sub["of_structures"] == 2 and sub["n_atoms"] == 2
+    assert sub["energy_mae_meV_per_atom"] == pytest.approx(10.0)
+    assert sub["force_mae_meV_per_A"] == pytest.approx(50.0)
+    assert sub["zero_force_baseline_mae_meV_per_A"] == pytest.approx(1000 * 0.3 / 6)
+    assert near_equilibrium_errors(rows, max_force=6.0)["n_structures"] == 2

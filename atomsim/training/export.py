@@ -23,6 +23,8 @@ import numpy as np
 
 GOAL = {"energy_mae_meV_per_atom": 25.0, "force_mae_meV_per_A": 80.0}
 ACCEPTABLE = {"energy_mae_meV_per_atom": 40.0, "force_mae_meV_per_A": 120.0}
+E_KEY, F_KEY = "energy_mae_meV_per_atom", "force_mae_meV_per_A"
+NEAR_EQ_MAX_FORCE = 5.0  # eV/Å: the near-equilibrium subset of the test split (near_equilibrium_errors)
 
 LIMITATIONS = [
     "It reproduces SevenNet-0, not DFT: SevenNet-0's own errors against PBE/PBE+U (about 25 meV/atom "
@@ -83,6 +85,26 @@ def fit_learning_curve(history: list[dict], key: str, last: int = 10) -> Optiona
             "extrapolated_4x_epochs": float(np.exp(a + b * np.log(4 * pts[-1][0])))}
 
 
+def near_equilibrium_errors(rows, max_force: float = NEAR_EQ_MAX_FORCE) -> dict:
+    """Errors on the test structures whose largest reference force is below ``max_force`` (eV/Å).
+
+    Why: SevenNet-0's own error (the goal's yardstick) is measured on MPtrj, relaxation trajectories
+    near equilibrium; the distillation set also holds strongly rattled and compressed cells where the
+    teacher extrapolates (|F| up to ~50 eV/Å). This subset is reported NEXT TO the full test split, which
+    stays the headline figure; the baseline row is the error of predicting zero forces.
+    """
+    keep = [r for r in rows if r[1] and float(np.linalg.norm(r[4], axis=1).max()) < max_force]
+    if not keep:
+        return {}
+    fr = np.concatenate([r[4].ravel() for r in keep])
+    fm = np.concatenate([r[5].ravel() for r in keep])
+    return {"max_reference_force_eV_per_A": max_force, "n_structures": len(keep), "of_structures": len(rows),
+            "n_atoms": int(sum(r[1] for r in keep)),
+            "energy_mae_meV_per_atom": float(np.mean([abs(r[2] - r[3]) for r in keep]) * 1000),
+            "force_mae_meV_per_A": float(np.abs(fr - fm).mean() * 1000),
+            "zero_force_baseline_mae_meV_per_A": float(np.abs(fr).mean() * 1000)}
+
+
 def grade(m: dict) -> str:
     """'goal', 'acceptable' or 'below acceptable' for overall test metrics."""
     for name, lim in (("goal", GOAL), ("acceptable", ACCEPTABLE)):
@@ -124,16 +146,20 @@ def export(config_path: str, dest: str, log_path: Optional[str] = None, command:
         f"({status}; goal <= {GOAL['energy_mae_meV_per_atom']:.0f} meV/atom and "
         f"{GOAL['force_mae_meV_per_A']:.0f} meV/Å, acceptable <= {ACCEPTABLE['energy_mae_meV_per_atom']:.0f} "
         f"and {ACCEPTABLE['force_mae_meV_per_A']:.0f}). "
-        + ("" if status != "below acceptable" else "Not the `default` model: it misses the acceptable level."))
+        + ("" if status != "below acceptable" else
+           f"Misses the acceptable level by {t['energy_mae_meV_per_atom'] / ACCEPTABLE[E_KEY]:.1f}x "
+           f"in energy and {t['force_mae_meV_per_A'] / ACCEPTABLE[F_KEY]:.1f}x in force."))
     card["training_command"] = command or f"atomsim train {config_path}"
     card["export_command"] = f"python -m atomsim.training.export {config_path} --dest {dest}"
     card["training"] = {
         "epochs": len(history), "best epoch (EMA, validation)": best_epoch,
         "training time": (f"{cpu_s / 3600:.2f} core-hours of process CPU time" if cpu_s else
                           "process CPU time not recorded by this run") + f"; {active_s / 3600:.2f} h of wall "
-                         f"time while running ({threads} thread(s), SIGSTOP pauses excluded; shared 2-core machine, "
-                         "nice 19, so wall time is far more than the CPU time)",
-        "train/val/test structures": f"{len(parts['train'])}/{len(parts['val'])}/{len(parts['test'])}",
+                         f"time while running ({threads} thread(s), SIGSTOP pauses excluded; on a shared machine the "
+                         "wall time can be far more than the CPU time)",
+        "train/val/test structures": f"{len(parts['train'])}/{len(parts['val'])}/{len(parts['test'])}"
+                                     + (f" (+ training-only extra_train_data: {', '.join(cfg.extra_train_data)})"
+                                        if cfg.extra_train_data else ""),
         "split": f"by structure, seed {cfg.seed}",
         "loss": (f"{cfg.loss}: {cfg.energy_weight} x E/atom + {cfg.force_weight} x F + {cfg.stress_weight} x stress"
                  + (f" (Huber deltas {cfg.huber_delta_energy} eV/atom, {cfg.huber_delta_force} eV/Å, "
@@ -148,6 +174,7 @@ def export(config_path: str, dest: str, log_path: Optional[str] = None, command:
                            "all metals -> metals; else covalent (B, C, N, Si, P, S, Ge, As, Se, Sb, Te)")
     card["limitations"] = LIMITATIONS
     card["metrics"] = test
+    card["test_near_equilibrium"] = near_equilibrium_errors(rows)
     out = Path(dest)
     save_checkpoint(model, out, card)
     parity_plot(rows, out / "parity.png", f"{cfg.name}: held-out test split ({len(rows)} structures)")
@@ -157,7 +184,8 @@ def export(config_path: str, dest: str, log_path: Optional[str] = None, command:
     if log_path and Path(log_path).is_file():
         lines = Path(log_path).read_text().splitlines()
         (out / "training_log_tail.txt").write_text("\n".join(lines[-40:]) + "\n")
-    return {"status": status, "test": t, "val": val["all"], "epochs": len(history), "active_s": active_s,
+    return {"status": status, "test": t, "test_near_equilibrium": card["test_near_equilibrium"],
+            "val": val["all"], "epochs": len(history), "active_s": active_s,
             "cpu_s": cpu_s,
             "families": {k: v for k, v in test.items() if k.startswith("family: ")}, "learning_curve": curve}
 

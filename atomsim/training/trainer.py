@@ -101,6 +101,9 @@ class TrainConfig(BaseModel):
     # start from a trained EGNN (bundled name or checkpoint folder) instead of random weights: fine-tuning,
     # or growing n_rbf / depth / species function-preservingly (atomsim/training/warm_start.py)
     init_from: Optional[str] = None
+    # more labelled files whose structures only ever train (grown data: more generator jobs, active-learning
+    # snapshots); the val/test split of `data` is unchanged, so held-out errors stay comparable across runs
+    extra_train_data: list[str] = Field(default_factory=list)
 
 
 def load_config(path: str | Path) -> TrainConfig:
@@ -395,6 +398,14 @@ def load_training_samples(cfg: TrainConfig, log=print, write_cache: bool = True)
     return samples
 
 
+def load_extra_samples(cfg: TrainConfig, path: str) -> list[Sample]:
+    """One ``extra_train_data`` file, parsed with the run's cutoff and label keys."""
+    if not Path(path).is_file():
+        raise ValueError(f"extra_train_data: {path} does not exist")
+    return read_samples(path, cfg.model.cutoff, energy_key=cfg.energy_key, forces_key=cfg.forces_key,
+                        stress_key=cfg.stress_key)
+
+
 # --------------------------------------------------------------------------- distributed
 def allreduce_gradients(model: torch.nn.Module, comm: Comm) -> None:
     """Sum every parameter's gradient over the ranks in ONE buffer allreduce (no-op on one rank)."""
@@ -552,6 +563,11 @@ def _train(cfg: TrainConfig, resume: bool, log, samples: Optional[list[Sample]],
                                         write_cache=rank == 0)
     split = split_indices(len(samples), cfg)
     train_s = [samples[k] for k in split["train"]]
+    for path in cfg.extra_train_data:
+        extra = load_extra_samples(cfg, path)
+        train_s += extra
+        if rank == 0:
+            log(f"extra_train_data: {len(extra)} structures from {path} (training only)")
     val_s = [samples[k] for k in split["val"]]
     test_s = [samples[k] for k in split["test"]]
     if not train_s:

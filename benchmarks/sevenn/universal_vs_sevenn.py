@@ -1,7 +1,7 @@
-"""`atomsim run` MD speed: the universal preview model (egnn-universal-v0) vs SevenNet-0 (its teacher).
+"""`atomsim run` MD speed: atomsim's universal model (``default``) vs SevenNet-0 (its teacher).
 
-    .venv/bin/python benchmarks/sevenn/universal_vs_sevenn.py [--repeat 6 6 6] [--steps-sevenn 3]
-        [--steps-egnn 50] [--threads 1]
+    .venv/bin/python benchmarks/sevenn/universal_vs_sevenn.py [--model default] [--repeat 6 6 6]
+        [--steps-sevenn 3] [--steps-egnn 50] [--threads 1]
 
 Why: the student exists to run the teacher's chemistry much faster; the goal is >= 20x at equal
 threads. Same input for both (fcc Cu, a = 3.61 Å, 6x6x6 cubic cells = 864 atoms, 300 K, seed 1,
@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-MODELS = {"egnn": "egnn-universal-v0", "sevennet": "sevennet-0"}
+MODELS = {"egnn": "default", "sevennet": "sevennet-0"}  # "egnn": --model
 
 
 def _yaml(model: str, repeat, steps: int, threads: int, outdir: Path) -> str:
@@ -71,7 +71,7 @@ def run_one(key: str, repeat, steps: int, threads: int) -> dict:
     t = str(threads)
     env = dict(os.environ, OMP_NUM_THREADS=t, MKL_NUM_THREADS=t, NUMBA_NUM_THREADS=t, PYTHONWARNINGS="ignore")
     cmd = [sys.executable, __file__, "--worker", key, "--repeat", *map(str, repeat), "--steps-worker", str(steps),
-           "--threads", t]
+           "--threads", t, "--model", MODELS["egnn"]]
     load0 = os.getloadavg()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
     load1 = os.getloadavg()
@@ -92,10 +92,12 @@ def main() -> None:
     ap.add_argument("--steps-sevenn", type=int, default=3)
     ap.add_argument("--steps-egnn", type=int, default=50)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--model", default="default", help="the student (a bundled name): default = the universal model")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "universal_vs_sevenn_speed.json")
     ap.add_argument("--worker", choices=list(MODELS), help=argparse.SUPPRESS)
     ap.add_argument("--steps-worker", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    MODELS["egnn"] = args.model
     if args.worker:
         from atomsim.kernels.threads import configure_threads
 
@@ -117,7 +119,7 @@ def main() -> None:
         / seven["atom_steps_per_s"],
         "wall_time_slowest_egnn_over_sevennet": min(r["atom_steps_per_s"] for r in egnn) / seven["atom_steps_per_s"],
     }
-    print(f"speed-up egnn-universal-v0 / sevennet-0: {speedup['cpu_time_mean_egnn_over_sevennet']:.1f}x by CPU "
+    print(f"speed-up {MODELS['egnn']} / sevennet-0: {speedup['cpu_time_mean_egnn_over_sevennet']:.1f}x by CPU "
           f"time (slower egnn run {speedup['cpu_time_slowest_egnn_over_sevennet']:.1f}x), "
           f"{speedup['wall_time_mean_egnn_over_sevennet']:.1f}x by wall time; goal >= 20x")
     import torch
@@ -135,7 +137,7 @@ def main() -> None:
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
                platform.processor()) if Path("/proc/cpuinfo").is_file() else platform.processor()
     doc = {
-        "benchmark": "atomsim run MD: egnn-universal-v0 vs SevenNet-0 (atomsim-sevenn plugin), same input and threads",
+        "benchmark": f"atomsim run MD: {MODELS['egnn']} vs SevenNet-0 (atomsim-sevenn plugin), same input and threads",
         "goal": ">= 20x",
         "command": " ".join([Path(sys.executable).name] + sys.argv),
         "run_command": "each run: its runs[].yaml through load_config -> Simulation.from_config -> run, "

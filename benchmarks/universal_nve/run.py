@@ -1,4 +1,4 @@
-"""NVE stability of the universal preview model (egnn-universal-v0) on materials absent from its data.
+"""NVE stability of atomsim's universal model (``default``, or --model) on materials absent from its data.
 
     .venv/bin/python benchmarks/universal_nve/run.py [--steps 2000] [--only NaCl ...] [--threads 1]
 
@@ -42,7 +42,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-MODEL = "egnn-universal-v0"
+MODEL = "default"  # --model
 DATA = Path("/work/shared/data/sevennet0-distill-v1/train.extxyz.xz")  # default of --check-absent only
 
 # name: (builder description, temperature K)
@@ -209,15 +209,13 @@ def analyse(raw: dict, steps: int) -> dict:
     }
 
 
-def check_absent(path: Path) -> dict:
-    """Count frames of the training file that share each material's element set (and prototypes)."""
-    import io
-    import lzma
+def check_absent(paths: list[Path]) -> dict:
+    """Count frames of the training files (plain or compressed extxyz: the data set and any
+    extra_train_data) that share each material's element set (and prototypes)."""
+    from atomsim.training.data import read_frames
 
-    from ase.io import read
-
-    frames = read(io.StringIO(lzma.open(path, "rt").read()), index=":", format="extxyz")
-    out = {}
+    frames = [a for path in paths for a in read_frames(path, index=":")]
+    out = {"files": [str(p) for p in paths], "frames": len(frames)}
     for name, elements in ABSENT_ELEMENT_SETS.items():
         hits = [a for a in frames if elements <= set(a.get_chemical_symbols())]
         same = [a for a in hits if set(a.get_chemical_symbols()) == elements]
@@ -256,14 +254,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--only", nargs="*", default=list(MATERIALS), help=f"subset of: {', '.join(MATERIALS)}")
-    ap.add_argument("--check-absent", type=Path, default=None, metavar="DATA",
-                    help="recount the training file's frames per material (sevennet0-distill-v1 .extxyz.xz)")
+    ap.add_argument("--check-absent", type=Path, nargs="*", default=None, metavar="DATA",
+                    help="recount the training files' frames per material (the data set's .extxyz.xz and any "
+                         "extra_train_data files)")
     ap.add_argument("--modes", action="store_true",
                     help="only the harmonic check (lowest_modes) of each material -> universal_nve_modes.json")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", type=Path, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--model", default="default", help="a bundled universal model name")
+    ap.add_argument("--jobs", type=int, default=1, help="materials run at once (one thread each)")
     ap.add_argument("--out", type=Path, default=RESULTS / "universal_nve.json")
     args = ap.parse_args()
+    global MODEL
+    MODEL = args.model
     if args.worker:
         worker(args.worker, args.steps, args.worker_out)
         return
@@ -285,20 +288,32 @@ def main() -> None:
         return
     env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", MKL_NUM_THREADS="1")
     raws, results, load = {}, {}, {}
-    for name in args.only:
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "raw.json"
-            print(f"{name}: {args.steps} steps ...", flush=True)
-            load[name] = {"before": list(os.getloadavg())}
-            subprocess.run([sys.executable, __file__, "--worker", name, "--steps", str(args.steps),
-                            "--worker-out", str(out)], check=True, env=env)
-            load[name]["after"] = list(os.getloadavg())
-            raws[name] = json.loads(out.read_text())
-        results[name] = analyse(raws[name], args.steps)
-        r = results[name]
-        print(f"  drift {r['drift_meV_per_atom_per_ps']} meV/atom/ps, max|dE| {r['max_abs_deviation_meV_per_atom']}"
-              f" meV/atom, max|F| {r['max_abs_force_eV_per_A']} eV/Å, blew up: {r['blew_up']},"
-              f" {r['wall_s']:.0f} s", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        pending = list(args.only)
+        running: dict = {}
+        while pending or running:  # up to --jobs materials at once, one single-thread process each
+            while pending and len(running) < args.jobs:
+                name = pending.pop(0)
+                out = Path(tmp) / f"raw{len(running) + len(raws)}.json"
+                print(f"{name}: {args.steps} steps ...", flush=True)
+                load[name] = {"before": list(os.getloadavg())}
+                running[name] = (subprocess.Popen([sys.executable, __file__, "--worker", name, "--steps",
+                                                   str(args.steps), "--worker-out", str(out), "--model", MODEL],
+                                                  env=env), out)
+            for name, (proc, out) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                del running[name]
+                if proc.returncode != 0:
+                    raise SystemExit(f"{name}: worker failed (exit {proc.returncode})")
+                load[name]["after"] = list(os.getloadavg())
+                raws[name] = json.loads(out.read_text())
+                results[name] = r = analyse(raws[name], args.steps)
+                print(f"  {name}: drift {r['drift_meV_per_atom_per_ps']} meV/atom/ps, max|dE| "
+                      f"{r['max_abs_deviation_meV_per_atom']} meV/atom, max|F| {r['max_abs_force_eV_per_A']} eV/Å, "
+                      f"blew up: {r['blew_up']}, {r['wall_s']:.0f} s", flush=True)
+            time.sleep(0.5)
+    results = {k: results[k] for k in args.only}
     import torch
 
     from atomsim import __version__

@@ -12,7 +12,7 @@ from pathlib import Path
 from ..registry import register_potential
 
 HERE = Path(__file__).resolve().parent
-ALIASES = {"default": "egnn-emt-v1"}  # `atomsim run` / AtomsimCalculator() default
+ALIASES = {"default": "egnn-universal-v1"}  # `atomsim run` / AtomsimCalculator() default
 
 
 def bundled_path(name: str) -> Path:

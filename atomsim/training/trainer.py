@@ -398,10 +398,15 @@ def load_training_samples(cfg: TrainConfig, log=print, write_cache: bool = True)
     return samples
 
 
+def check_extra_data(cfg: TrainConfig) -> None:
+    """Name a missing ``extra_train_data`` file before the (long) parse of ``data``, not after it."""
+    for path in cfg.extra_train_data:
+        if not Path(path).is_file():
+            raise ValueError(f"extra_train_data: {path} does not exist")
+
+
 def load_extra_samples(cfg: TrainConfig, path: str) -> list[Sample]:
     """One ``extra_train_data`` file, parsed with the run's cutoff and label keys."""
-    if not Path(path).is_file():
-        raise ValueError(f"extra_train_data: {path} does not exist")
     return read_samples(path, cfg.model.cutoff, energy_key=cfg.energy_key, forces_key=cfg.forces_key,
                         stress_key=cfg.stress_key)
 
@@ -556,6 +561,7 @@ def _train(cfg: TrainConfig, resume: bool, log, samples: Optional[list[Sample]],
     torch.manual_seed(cfg.seed)
     dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
     out = Path(cfg.output)
+    check_extra_data(cfg)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     if samples is None:

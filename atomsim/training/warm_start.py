@@ -16,8 +16,6 @@ function, so there is nothing exact to copy, and the error says which key differ
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from atomsim.potentials.egnn import EGNNPotential
@@ -82,5 +80,4 @@ def warm_start(model: EGNNPotential, source: EGNNPotential) -> dict:
         last.weight.zero_()
         last.bias.zero_()
     model.readout.load_state_dict({k: v.to(dtype) for k, v in source.readout.state_dict().items()})
-    return {"source_n_rbf": cs.n_rbf, "source_depth": cs.depth, "new_species": new_species,
-            "source": str(getattr(source, "checkpoint_path", Path("?")))}
+    return {"source_n_rbf": cs.n_rbf, "source_depth": cs.depth, "new_species": new_species}

@@ -289,12 +289,12 @@ def main() -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", MKL_NUM_THREADS="1")
     raws, results, load = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        pending = list(args.only)
+        pending = list(enumerate(args.only))  # (index: the raw file's name, material)
         running: dict = {}
         while pending or running:  # up to --jobs materials at once, one single-thread process each
             while pending and len(running) < args.jobs:
-                name = pending.pop(0)
-                out = Path(tmp) / f"raw{len(running) + len(raws)}.json"
+                k, name = pending.pop(0)
+                out = Path(tmp) / f"raw{k}.json"
                 print(f"{name}: {args.steps} steps ...", flush=True)
                 load[name] = {"before": list(os.getloadavg())}
                 running[name] = (subprocess.Popen([sys.executable, __file__, "--worker", name, "--steps",
